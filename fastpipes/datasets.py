@@ -19,7 +19,9 @@ from fastai.data.core import DataLoaders
 from .core import FastpipesError
 
 # %% auto #0
-__all__ = ['load_idx', 'save_idx', 'sklearn_digits']
+__all__ = ['FASHION_CLASSES', 'CIFAR_CLASSES', 'PETS_CLASSES', 'load_idx', 'save_idx', 'sklearn_digits', 'load_csv',
+           'load_cifar_batch', 'data_root', 'mnist_arrays', 'cifar10_arrays', 'TensorDL', 'tensor_dls', 'mnist_dls',
+           'cifar10_dls', 'pets_label', 'pets_files', 'pets_dls']
 
 # %% ../nbs/07_datasets.ipynb #06edfd70
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -84,3 +86,274 @@ def _keep_digits(x:np.ndarray, y:np.ndarray, digits:tuple|None)->tuple:
     keep = np.isin(y, np.asarray(list(digits)))
     if not keep.any(): raise FastpipesError(f"No images of classes {tuple(digits)} in this dataset.")
     return x[keep], y[keep]
+
+# %% ../nbs/07_datasets.ipynb #764d19fa
+def load_csv(path:Path, # a CSV with a `label` column and one column per pixel
+             shape:tuple=(28, 28), # the shape of one image
+            )->tuple:
+    "Images and labels from a course CSV: `(uint8 (n,*shape), int64 (n,))`."
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file(): raise FastpipesError(f"CSV file {path} does not exist.")
+    df = pd.read_csv(path)
+    if 'label' not in df.columns:
+        raise FastpipesError(f"{path} has no `label` column; its first columns are {list(df.columns[:3])}.")
+    px, n = df.drop(columns='label'), int(np.prod(shape))
+    if px.shape[1] != n: raise FastpipesError(f"{path} has {px.shape[1]} pixel columns; {n} are needed for {shape} images.")
+    v = px.to_numpy()
+    if df.isna().any().any() or not np.issubdtype(v.dtype, np.number) or v.min() < 0 or v.max() > 255:
+        raise FastpipesError(f"{path} has pixel values that are missing or outside 0–255.")
+    return v.astype(np.uint8).reshape(-1, *shape), df['label'].to_numpy().astype(np.int64)
+
+# %% ../nbs/07_datasets.ipynb #cb2d92d9
+_PICKLE_OK = {('_codecs', 'encode'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
+              ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')}
+
+class _CifarUnpickler(pickle.Unpickler):
+    "An unpickler that builds only dicts, lists, bytes, numbers and NumPy arrays."
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_OK:
+            raise FastpipesError(f"{self.fn} refers to {module}.{name}, which a CIFAR batch never does; it was not loaded.")
+        if name == '_reconstruct': return np.ndarray.__reduce__(np.zeros(0))[0]
+        return super().find_class(module, name)
+
+def load_cifar_batch(path:Path, # a CIFAR python batch: `data_batch_1`, ..., `test_batch`
+                     trusted:bool=False, # use plain `pickle` (runs any code in the file!)
+                    )->tuple:
+    "Images and labels of one CIFAR batch file: `(uint8 (n,3,32,32), int64 (n,))`."
+    path = Path(path)
+    if not path.is_file(): raise FastpipesError(f"CIFAR batch {path} does not exist.")
+    with open(path, 'rb') as f:
+        if trusted: d = pickle.load(f, encoding='bytes')
+        else:
+            u = _CifarUnpickler(f, encoding='bytes'); u.fn = path
+            try: d = u.load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as e:
+                raise FastpipesError(f"{path} is not a CIFAR batch or is truncated ({e}).") from None
+    if not isinstance(d, dict) or b'data' not in d or not ({b'labels', b'fine_labels'} & set(d)):
+        raise FastpipesError(f"{path} is not a CIFAR batch: it has no `data` and `labels` entries.")
+    x, y = np.asarray(d[b'data']), np.asarray(d.get(b'labels', d.get(b'fine_labels')), dtype=np.int64)
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise FastpipesError(f"{path} holds {x.dtype} data of shape {x.shape}; CIFAR needs uint8 (n, 3072) and n labels.")
+    return x.reshape(-1, 3, 32, 32), y
+
+# %% ../nbs/07_datasets.ipynb #b3477b40
+def data_root()->Path:
+    "Where datasets live by default: `$FASTPIPES_DATA`, else fastai's `~/.fastai/data`."
+    return Path(os.environ.get('FASTPIPES_DATA', Path.home()/'.fastai'/'data')).expanduser()
+
+_MNIST = {'mnist': ('MNIST', 'mnist'), 'fashion': ('FashionMNIST', 'fashion-mnist')}
+FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+def _find(folders, patterns)->Path|None:
+    "The first existing file named by one of `patterns` (regexes) in one of `folders`."
+    for d in folders:
+        if not d.is_dir(): continue
+        names = {p.name: p for p in d.iterdir() if p.is_file()}
+        for pat in patterns:
+            for n in sorted(names):
+                if re.fullmatch(pat, n): return names[n]
+    return None
+
+def _idx_files(root:Path, name:str)->dict|None:
+    "The four idx files of MNIST-like dataset `name` under `root`, or `None`."
+    tv = _MNIST[name][0]
+    folders = [root, root/tv/'raw', root/tv, root/'raw']
+    res = {}
+    for split, pre in (('train', 'train'), ('test', 't10k')):
+        for kind, nd in (('images', 3), ('labels', 1)):
+            res[split, kind] = _find(folders, [rf'{pre}-{kind}[-.]idx{nd}-ubyte(\.gz)?'])
+    return res if all(res.values()) else None
+
+def _csv_files(root:Path, name:str)->dict|None:
+    "The train and test CSVs of MNIST-like dataset `name` under `root`, or `None`."
+    stem = _MNIST[name][1]
+    res = {s: _find([root, root/_MNIST[name][0]], [rf'{stem}_{s}\.csv']) for s in ('train', 'test')}
+    return res if all(res.values()) else None
+
+def _download_mnist(root:Path, name:str):
+    "Fetch MNIST or FashionMNIST with torchvision into `root/<Name>/raw`."
+    import torchvision.datasets as tvd
+    cls = tvd.MNIST if name == 'mnist' else tvd.FashionMNIST
+    try:
+        for train in (True, False): cls(root, train=train, download=True)
+    except (OSError, RuntimeError) as e:
+        raise FastpipesError(f"Could not download {_MNIST[name][0]} ({e}); put its files in {root/_MNIST[name][0]/'raw'}.") from None
+
+# %% ../nbs/07_datasets.ipynb #7216e0f4
+def mnist_arrays(path:Path|None=None, # folder with the idx files, torchvision's `MNIST/raw`, or the CSVs
+                 fashion:bool=False, # FashionMNIST instead of MNIST
+                 digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)`
+                 download:bool=False, # download with torchvision when nothing is on disk
+                )->tuple:
+    "MNIST or FashionMNIST as `(x_train, y_train, x_test, y_test)`: uint8 (n,28,28) images, int64 labels."
+    root, name = Path(path) if path is not None else data_root(), 'fashion' if fashion else 'mnist'
+    if root.is_file(): raise FastpipesError(f"{root} is a file; pass the folder that holds the {_MNIST[name][0]} files.")
+    fs = _idx_files(root, name)
+    if fs is None and (csvs := _csv_files(root, name)):
+        return (*_keep_digits(*load_csv(csvs['train']), digits), *_keep_digits(*load_csv(csvs['test']), digits))
+    if fs is None and download:
+        _download_mnist(root, name); fs = _idx_files(root, name)
+    if fs is None:
+        tv, stem = _MNIST[name]
+        raise FastpipesError(f"No {tv} files under {root}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                             f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or not) in {root/tv/'raw'}, "
+                             f"or {stem}_train.csv and {stem}_test.csv in {root}, or pass download=True when online.")
+    res = []
+    for split in ('train', 'test'):
+        x, y = load_idx(fs[split, 'images']), load_idx(fs[split, 'labels']).astype(np.int64)
+        if len(x) != len(y): raise FastpipesError(f"{fs[split, 'images']} has {len(x)} images but {len(y)} labels.")
+        res += _keep_digits(x, y, digits)
+    return tuple(res)
+
+# %% ../nbs/07_datasets.ipynb #af64ccb1
+def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`, or that folder itself
+                   classes:tuple|None=None, # keep only these class indices
+                   download:bool=False, # download with torchvision when nothing is on disk
+                   trusted:bool=False, # load the pickles with plain `pickle` (see `load_cifar_batch`)
+                  )->tuple:
+    "CIFAR-10 as `(x_train, y_train, x_test, y_test)`: uint8 (n,3,32,32) images, int64 labels."
+    root = Path(path) if path is not None else data_root()
+    def _dir(): return next((d for d in (root/'cifar-10-batches-py', root) if (d/'test_batch').is_file()), None)
+    d = _dir()
+    if d is None and download:
+        import torchvision.datasets as tvd
+        try: tvd.CIFAR10(root, train=True, download=True)
+        except (OSError, RuntimeError) as e:
+            raise FastpipesError(f"Could not download CIFAR-10 ({e}); put its batches in {root/'cifar-10-batches-py'}.") from None
+        d = _dir()
+    if d is None:
+        raise FastpipesError(f"No CIFAR-10 under {root}: put data_batch_1 … data_batch_5 and test_batch in "
+                             f"{root/'cifar-10-batches-py'}, or pass download=True when online.")
+    trn = [load_cifar_batch(fn, trusted) for fn in sorted(d.glob('data_batch_[0-9]*'))]
+    if not trn: raise FastpipesError(f"{d} has test_batch but no data_batch_1 … data_batch_5.")
+    xt, yt = np.concatenate([o[0] for o in trn]), np.concatenate([o[1] for o in trn])
+    return (*_keep_digits(xt, yt, classes), *_keep_digits(*load_cifar_batch(d/'test_batch', trusted), classes))
+
+# %% ../nbs/07_datasets.ipynb #5203ce06
+class TensorDL(DataLoader):
+    "A fastai `DataLoader` over in-memory tensors `x`, `y` that slices whole batches at once."
+    def __init__(self, x:torch.Tensor, y:torch.Tensor, bs:int=64, shuffle:bool=False, drop_last:bool=False,
+                 flat:bool=False, scale:bool=True, stats:tuple|None=None, vocab=None, **kwargs):
+        super().__init__(None, bs=bs, shuffle=shuffle, drop_last=drop_last, n=len(x), indexed=True, **kwargs)
+        store_attr('x,y,flat,scale,stats,vocab')
+        self.c = len(vocab) if vocab is not None else None
+    def create_batches(self, samps):
+        for b in torch.as_tensor(list(samps), dtype=torch.long).split(self.bs):
+            if self.drop_last and len(b) < self.bs: return
+            yield self.decode_x(self.x[b]), self.y[b]
+    def decode_x(self, x:torch.Tensor)->torch.Tensor:
+        "Stored images → model inputs."
+        x = x.float()
+        if self.scale: x = x.div_(255)
+        if self.stats is not None: x = (x - self.stats[0]) / self.stats[1]
+        return x.flatten(1) if self.flat else x
+    def new(self, dataset=None, cls=None, **kwargs):
+        kw = dict(x=self.x, y=self.y, bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, flat=self.flat,
+                  scale=self.scale, stats=self.stats, vocab=self.vocab, device=self.device)
+        return type(self)(**{**kw, **kwargs})
+
+def _images(x:np.ndarray)->torch.Tensor:
+    "uint8 images (n,h,w) or (n,c,h,w) as a (n,c,h,w) tensor."
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t[:, None] if t.ndim == 3 else t
+
+def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or (n,c,h,w) and their labels
+               x_test:np.ndarray, y_test:np.ndarray, # the same for the test set (the validation set)
+               bs:int=64, # batch size
+               flat:bool=False, # flatten images: inputs for an MLP
+               scale:bool=True, # divide pixel values by 255
+               norm:bool=False, # standardize with the training set's per-channel mean and std
+               vocab:tuple|None=None, # class names, one per label
+               as_tensors:bool=False, # return `(x_train, y_train, x_test, y_test)` float tensors instead
+               device=None, # where batches go (default: the default device)
+              )->DataLoaders:
+    "Fast fastai `DataLoaders` (train shuffled, test as validation) over in-memory images."
+    xt, xv = _images(x_train), _images(x_test)
+    yt, yv = (torch.from_numpy(np.asarray(o, dtype=np.int64)) for o in (y_train, y_test))
+    stats = None
+    if norm:
+        f = xt.float() / (255 if scale else 1)
+        stats = (f.mean((0, 2, 3), keepdim=True)[0], f.std((0, 2, 3), keepdim=True)[0])
+    kw = dict(bs=bs, flat=flat, scale=scale, stats=stats, vocab=vocab)
+    trn, val = TensorDL(xt, yt, shuffle=True, **kw), TensorDL(xv, yv, bs=bs*2, **{k:v for k,v in kw.items() if k != 'bs'})
+    if as_tensors: return trn.decode_x(xt), yt, val.decode_x(xv), yv
+    if device is None:
+        from fastai.torch_core import default_device
+        device = default_device()
+    return DataLoaders(trn, val, device=device)
+
+# %% ../nbs/07_datasets.ipynb #9e3f5c46
+def _relabel(arrs:tuple, keep:tuple|None, names:tuple)->tuple:
+    "Labels of `arrs` mapped to positions in `keep`, and the matching class names."
+    if keep is None: return arrs, names
+    keep = sorted(keep); lut = np.full(max(max(keep), len(names))+1, -1, dtype=np.int64); lut[keep] = np.arange(len(keep))
+    xt, yt, xv, yv = arrs
+    return (xt, lut[yt], xv, lut[yv]), tuple(names[k] for k in keep)
+
+def mnist_dls(path:Path|None=None, # folder with the files (see `mnist_arrays`)
+              fashion:bool=False, # FashionMNIST instead of MNIST
+              digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)`
+              download:bool=False, # download with torchvision when nothing is on disk
+              **kwargs, # passed to `tensor_dls`: bs, flat, scale, norm, as_tensors, device
+             )->DataLoaders:
+    "MNIST or FashionMNIST as fastai `DataLoaders` (or tensors with `as_tensors=True`)."
+    arrs = mnist_arrays(path, fashion=fashion, digits=digits, download=download)
+    arrs, vocab = _relabel(arrs, digits, FASHION_CLASSES if fashion else tuple(map(str, range(10))))
+    return tensor_dls(*arrs, vocab=vocab, **kwargs)
+
+def cifar10_dls(path:Path|None=None, # folder holding `cifar-10-batches-py/`
+                classes:tuple|None=None, # keep only these class indices
+                download:bool=False, # download with torchvision when nothing is on disk
+                trusted:bool=False, # load the pickles with plain `pickle`
+                **kwargs, # passed to `tensor_dls`: bs, flat, scale, norm, as_tensors, device
+               )->DataLoaders:
+    "CIFAR-10 as fastai `DataLoaders` (or tensors with `as_tensors=True`)."
+    arrs, vocab = _relabel(cifar10_arrays(path, classes, download, trusted), classes, CIFAR_CLASSES)
+    return tensor_dls(*arrs, vocab=vocab, **kwargs)
+
+# %% ../nbs/07_datasets.ipynb #ba6ac0e1
+PETS_CLASSES = ('cat', 'dog')
+_IMG_EXTS = {'.jpg', '.jpeg', '.png'}
+
+def pets_label(fn:Path)->str:
+    "'cat' when the file name starts with an upper-case letter, else 'dog'."
+    return 'cat' if Path(fn).name[:1].isupper() else 'dog'
+
+def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the images folder itself
+               download:bool=False, # fetch with fastai's `untar_data(URLs.PETS)` when nothing is on disk
+              )->L:
+    "The pet photos under `path` (default: fastai's `oxford-iiit-pet`), sorted."
+    root = Path(path) if path is not None else data_root()/'oxford-iiit-pet'
+    def _files(): return L(sorted(p for d in (root/'images', root) if d.is_dir()
+                                  for p in d.iterdir() if p.suffix.lower() in _IMG_EXTS))
+    fs = _files()
+    if not fs and download:
+        from fastai.data.external import untar_data, URLs
+        try: root = untar_data(URLs.PETS)
+        except OSError as e: raise FastpipesError(f"Could not download the pets ({e}); put the photos in {root/'images'}.") from None
+        fs = _files()
+    if not fs:
+        raise FastpipesError(f"No pet photos under {root}: put the Oxford-IIIT Pet photos (Abyssinian_1.jpg, "
+                             f"american_bulldog_10.jpg, ...) in {root/'images'}, or pass download=True when online.")
+    return fs
+
+def pets_dls(path:Path|None=None, # the pets folder (see `pets_files`)
+             size:int=512, # images are resized to `size`×`size` (256 when memory is short)
+             bs:int=16, # batch size
+             valid_pct:float=0.2, # share of photos kept for validation
+             seed:int=42, # seed of the random split
+             aug:bool=False, # fastai's standard augmentations on the training set
+             download:bool=False, # fetch with fastai when nothing is on disk
+             **kwargs, # passed to `DataBlock.dataloaders` (num_workers, device, ...)
+            )->DataLoaders:
+    "Oxford-IIIT Pet as a cat-vs-dog fastai `DataLoaders`, ImageNet-normalized."
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, Normalize, aug_transforms, imagenet_stats
+    fs = pets_files(path, download)
+    if len(fs) < 2: raise FastpipesError(f"Only {len(fs)} pet photo found; a train/valid split needs at least two.")
+    tfms = [*(aug_transforms() if aug else []), Normalize.from_stats(*imagenet_stats)]
+    db = DataBlock((ImageBlock, CategoryBlock(vocab=list(PETS_CLASSES))), get_y=pets_label,
+                   splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=Resize(size), batch_tfms=tfms)
+    kwargs.setdefault('num_workers', 0)
+    return db.dataloaders(fs, bs=bs, **kwargs)
