@@ -217,15 +217,16 @@ def _read_urls(fn:Path)->list[str]:
     return urls
 
 def _cmd_download(a):
-    from fastpipes.crawl import download_images
     urls = [dict(url=u, label=a.label, split=a.split) for u in _read_urls(a.url_file)]
     dest = _out_dir(a.dest)
+    from fastpipes.crawl import download_images
     download_images(urls, dest, allow_private=a.allow_private, quiet=a.quiet)
     _say(a, f"Downloaded into {dest} (see {dest/'manifest.jsonl'}).")
 
 def _cmd_clean(a):
+    d = _in_dir(a.dir)
     from fastpipes.clean import clean_images
-    res = clean_images(_in_dir(a.dir), max_size=a.max_size, delete=a.delete, quiet=a.quiet)
+    res = clean_images(d, max_size=a.max_size, delete=a.delete, quiet=a.quiet)
     _say(a, str(res))
 
 def _train_kw(a)->dict:

@@ -1,0 +1,249 @@
+"""The `fastpipes` command: bad input ends with exit status 2 and ONE line on stderr (no traceback), Ctrl-C leaves a
+resumable state and exits 130, and the success paths (`train`, `predict`, `cam`, `demo`) write what they promise."""
+import json, os, pickle, signal, subprocess, sys, time
+from pathlib import Path
+from urllib.parse import urlsplit
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastpipes.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'MPLBACKEND': 'Agg',
+       'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}
+TINY = ['--arch', 'resnet18', '--size', '32', '--bs', '8', '--epochs', '1', '--no-pretrained', '--no-aug', '--quiet']
+
+def cli(*args, env=None, timeout=300):
+    "Run `python -m fastpipes.cli args` in a subprocess: (exit status, stdout, stderr)."
+    r = subprocess.run([sys.executable, '-m', 'fastpipes.cli', *map(str, args)], capture_output=True, text=True,
+                       env={**ENV, **(env or {})}, cwd=ROOT, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+def run_main(capsys, *args):
+    "Run `main(args)` in this process: (exit status, stdout, stderr)."
+    rc = main([str(a) for a in args])
+    o, e = capsys.readouterr()
+    return rc, o, e
+
+def assert_user_error(rc, out, err, contains=''):
+    "Exit status 2, exactly one line on stderr, no traceback."
+    lines = err.strip().splitlines()
+    assert rc == 2, f"exit status {rc}, stderr: {err[-2000:]}"
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[-2000:]}"
+    assert 'Traceback' not in err
+    assert contains.lower() in lines[0].lower(), lines[0]
+
+def _img(fn:Path, col, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.array(col, dtype=np.float32) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    fn.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(fn)
+
+def make_data(d:Path, classes=('red', 'blue'), n_train=12, n_test=4, splits=('train', 'test'))->Path:
+    "A tiny two-colour dataset `d/{train,test}/<label>/*.jpg`."
+    cols = {'red': (220, 40, 40), 'blue': (40, 40, 220), 'green': (40, 200, 40)}
+    for split,n in zip(splits, (n_train, n_test)):
+        for c in classes:
+            for i in range(n): _img(d/split/c/f'{c}{i}.jpg', cols[c], seed=hash((split, c, i)) % 1000)
+    return d
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory): return make_data(tmp_path_factory.mktemp('data'))
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data):
+    "A model trained by the command on the tiny dataset."
+    out = tmp_path_factory.mktemp('run')
+    rc, o, e = cli('train', data, '--out', out, *TINY)
+    assert rc == 0, e[-3000:]
+    return out
+
+# ---------------------------------------------------------------- bad input: exit 2, one line
+
+def test_missing_folder(capsys, tmp_path):
+    assert_user_error(*run_main(capsys, 'train', tmp_path/'nope', '--out', tmp_path/'o', *TINY), 'does not exist')
+
+def test_file_for_folder(capsys, tmp_path):
+    (tmp_path/'x.jpg').write_bytes(b'x')
+    assert_user_error(*run_main(capsys, 'train', tmp_path/'x.jpg', '--out', tmp_path/'o', *TINY), 'file')
+
+def test_output_is_a_file(capsys, tmp_path, data):
+    (tmp_path/'o').write_text('x')
+    assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY), 'is a file')
+
+def test_empty_folder(capsys, tmp_path):
+    (tmp_path/'d').mkdir()
+    assert_user_error(*run_main(capsys, 'train', tmp_path/'d', '--out', tmp_path/'o', *TINY, '--valid', '0.2'), 'no images')
+
+def test_single_class(capsys, tmp_path):
+    d = make_data(tmp_path/'d', classes=('red',))
+    assert_user_error(*run_main(capsys, 'train', d, '--out', tmp_path/'o', *TINY), 'class')
+
+def test_empty_class(capsys, tmp_path):
+    d = make_data(tmp_path/'d'); (d/'train'/'green').mkdir()
+    assert_user_error(*run_main(capsys, 'train', d, '--out', tmp_path/'o', *TINY), 'green')
+
+def test_unknown_arch(capsys, tmp_path, data):
+    assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY, '--arch', 'resnet999'), 'resnet999')
+
+@pytest.mark.parametrize('opt,val', [('--epochs', '0'), ('--epochs', '-2'), ('--bs', '0'), ('--bs', 'many'),
+                                     ('--size', 'big'), ('--size', '0'), ('--size', '8'), ('--valid', '1.5')])
+def test_bad_numbers(capsys, tmp_path, data, opt, val):
+    assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY, opt, val), opt)
+
+def test_valid_folder_missing(capsys, tmp_path, data):
+    assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY, '--valid', 'val'), 'val')
+
+def test_model_folder_missing(capsys, tmp_path, data):
+    assert_user_error(*run_main(capsys, 'predict', tmp_path/'nope', data/'test'/'red'/'red0.jpg'), 'does not exist')
+
+def _model_files(out:Path)->list:
+    return [p for p in (out/'model').rglob('*') if p.is_file()] if (out/'model').is_dir() else [p for p in out.glob('model*') if p.is_file()]
+
+@pytest.mark.parametrize('kind', ['corrupt', 'foreign'])
+def test_bad_model_file(capsys, tmp_path, trained, data, kind):
+    "A model whose files are garbage, or a pickle from elsewhere, is refused without unpickling anything."
+    import shutil
+    out = tmp_path/'m'; shutil.copytree(trained, out)
+    files = _model_files(out)
+    assert files, f"no model files in {out}"
+    for f in files:
+        if kind == 'corrupt': f.write_bytes(f.read_bytes()[:max(1, f.stat().st_size // 3)])
+        else: f.write_bytes(pickle.dumps({'not': 'a fastpipes model'}))
+    assert_user_error(*run_main(capsys, 'predict', out, data/'test'/'red'/'red0.jpg'))
+
+def test_predict_missing_file(capsys, trained, tmp_path):
+    assert_user_error(*run_main(capsys, 'predict', trained, tmp_path/'nope.jpg'), 'nope.jpg')
+
+def test_cam_missing_items(capsys, trained, tmp_path):
+    assert_user_error(*run_main(capsys, 'cam', trained, tmp_path/'nope'), 'nope')
+
+@pytest.mark.parametrize('name,text', [('spec.toml', '[classes\ntiger = "tiger"'), ('spec.json', '{"classes": {"a": '),
+                                       ('spec.toml', '[classes]\n"a/b" = "x"\nlion = "lion"')])
+def test_spec_file_errors(capsys, tmp_path, name, text):
+    (tmp_path/name).write_text(text)
+    assert_user_error(*run_main(capsys, 'run', '--spec', tmp_path/name, '--out', tmp_path/'o'))
+
+@pytest.mark.parametrize('label', ['a/b', '../x', 'c\\d'])
+def test_label_with_path_separator(capsys, tmp_path, label):
+    assert_user_error(*run_main(capsys, 'run', label, 'lion', '--out', tmp_path/'o'), 'separator')
+    assert not (tmp_path/'o').exists()
+
+def test_one_class(capsys, tmp_path):
+    assert_user_error(*run_main(capsys, 'crawl', 'tiger', '--out', tmp_path/'o'), 'two classes')
+
+def test_unknown_command(capsys):
+    assert_user_error(*run_main(capsys, 'frobnicate'), 'invalid choice')
+
+def test_download_url_file_missing(capsys, tmp_path):
+    assert_user_error(*run_main(capsys, 'download', tmp_path/'urls.txt', tmp_path/'d'), 'does not exist')
+
+def test_clean_missing(capsys, tmp_path):
+    assert_user_error(*run_main(capsys, 'clean', tmp_path/'nope'), 'does not exist')
+
+def test_unwritable_output(capsys, tmp_path, data):
+    if os.geteuid() == 0: out = Path('/proc/fastpipes-out')  # root writes anywhere else
+    else:
+        ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o500); out = ro/'o'
+    assert_user_error(*run_main(capsys, 'train', data, '--out', out, *TINY), 'cannot write')
+
+# -------------------------------------------------- the network: exit 2, one line, in a real subprocess
+
+NO_NET = {'DDGS_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9',
+          'https_proxy': 'http://127.0.0.1:9', 'http_proxy': 'http://127.0.0.1:9', 'NO_PROXY': '', 'no_proxy': ''}
+
+def test_no_network_for_pretrained_weights(tmp_path, data):
+    "Offline, asking for pretrained weights names --no-pretrained (weights cache empty, every proxy refused)."
+    args = [a for a in TINY if a != '--no-pretrained']
+    rc, o, e = cli('train', data, '--out', tmp_path/'o', *args, env={**NO_NET, 'TORCH_HOME': str(tmp_path/'torch')})
+    assert_user_error(rc, o, e, '--no-pretrained')
+
+def test_no_network_for_crawl(tmp_path):
+    rc, o, e = cli('crawl', 'tiger', 'lion', '--out', tmp_path/'d', '--n-train', '5', '--pause', '0', '--quiet',
+                   env=NO_NET, timeout=240)
+    assert_user_error(rc, o, e)
+
+def test_subprocess_one_line_and_debug(tmp_path):
+    "The real interpreter prints one line; --debug adds the traceback."
+    rc, o, e = cli('train', tmp_path/'nope', '--out', tmp_path/'o')
+    assert_user_error(rc, o, e, 'does not exist')
+    rc, o, e = cli('train', tmp_path/'nope', '--out', tmp_path/'o', '--debug')
+    assert rc == 2 and 'Traceback' in e
+
+def test_help_is_fast_and_light():
+    rc, o, e = cli('--help')
+    assert rc == 0 and 'demo' in o
+    r = subprocess.run([sys.executable, '-c', 'import sys, fastpipes.cli as c; c.parser().format_help(); print("torch" in sys.modules)'],
+                       capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert r.stdout.strip() == 'False', r.stderr
+
+# ---------------------------------------------------------------- Ctrl-C: exit 130 and resume
+
+def test_ctrl_c_during_download_resumes(tmp_path):
+    from fastpipes.serve import LoopbackServer, Route
+    from fastpipes.core import read_manifest
+    n = 40
+    _img(tmp_path/'src.jpg', (200, 100, 50), size=64)
+    body = (tmp_path/'src.jpg').read_bytes()
+    routes = {f'/i{i}.jpg': Route(body, delay=0.4) for i in range(n)}
+    with LoopbackServer(routes) as srv:
+        (tmp_path/'urls.txt').write_text('\n'.join(srv.url(f'/i{i}.jpg') for i in range(n)))
+        dest = tmp_path/'d'
+        p = subprocess.Popen([sys.executable, '-m', 'fastpipes.cli', 'download', str(tmp_path/'urls.txt'), str(dest),
+                              '--allow-private', '--quiet'], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 60 and len(read_manifest(dest)) < 4 and p.poll() is None: time.sleep(0.05)
+        assert p.poll() is None, f"the download ended before it could be interrupted: {p.communicate()}"
+        p.send_signal(signal.SIGINT)
+        o, e = p.communicate(timeout=60)
+        assert p.returncode == 130, (p.returncode, e[-2000:])
+        assert 'resume' in e and 'Traceback' not in e
+        done = {r['url'] for r in read_manifest(dest) if r['status'] == 'ok'}
+        assert 0 < len(done) < n, len(done)
+        assert not list(dest.rglob('*.part')), "a .part file was left behind"
+        hits_before = dict(srv.hits)
+        rc, o, e = cli('download', tmp_path/'urls.txt', dest, '--allow-private', '--quiet')
+        assert rc == 0, e
+        rows = read_manifest(dest)
+        assert sum(r['status'] == 'ok' for r in rows) == n
+        assert len([f for f in dest.rglob('*.jpg')]) == n
+        refetched = [u for u in done if srv.hits[urlsplit(u).path] > hits_before.get(urlsplit(u).path, 0)]
+        assert refetched == [], f"already saved URLs fetched again: {refetched[:3]}"
+
+# ---------------------------------------------------------------- success paths
+
+def test_train_writes_everything(trained):
+    names = {p.name for p in trained.iterdir()}
+    for f in ['report.html', 'metrics.json', 'confusion_matrix.png', 'top_losses.png', 'class_activation_maps.png']:
+        assert f in names, (f, names)
+    m = json.loads((trained/'metrics.json').read_text())
+    assert 0 <= m['accuracy'] <= 1
+    page = (trained/'report.html').read_text()
+    assert 'data:image/png;base64,' in page and 'Confusion matrix' in page
+
+def test_predict(trained, data):
+    files = sorted((data/'test'/'red').glob('*.jpg'))[:2] + sorted((data/'test'/'blue').glob('*.jpg'))[:2]
+    rc, o, e = cli('predict', trained, *files)
+    assert rc == 0, e
+    lines = [l.split('\t') for l in o.strip().splitlines()]
+    assert [l[0] for l in lines] == [str(f) for f in files]
+    assert all(l[1] in ('red', 'blue') and 0 <= float(l[2]) <= 1 for l in lines), lines
+
+def test_cam(trained, data, tmp_path):
+    rc, o, e = cli('cam', trained, data/'test', '--png', tmp_path/'g.png', '--nrows', '2', '--ncols', '3')
+    assert rc == 0, e
+    im = Image.open(tmp_path/'g.png'); assert min(im.size) > 100
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    "The offline demo reaches its targets (accuracy ≥ 0.95, pointing game ≥ 0.9); its report opens in a browser."
+    out = Path(os.environ.get('FASTPIPES_DEMO_OUT') or tmp_path/'demo')
+    rc, o, e = cli('demo', '--out', out, '--quiet', timeout=600)
+    assert rc == 0, e[-3000:]
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['accuracy'] >= 0.95 and m['pointing game'] >= 0.9, m
+    assert str((out/'report.html').resolve()) in o
+    rejected = {p.parent.name for p in (out/'data'/'rejected').rglob('*') if p.is_file()}
+    assert len(rejected) >= 2, rejected
+    from test_report import open_page, check_page
+    check_page(open_page(out/'report.html'))
