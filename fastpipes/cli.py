@@ -123,6 +123,17 @@ def _savefig(fig, fn:Path)->Path:
     fig.savefig(fn, dpi=100, bbox_inches='tight')
     return fn
 
+def _summary(metrics:dict, counts, params:dict)->str:
+    "One sentence on what was trained on what, and how well it did."
+    s = f"A {params.get('arch', 'model')} trained for {params.get('epochs', '?')} epochs"
+    if counts is not None and len(counts):
+        classes = [str(c) for c in counts.index if c != 'total']
+        s += f" on {int(counts.loc['total'].sum())} images of {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+    s += '.'
+    if 'accuracy' in metrics: s += f" Validation accuracy {metrics['accuracy']:.1%}."
+    if 'pointing game' in metrics: s += f" The class activation maps point at the mark in {metrics['pointing game']:.1%} of the test images."
+    return s
+
 def write_run_report(learn, # a trained `Learner`
                      out:Path, # the run's folder: the report, metrics JSON and figures go here
                      data:Path|None=None, # the dataset folder (for counts, rejects and the manifest)
@@ -147,8 +158,10 @@ def write_run_report(learn, # a trained `Learner`
     fns = {t: _savefig(f, out/f"{t.lower().replace(' ', '_')}.png") for t,f in figs.items()}
     for f in figs.values(): plt.close(f)
     data = Path(data) if data is not None else None
+    counts = dataset_counts(data) if data else None
+    summary = ' '.join(s for s in [summary, _summary(metrics, counts, params or {})] if s)
     rep = write_report(out/'report.html', title=title, summary=summary, params=params, versions=versions(),
-                       dataset=dataset_counts(data) if data else None,
+                       dataset=counts,
                        downloads=manifest_summary(data) if data and (data/'manifest.jsonl').exists() else None,
                        rejected=rejected_files(data) if data else None, history=hist, curve=fns.pop('Training curve'),
                        metrics=metrics, figures=fns)
@@ -166,7 +179,7 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
                    aug:bool=True, # fastai's `aug_transforms`
                    lr:float|None=None, # learning rate (default: the library's)
                    quiet:bool=False, # no progress bars
-                   title:str='fastpipes run', params:dict|None=None, extra_fn=None):
+                   title:str='fastpipes run', summary:str|None=None, params:dict|None=None, extra_fn=None):
     "Train a CAM-ready classifier on `data`, save it to `out/model` and write the report; return `(learn, metrics)`."
     data, out = _in_dir(data), _out_dir(out)
     from fastpipes.core import set_seed
@@ -182,7 +195,7 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
     extra = extra_fn(learn) if extra_fn else None
     params = params or dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, valid=valid,
                             pretrained=pretrained, seed=seed, aug=aug, lr=lr)
-    metrics = write_run_report(learn, out, data, params=params, extra=extra, title=title, quiet=quiet)
+    metrics = write_run_report(learn, out, data, params=params, extra=extra, title=title, summary=summary, quiet=quiet)
     return learn, metrics
 
 # %% ../nbs/10_cli.ipynb #8a9777ed
@@ -350,6 +363,9 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
     params = dict(n_train=n_train, n_test=n_test, size=size, epochs=epochs, bs=bs, seed=seed, arch='resnet18', pretrained=False)
     _, metrics = fit_and_report(data, out, arch='resnet18', size=size, bs=bs, epochs=epochs, valid='test', pretrained=False,
                                 seed=seed, aug=False, quiet=quiet, title='fastpipes demo: two kinds of marks', params=params,
+                                summary=(f"{2*(n_train+n_test)} generated images (a ring or a cross at a random place on clutter) "
+                                         f"and {len(_broken_routes(b'x'))} broken bodies were served on 127.0.0.x, downloaded, "
+                                         "cleaned and trained on from scratch, with no network."),
                                 extra_fn=_pointing)
     return metrics
 

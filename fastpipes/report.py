@@ -118,6 +118,7 @@ def dataset_counts(path:Path, # a dataset folder: `<split>/<label>/` image files
         if subs: counts[d.name] = {s.name: len(_images(s)) for s in subs}
         else: counts.setdefault('all', {})[d.name] = len(_images(d))
     df = pd.DataFrame(counts).fillna(0).astype(int)
+    df = df[sorted(df.columns, key=lambda c: (c != 'train', c))]
     df.index.name = 'class'
     if len(df): df.loc['total'] = df.sum()
     return df
@@ -206,7 +207,7 @@ code{font-size:13px}
 def _e(x)->str: return html.escape(str(x))
 
 def _fmt(v)->str:
-    if isinstance(v, float): return f'{v:.4f}' if abs(v) < 1000 else f'{v:.1f}'
+    if isinstance(v, float): return f'{v:.3f}' if abs(v) < 1000 else f'{v:.1f}'
     return _e(v)
 
 def _kv_table(d:dict)->str:
