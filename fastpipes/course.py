@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback  # registers the progress bar and per-epoch table
+import fastai.callback.schedule  # Learner.fit_one_cycle, lr_find
 from fastai.learner import Learner
 from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -24,7 +26,8 @@ from fastai.optimizer import OptimWrapper
 from .core import FastpipesError
 
 # %% auto #0
-__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table']
+__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table',
+           'shift_flip', 'BatchAug', 'course_learner']
 
 # %% ../nbs/07a_course.ipynb #4cc3a1c9
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
@@ -62,7 +65,7 @@ def mlp(sizes:tuple=(784, 64, 1), # layer widths, input first; the last is the n
 def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`)
                 sizes:tuple=(784, 64, 1), # layer widths; a last width of 1 means sigmoid + BCE
                 opt:str='adam', # 'sgd', 'adam' or 'adamw' (see `course_opt`)
-                lr:float=1e-3, # learning rate
+                lr:float=3e-4, # learning rate
                 mom:float=0.9, # momentum of SGD
                 wd:float=0., # weight decay
                 **kwargs, # passed to `Learner`
@@ -169,3 +172,55 @@ def layer_table(model:nn.Module, # any PyTorch model
     total = pd.DataFrame([dict(layer='Total', type='', output_shape=df.output_shape.iloc[-1] if len(df) else None,
                                params=int(df.params.sum()) + other)])
     return pd.concat([df, total], ignore_index=True)
+
+# %% ../nbs/07a_course.ipynb #9ab290d1
+def shift_flip(x:torch.Tensor, # a batch of images (n, c, h, w)
+               shift:int=2, # largest shift in pixels, in each direction
+               flip:bool=False, # also flip half the images left–right
+              )->torch.Tensor:
+    "Each image of `x` shifted by a random number of pixels (zero padded) and maybe mirrored."
+    n, c, h, w = x.shape
+    xp = F.pad(x, (shift,)*4)
+    oy, ox = (torch.randint(0, 2*shift+1, (n, 1), device=x.device) for _ in range(2))
+    rows = (oy + torch.arange(h, device=x.device))[:, :, None]
+    cols = ox + torch.arange(w, device=x.device)
+    if flip: cols = torch.where(torch.rand(n, 1, device=x.device) < 0.5, cols.flip(1), cols)
+    return xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols[:, None, :]].permute(0, 3, 1, 2)
+
+class BatchAug(Callback):
+    "Augment each training batch with `shift_flip`."
+    order = 5
+    def __init__(self, shift:int=2, flip:bool=False): store_attr()
+    def before_batch(self):
+        if self.training and self.x.ndim == 4: self.learn.xb = (shift_flip(self.x, self.shift, self.flip),)
+
+# %% ../nbs/07a_course.ipynb #db3e6ab4
+def _input_shape(dls)->tuple:
+    "The shape of one input image of `dls`."
+    x = getattr(dls.train, 'x', None)
+    return tuple(x.shape[1:]) if x is not None else tuple(dls.one_batch()[0].shape[1:])
+
+def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, ...)
+                   kind:str='mnist', # one of `CNN_KINDS`
+                   opt:str='sgd', # 'sgd' (with momentum `mom`), 'adam' or 'adamw'
+                   lr:float=0.01, # learning rate
+                   mom:float=0.9, # momentum of SGD
+                   wd:float=0., # L2 weight decay
+                   aug:bool=False, # random shifts (and flips of colour images) of the training batches
+                   nll:bool|None=None, # `LogSoftmax` output + `NLLLoss` (default: only 'mnist')
+                   n_out:int|None=None, # number of classes (default: `dls.c`)
+                   bn:bool|None=None, # BatchNorm after every conv (see `course_cnn`)
+                   dropout:float|None=None, # dropout before the last FC layer
+                   xavier:bool=False, # Xavier init of the FC layers
+                   cbs=None, # more callbacks
+                   **kwargs, # passed to `Learner`
+                  )->Learner:
+    "A `Learner` that trains one of the course's CNNs with the course's setup and the given variants."
+    c, h, w = _input_shape(dls)
+    n_out = n_out or getattr(dls, 'c', None) or 10
+    nll = (kind == 'mnist') if nll is None else nll
+    model = course_cnn(kind, n_out, in_ch=c, size=h, bn=bn, dropout=dropout, xavier=xavier, log_softmax=nll)
+    cbs = L(cbs) + ([BatchAug(shift=max(1, h//14), flip=c == 3)] if aug else [])
+    learn = Learner(dls, model, loss_func=nn.NLLLoss() if nll else CrossEntropyLossFlat(), lr=lr,
+                    opt_func=course_opt(opt, mom, wd), metrics=accuracy, cbs=cbs, **kwargs)
+    return show_train_metrics(learn)
