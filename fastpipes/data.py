@@ -153,6 +153,7 @@ def image_dls(path:Path, # dataset folder: `train/<label>/` and `<valid>/<label>
         raise FastpipesError(f"The dataset folder `{path}` has no `train` folder; make `train/<label>/`{hint}.")
     if valid_pct is None:
         if not valid: raise FastpipesError("Pass `valid` (the validation folder's name) or `valid_pct` (a random split).")
+        _need_dir(path/'train', 'training folder')
         _need_dir(path/valid, f"validation folder (`valid={valid!r}`)")
         df = scan_images(path, valid)
         df['is_valid'] = df.split == valid
