@@ -27,7 +27,7 @@ from .core import FastpipesError
 
 # %% auto #0
 __all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table',
-           'shift_flip', 'BatchAug', 'course_learner']
+           'shift_flip', 'BatchAug', 'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
 
 # %% ../nbs/07a_course.ipynb #4cc3a1c9
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
@@ -224,3 +224,79 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
     learn = Learner(dls, model, loss_func=nn.NLLLoss() if nll else CrossEntropyLossFlat(), lr=lr,
                     opt_func=course_opt(opt, mom, wd), metrics=accuracy, cbs=cbs, **kwargs)
     return show_train_metrics(learn)
+
+# %% ../nbs/07a_course.ipynb #14409565
+def pets_size(need:int=4<<30)->int:
+    "512 when the GPU (or, without one, the RAM) has `need` bytes free, else 256."
+    if torch.cuda.is_available(): free = torch.cuda.mem_get_info()[0]
+    else:
+        import os
+        free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    return 512 if free >= need else 256
+
+def pets_model(pretrained:bool=True, # start from torchvision's ImageNet weights (downloads them once)
+              )->nn.Module:
+    "torchvision's ResNet18 with its last layer replaced by `Linear(512, 1)`."
+    from torchvision.models import resnet18, ResNet18_Weights
+    try: m = resnet18(weights=ResNet18_Weights.DEFAULT if pretrained else None)
+    except (OSError, RuntimeError) as e:
+        raise FastpipesError(f"Could not get ResNet18's pretrained weights ({e}); pass pretrained=False "
+                             "(--no-pretrained) to train from scratch.") from None
+    m.fc = nn.Linear(512, 1)
+    return m
+
+def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, size, bs)`)
+                 path=None, # the pets folder, when `dls` is not given
+                 pretrained:bool=True, # start from ImageNet weights
+                 lr:float=1e-5, # Adam's learning rate, as in the course
+                 size:int|None=None, # image side when `dls` is not given (default: `pets_size()`)
+                 bs:int=16, # batch size when `dls` is not given
+                 **kwargs, # passed to `Learner`
+                )->Learner:
+    "The course's cat-vs-dog `Learner`: ResNet18 → `Linear(512, 1)`, `BCEWithLogitsLoss`, Adam."
+    if dls is None:
+        from fastpipes.datasets import pets_dls
+        dls = pets_dls(path, size=size or pets_size(), bs=bs)
+    learn = Learner(dls, pets_model(pretrained), loss_func=BCEWithLogitsLossFlat(), opt_func=course_opt('adam'),
+                    lr=lr, metrics=binary_accuracy, **kwargs)
+    return show_train_metrics(learn)
+
+# %% ../nbs/07a_course.ipynb #fad6f0d2
+def _cam_of(learn:Learner, xb:torch.Tensor)->tuple:
+    "Logits and class activation maps (towards class 1) of `learn`'s ResNet on the batch `xb`."
+    model = learn.model.eval()
+    feats = {}
+    h = model.layer4.register_forward_hook(lambda m, i, o: feats.setdefault('x', o))
+    try:
+        with torch.no_grad(): logits = model(xb).reshape(-1)
+    finally: h.remove()
+    return logits, torch.einsum('bchw,c->bhw', feats['x'], model.fc.weight[0].detach())
+
+def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
+    "A figure with the photo and the CAM over it."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=figsize)
+    axs[0].imshow(img); axs[1].imshow(img)
+    h, w = img.shape[:2]
+    axs[1].imshow(cam, cmap='jet', alpha=0.5, extent=(0, w, h, 0), interpolation='bilinear')
+    for ax in axs: ax.axis('off')
+    fig.suptitle(title)
+    plt.close(fig)
+    return fig
+
+def explain(learn:Learner, # a `pets_learner` (any ResNet with a `Linear(512, 1)` head and a fastai `DataBlock`)
+            image, # a photo: file name, PIL image or uint8 array
+            figsize:tuple=(8, 4), # size of the figure
+           )->dict:
+    "The logit, the probability of dog, the decision and the CAM figure for one photo."
+    from PIL import Image
+    if isinstance(image, Image.Image): image = image.convert('RGB')
+    dl = learn.dls.test_dl([image])
+    xb = dl.one_batch()[0]
+    logits, cams = _cam_of(learn, xb)
+    logit = logits[0].item(); prob = torch.sigmoid(logits[0]).item()
+    decision = learn.dls.vocab[int(prob > 0.5)] if len(getattr(learn.dls, 'vocab', [])) == 2 else ('dog' if prob > 0.5 else 'cat')
+    cam = (cams[0] if prob > 0.5 else -cams[0]).cpu().numpy()
+    img = dl.decode_batch((xb,))[0][0].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+    fig = _show_cam(img, cam, f"{decision}: P(dog) = {prob:.3f}, logit {logit:+.2f}", figsize)
+    return dict(logit=logit, prob=prob, decision=decision, cam=cam, figure=fig)
