@@ -144,14 +144,13 @@ def write_run_report(learn, # a trained `Learner`
                      quiet:bool=False)->dict:
     "Evaluate `learn`, write `metrics.json`, the figures and `report.html` into `out`; return the metrics."
     import matplotlib.pyplot as plt
-    from fastpipes.train import evaluate, confusion_figure, top_losses_figure
+    from fastpipes.train import evaluate, confusion_figure, top_losses_figure, history
     from fastpipes.cam import cam_grid
-    from fastpipes.report import (write_report, versions, dataset_counts, rejected_files, manifest_summary,
-                                  history_frame, curve_figure)
+    from fastpipes.report import write_report, versions, dataset_counts, rejected_files, manifest_summary, curve_figure
     out = Path(out)
     metrics = {**evaluate(learn), **(extra or {})}
     atomic_write(out/'metrics.json', json.dumps(metrics, indent=2, default=float))
-    hist = history_frame(learn.recorder)
+    hist = history(learn)
     figs = {'Training curve': curve_figure(hist, learn.recorder.losses),
             'Confusion matrix': confusion_figure(learn), 'Top losses': top_losses_figure(learn),
             'Class activation maps': cam_grid(learn, cam_items if cam_items is not None else learn.dls.valid)}
@@ -182,15 +181,13 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
                    title:str='fastpipes run', summary:str|None=None, params:dict|None=None, extra_fn=None):
     "Train a CAM-ready classifier on `data`, save it to `out/model` and write the report; return `(learn, metrics)`."
     data, out = _in_dir(data), _out_dir(out)
-    from fastpipes.core import set_seed
     from fastpipes.cam import resolve_arch
     from fastpipes.data import image_dls
     from fastpipes.train import train_classifier, save_classifier
     resolve_arch(arch)
-    set_seed(seed)
     dls = image_dls(data, size=size, bs=bs, seed=seed, aug=aug, num_workers=0, **_valid_kw(valid))
     kw = {} if lr is None else dict(lr=lr)
-    learn = train_classifier(dls, arch=arch, epochs=epochs, pretrained=pretrained, cam=True, quiet=quiet, **kw)
+    learn = train_classifier(dls, arch=arch, epochs=epochs, pretrained=pretrained, cam=True, seed=seed, quiet=quiet, **kw)
     save_classifier(learn, out/'model')
     extra = extra_fn(learn) if extra_fn else None
     params = params or dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, valid=valid,
@@ -286,17 +283,7 @@ def _cmd_predict(a):
     learn = _load(a.model)
     files = _files_or_dir(a.files)
     from fastpipes.train import predict
-    if isinstance(files, Path):
-        from fastai.vision.all import get_image_files
-        files = list(get_image_files(files))
-    res = predict(learn, files)
-    for fn,(lbl,p) in zip(files, _pairs(res)): print(f"{fn}\t{lbl}\t{p:.4f}")
-
-def _pairs(res):
-    "`(label, probability)` pairs from what `train.predict` returns."
-    if hasattr(res, 'itertuples'): return [(r.label, float(r.prob)) for r in res.itertuples()]
-    labels, probs = res
-    return [(l, float(p)) for l,p in zip(labels, probs)]
+    for r in predict(learn, files).itertuples(): print(f"{r.file}\t{r.label}\t{r.prob:.4f}")
 
 def _cmd_run(a):
     _classes(a)

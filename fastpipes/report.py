@@ -145,6 +145,13 @@ def history_frame(recorder)->'pd.DataFrame':
     df.insert(0, 'epoch', range(len(df)))
     return df
 
+_NOT_METRICS = ('epoch', 'train_loss', 'valid_loss', 'seconds', 'time')
+
+def _metric_cols(history)->list:
+    "Numeric columns of `history` that are metrics (not epochs, losses or times)."
+    import pandas as pd
+    return [c for c in history.columns if c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(history[c])]
+
 def curve_figure(history, # one row per epoch, as `history_frame` returns
                  batch_losses=None, # the per-batch training losses (`learn.recorder.losses`)
                  figsize=(7, 3),
@@ -159,8 +166,7 @@ def curve_figure(history, # one row per epoch, as `history_frame` returns
     for col,c in [('train_loss', '#1f77b4'), ('valid_loss', '#d62728')]:
         if col in history: ax1.plot(history['epoch'], history[col], 'o-', color=c, label=col.replace('_', ' '))
     ax1.set_xlabel('epoch'); ax1.set_title('loss'); ax1.legend(fontsize=8)
-    for col in [c for c in history.columns if c not in ('epoch', 'train_loss', 'valid_loss')]:
-        ax2.plot(history['epoch'], history[col], 'o-', label=col)
+    for col in _metric_cols(history): ax2.plot(history['epoch'], history[col], 'o-', label=col)
     ax2.set_xlabel('epoch'); ax2.set_title('metrics'); ax2.set_ylim(0, 1.02)
     if len(ax2.lines): ax2.legend(fontsize=8)
     fig.tight_layout()
