@@ -210,7 +210,7 @@ def _crawl_to(a, dest:Path):
     classes, counts = _classes(a)
     from fastpipes.crawl import crawl
     n_train, n_test = counts.get('n_train', a.n_train), counts.get('n_test', a.n_test)
-    return crawl(classes, dest, n_train=n_train, n_test=n_test, pause=a.pause, quiet=a.quiet)
+    return crawl(classes, dest, n_train=n_train, n_test=n_test, pause=a.pause, allow_private=a.allow_private, quiet=a.quiet)
 
 def _cmd_crawl(a):
     _classes(a)
@@ -382,6 +382,7 @@ def _crawl_opts(p:argparse.ArgumentParser):
     g.add_argument('--n-train', type=_pos_int, default=200, help="training images per class (default: %(default)s)")
     g.add_argument('--n-test', type=int, default=0, help="test images per class, from the test queries (default: %(default)s)")
     g.add_argument('--pause', type=float, default=1.0, help="seconds between search queries (default: %(default)s)")
+    g.add_argument('--allow-private', action='store_true', help="allow image URLs on loopback and private addresses")
 
 def parser()->argparse.ArgumentParser:
     "The `fastpipes` command's argument parser."

@@ -247,3 +247,22 @@ def test_demo(tmp_path):
     assert len(rejected) >= 2, rejected
     from test_report import open_page, check_page
     check_page(open_page(out/'report.html'))
+
+def test_run_offline(tmp_path, monkeypatch, capsys):
+    "`run` end to end (crawl → clean → train → CAM → report) with the search replaced by a loopback server."
+    import fastpipes.crawl
+    from fastpipes.serve import LoopbackServer
+    src = make_data(tmp_path/'src', n_train=10, n_test=0, splits=('train',))
+    routes = {f'/{c}/{f.name}': f.read_bytes() for c in ('red', 'blue') for f in sorted((src/'train'/c).glob('*.jpg'))}
+    routes['/red/page.jpg'] = b'<html>not an image</html>'
+    with LoopbackServer(routes) as srv:
+        def fake_search(query, max_images=200, **kw):
+            return [dict(url=srv.url(p), title=p) for p in routes if p.startswith(f'/{query}/')][:max_images]
+        monkeypatch.setattr(fastpipes.crawl, 'search_images', fake_search)
+        rc, o, e = run_main(capsys, 'run', 'red', 'blue', '--out', tmp_path/'run', '--n-train', '11', '--pause', '0',
+                            '--allow-private', '--valid', '0.25', *TINY)
+    assert rc == 0, e[-3000:]
+    out = tmp_path/'run'
+    assert (out/'report.html').exists() and (out/'metrics.json').exists(), list(out.iterdir())
+    assert any((out/'data'/'rejected').rglob('*')), "the HTML body was not rejected"
+    assert str((out/'report.html').resolve()) in o
