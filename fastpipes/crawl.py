@@ -272,7 +272,7 @@ def _items(urls)->list[dict]:
     return rows
 
 def _folder(row:dict)->str:
-    return '/'.join(safe_name(row[k]) for k in ('split', 'label') if row.get(k) not in (None, ''))
+    return '/'.join(safe_name(row[k]) for k in ('split', 'label') if row.get(k) is not None)
 
 def _round_robin(rows:list[dict])->list[dict]:
     "`rows` reordered so that consecutive rows go to different hosts where possible."

@@ -1,0 +1,343 @@
+"Download, search and crawl against a loopback server and a fake `ddgs`: hostile bodies, limits, resume after SIGKILL."
+import io, json, os, signal, struct, subprocess, sys, threading, time, zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import fastpipes.crawl as fc
+from fastpipes.core import FastpipesError, inside, read_manifest, safe_name, sha256_file, short_hash
+from fastpipes.crawl import crawl, download_images, search_images
+from fastpipes.serve import LoopbackServer, Route
+
+ROOT = Path(__file__).resolve().parent.parent
+CAP = 256 << 10  # a small size cap keeps the endless body test fast
+FAST = dict(connect_timeout=1, read_timeout=1, deadline=2.5, max_bytes=CAP, allow_private=True, quiet=True)
+
+# ---------------------------------------------------------------- payloads
+
+def enc(im, fmt, **kw):
+    b = io.BytesIO(); im.save(b, fmt, **kw); return b.getvalue()
+
+def photo(seed, size=(64, 48)):
+    "A small noisy RGB photo, different per seed."
+    im = Image.effect_noise(size, 40 + seed).convert('RGB')
+    return enc(Image.merge('RGB', [im.getchannel(0).point(lambda v: (v + 37*seed) % 256), im.getchannel(1), im.getchannel(2)]), 'JPEG')
+
+def bomb_png(w=100_000, h=100_000):
+    "A tiny PNG whose header claims `w`×`h` pixels."
+    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b'')
+
+def palette_png():
+    im = Image.new('P', (32, 32)); im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.paste(1, (8, 8, 24, 24)); im.info['transparency'] = 0
+    return enc(im, 'PNG', transparency=0)
+
+def animated_gif():
+    frames = [Image.new('P', (20, 20), i) for i in range(3)]
+    return enc(frames[0], 'GIF', save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+JPG = photo(0)
+PNG_RGB = enc(Image.new('RGB', (30, 20), 'red'), 'PNG')
+# path → (route, expected status, expected reason start or file extension)
+CASES = {
+    '/photo.jpg': (JPG, 'ok', '.jpg'),
+    '/duplicate.jpg': (JPG, 'ok', '.jpg'),
+    '/png-named.jpg': (PNG_RGB, 'ok', '.png'),
+    '/palette.png': (palette_png(), 'ok', '.png'),
+    '/cmyk.jpg': (enc(Image.new('CMYK', (24, 24), (0, 255, 0, 0)), 'JPEG'), 'ok', '.jpg'),
+    '/la.png': (enc(Image.new('LA', (24, 24), (128, 100)), 'PNG'), 'ok', '.png'),
+    '/animated.gif': (animated_gif(), 'ok', '.gif'),
+    '/photo.webp': (enc(Image.new('RGB', (26, 22), 'blue'), 'WEBP'), 'ok', '.webp'),
+    '/tiny.jpg': (enc(Image.new('RGB', (4, 4)), 'JPEG'), 'ok', '.jpg'),
+    '/truncated.jpg': (photo(1)[:300], 'ok', '.jpg'),      # decodes badly: the cleaning stage rejects it
+    '/bomb.png': (bomb_png(), 'ok', '.png'),                # measured from its header; cleaning rejects it
+    '/html.jpg': (Route(b'<!DOCTYPE html><html><body>Forbidden</body></html>'), 'error', 'not an image: HTML (served as image/jpeg)'),
+    '/logo.svg': (Route(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"></svg>', content_type='image/svg+xml'), 'error', 'not an image: SVG'),
+    '/empty.jpg': (Route(b''), 'error', 'empty body'),
+    '/junk.jpg': (Route(b'\x00\x01garbage' * 10), 'error', 'not an image: unknown format'),
+    '/missing.jpg': (Route(b'gone', 404, 'text/plain'), 'error', 'http 404'),
+    '/broken.jpg': (Route(b'oops', 500, 'text/plain'), 'error', 'http 500'),
+    '/hang.jpg': (Route(hang=True), 'error', 'timed out: no data for 1 s'),
+    '/trickle.jpg': (Route(photo(2), chunk=64, chunk_delay=0.25), 'error', 'took longer than the 2.5 s deadline'),
+    '/loop-a': (Route(status=302, redirect='/loop-b'), 'error', 'more than 5 redirects'),
+    '/loop-b': (Route(status=302, redirect='/loop-a'), 'error', 'more than 5 redirects'),
+    '/to-ftp': (Route(status=301, redirect='ftp://127.0.0.1/x.jpg'), 'error', "refused scheme 'ftp'"),
+    '/no-location': (Route(status=302), 'error', 'http 302 redirect without a Location'),
+    '/moved.jpg': (Route(status=307, redirect='/photo.jpg'), 'ok', '.jpg'),
+    '/endless.jpg': (Route(JPG, endless=True), 'error', f'larger than the {CAP/2**20:g} MB cap'),
+    '/claims-huge.jpg': (Route(JPG, length=10*CAP), 'error', f'larger than the {CAP/2**20:g} MB cap (Content-Length'),
+    '/short.jpg': (Route(JPG, length=len(JPG) + 500), 'error', f'body ended early: {len(JPG)} of {len(JPG)+500} bytes'),
+}
+
+@pytest.fixture(scope='module')
+def hostile(tmp_path_factory):
+    "Every case downloaded once: (server hits, rows by path, dest)."
+    dest = tmp_path_factory.mktemp('hostile')
+    with LoopbackServer({p: r for p,(r,_,_) in CASES.items()}, hosts=2, hang_max=10) as srv:
+        urls = [dict(url=srv.url(p, host=i % 2), label='things', split='train') for i,p in enumerate(CASES)]
+        rows = download_images(urls, dest, **FAST)
+        hits = dict(srv.hits)
+    yield hits, {fc.urlsplit(r['url']).path: r for r in rows}, dest
+
+@pytest.mark.parametrize('path', list(CASES))
+def test_hostile_case(hostile, path):
+    _, rows, dest = hostile
+    _, status, expect = CASES[path]
+    r = rows[path]
+    assert r['status'] == status, r
+    if status == 'ok':
+        assert r['reason'] is None and r['file'].endswith(expect)
+        fn = dest/r['file']
+        assert fn.is_file() and fn.stat().st_size == r['bytes'] and sha256_file(fn) == r['sha256']
+        assert fn.name == f"{short_hash(r['url'])}{expect}"
+    else:
+        assert r['reason'].startswith(expect), r['reason']
+        assert r['file'] is None
+
+def test_hostile_files(hostile):
+    _, rows, dest = hostile
+    files = [p for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+    assert sorted(p.name for p in files) == sorted(Path(r['file']).name for r in rows.values() if r['status'] == 'ok')
+    assert not list(dest.rglob('*.part'))
+    assert max(p.stat().st_size for p in files) <= CAP
+    m = {fc.urlsplit(r['url']).path: r for r in read_manifest(dest)}
+    assert m == rows                                   # one manifest row per URL, the rows returned
+    assert (m['/bomb.png']['width'], m['/bomb.png']['height']) == (100_000, 100_000)
+    assert (m['/palette.png']['width'], m['/la.png']['height'], m['/photo.webp']['width']) == (32, 24, 26)
+    assert m['/photo.jpg']['sha256'] == m['/duplicate.jpg']['sha256']   # exact duplicates are the cleaner's call
+
+def test_redirect_loop_bounded(hostile):
+    hits, _, _ = hostile
+    assert hits['/loop-a'] + hits['/loop-b'] == 12    # two URLs, 6 requests each (the first and 5 redirects)
+
+def test_no_part_file_over_cap_while_streaming(tmp_path):
+    "Watch the folder while an endless body streams: no file ever passes the cap."
+    biggest, stop = [0], threading.Event()
+    def watch():
+        while not stop.is_set():
+            for p in tmp_path.rglob('*'):
+                try: biggest[0] = max(biggest[0], p.stat().st_size if p.is_file() and p.name != 'manifest.jsonl' else 0)
+                except FileNotFoundError: pass
+    with LoopbackServer({'/e.png': Route(PNG_RGB, endless=True, chunk=4096, chunk_delay=0.002)}) as srv:
+        t = threading.Thread(target=watch); t.start()
+        try: r, = download_images(srv.url('/e.png'), tmp_path, **dict(FAST, max_bytes=64 << 10, deadline=10))
+        finally: stop.set(); t.join()
+    assert r['reason'] == 'larger than the 0.0625 MB cap'
+    assert 0 < biggest[0] <= 64 << 10
+    assert not list(tmp_path.rglob('*.part'))
+
+# ---------------------------------------------------------------- politeness and safety
+
+def test_per_host_limit(tmp_path):
+    with LoopbackServer(lambda p: Route(photo(int(p.strip('/').split('.')[0])), delay=0.15), hosts=2) as srv:
+        urls = [srv.url(f'/{i}.jpg', host=i % 2) for i in range(24)]
+        rows = download_images(urls, tmp_path, per_host=3, **FAST)
+        assert rows.attrgot('status') == ['ok'] * 24
+        assert set(srv.max_conns.values()) == {3}, srv.max_conns   # parallel, and never more than 3 per host
+        assert srv.n_requests == 24
+
+def test_private_refused(tmp_path):
+    with LoopbackServer({'/a.jpg': JPG}) as srv:
+        rows = download_images([srv.url('/a.jpg'), f'http://localhost:{srv.url().rsplit(":", 1)[1]}a.jpg'],
+                               tmp_path, **dict(FAST, allow_private=False))
+        assert srv.n_requests == 0
+    assert all(r['status'] == 'error' and r['reason'].startswith('refused private/loopback/reserved address') for r in rows)
+    assert not [p for p in tmp_path.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+
+def test_redirect_to_private_refused_at_the_hop(tmp_path, monkeypatch):
+    "Every hop is checked: pretend 127.0.0.1 is public and 127.0.0.2 is not."
+    monkeypatch.setattr(fc, '_public', lambda ip: ip == '127.0.0.1')
+    with LoopbackServer({'/inner.jpg': JPG}, hosts=2) as srv:
+        srv.routes['/outer.jpg'] = Route(status=302, redirect=srv.url('/inner.jpg', host=1))
+        r, = download_images(srv.url('/outer.jpg'), tmp_path, **dict(FAST, allow_private=False))
+        assert r['reason'].startswith('refused private/loopback/reserved address 127.0.0.2')
+        assert srv.hits == {'/outer.jpg': 1}
+
+def test_all_resolved_addresses_checked(monkeypatch):
+    "A host that resolves to a public and a private address is refused."
+    monkeypatch.setattr(fc.socket, 'getaddrinfo', lambda *a, **k: [(2, 1, 6, '', ('93.184.216.34', 80)), (2, 1, 6, '', ('10.0.0.1', 80))])
+    with pytest.raises(fc._Fail, match='10.0.0.1'): fc._resolve('example.com', 80, False)
+
+@pytest.mark.parametrize('bad', ['file:///etc/passwd', 'javascript:alert(1)', 'http:///nohost', 'http://127.0.0.1:99999/x', 'data:image/png;base64,AAAA'])
+def test_bad_urls(tmp_path, bad):
+    r, = download_images(bad, tmp_path, **FAST)
+    assert r['status'] == 'error' and r['reason']
+
+def test_bad_items(tmp_path):
+    with pytest.raises(FastpipesError, match='url'): download_images([{'label': 'x'}], tmp_path, quiet=True)
+
+LABELS = ['../../x', 'CON', 'a/b', '', 'x' * 300, '..', 'nul.txt', 'tab\there']
+
+def test_labels_stay_inside(tmp_path):
+    dest = tmp_path/'data'
+    with LoopbackServer(lambda p: photo(len(p))) as srv:
+        urls = [dict(url=srv.url(f'/{i}/img.jpg'), label=l, split='../../up' if i == 0 else 'train') for i,l in enumerate(LABELS)]
+        rows = download_images(urls, dest, **FAST)
+    assert rows.attrgot('status') == ['ok'] * len(LABELS)
+    assert all(inside(dest/r['file'], dest) for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p != dest]
+    folders = {Path(r['file']).parent.name for r in rows}
+    assert len(folders) == len(LABELS) and not folders & {'', '.', '..', 'CON', 'nul.txt'}
+    assert sorted(r['label'] for r in read_manifest(dest)) == sorted(LABELS)         # the manifest keeps the original text
+
+# ---------------------------------------------------------------- resume
+
+def test_rerun_skips_and_refetches_missing(tmp_path):
+    with LoopbackServer({f'/{i}.jpg': photo(i) for i in range(6)}) as srv:
+        urls = [srv.url(f'/{i}.jpg') for i in range(6)] + [srv.url('/none.jpg')]
+        first = download_images(urls, tmp_path, **FAST)
+        (tmp_path/first[0]['file']).unlink()
+        again = download_images(urls, tmp_path, **FAST)
+        assert again.attrgot('status') == ['ok'] + ['skipped'] * 5 + ['error']
+        assert [srv.hits[f'/{i}.jpg'] for i in range(6)] == [2, 1, 1, 1, 1, 1]
+        assert srv.hits['/none.jpg'] == 2                    # failures are tried again
+    assert sorted(r['status'] for r in read_manifest(tmp_path)) == ['error'] + ['ok'] * 6
+
+KILL_N, KILL_DELAY = 40, 0.15
+
+def _kill_routes():
+    return {f'/{i}.jpg': Route(photo(i), delay=KILL_DELAY) for i in range(KILL_N)}
+
+def _child(urls_file, dest):
+    return subprocess.Popen([sys.executable, '-c', (
+        "import json, sys; from fastpipes.crawl import download_images; "
+        "download_images(json.load(open(sys.argv[1])), sys.argv[2], per_host=2, max_workers=4, allow_private=True, quiet=True)"),
+        str(urls_file), str(dest)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+def _state(dest):
+    files = sorted((p.relative_to(dest).as_posix(), sha256_file(p)) for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl')
+    return files, sorted(json.dumps(r, sort_keys=True) for r in read_manifest(dest))
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='SIGKILL')
+def test_sigkill_and_resume(tmp_path):
+    a, b = tmp_path/'killed', tmp_path/'clean'
+    with LoopbackServer(_kill_routes()) as srv:
+        urls = [dict(url=srv.url(f'/{i}.jpg'), label='cat' if i % 2 else 'dog', split='train') for i in range(KILL_N)]
+        (tmp_path/'urls.json').write_text(json.dumps(urls))
+        p = _child(tmp_path/'urls.json', a)
+        end = time.monotonic() + 60
+        while time.monotonic() < end and p.poll() is None:
+            if (a/'manifest.jsonl').exists() and len((a/'manifest.jsonl').read_bytes().splitlines()) >= KILL_N // 3: break
+            time.sleep(0.02)
+        assert p.poll() is None, p.communicate()
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+        saved = {fc.urlsplit(r['url']).path for r in read_manifest(a) if r['status'] == 'ok'}
+        assert 0 < len(saved) < KILL_N
+        before = dict(srv.hits)
+        rows = download_images(urls, a, per_host=2, allow_private=True, quiet=True)
+        assert sum(r['status'] == 'skipped' for r in rows) == len(saved)
+        assert all(srv.hits[p_] == before[p_] for p_ in saved)                   # saved URLs not fetched again
+        assert all(srv.hits[f'/{i}.jpg'] >= 1 for i in range(KILL_N))
+        download_images(urls, b, per_host=2, allow_private=True, quiet=True)    # an uninterrupted run
+    assert not list(a.rglob('*.part'))
+    assert _state(a) == _state(b)
+    assert len(_state(a)[0]) == KILL_N
+
+# ---------------------------------------------------------------- search
+
+class FakeDDGS:
+    "Pages of 100 results (230 distinct per query), failing `fail` times first with a rate limit."
+    calls, fail, pages = [], 0, 3
+    def images(self, query, max_results=None, page=1, **kw):
+        from ddgs.exceptions import DDGSException, RatelimitException
+        FakeDDGS.calls.append((query, page, kw))
+        if FakeDDGS.fail: FakeDDGS.fail -= 1; raise RatelimitException('202 Ratelimit')
+        if page > FakeDDGS.pages: raise DDGSException('No results found.')
+        return [dict(image=f'https://img.example/{query}/{i % 230}.jpg', title=f'{query} {i}', url='https://page.example',
+                     source='Bing', width=800, height=600, thumbnail='t') for i in range(100*(page-1), 100*page)]
+
+@pytest.fixture
+def fake_ddgs(monkeypatch):
+    import ddgs
+    FakeDDGS.calls, FakeDDGS.fail, FakeDDGS.pages = [], 0, 3
+    monkeypatch.setattr(ddgs, 'DDGS', FakeDDGS)
+    return FakeDDGS
+
+def test_search_pages_and_dedups(fake_ddgs):
+    res = search_images('cat', max_images=1000, region='uk-en', sleep=pytest.fail)
+    assert [c[1] for c in fake_ddgs.calls] == [1, 2, 3, 4] and fake_ddgs.calls[0][2] == {'region': 'uk-en'}
+    assert len(res) == 230 == len(set(res.attrgot('url')))
+    assert res[5] == dict(url='https://img.example/cat/5.jpg', title='cat 5', page='https://page.example', source='Bing',
+                          width=800, height=600, thumbnail='t', query='cat')
+
+def test_search_stops_at_max(fake_ddgs):
+    assert len(search_images('cat', max_images=120, sleep=pytest.fail)) == 120
+    assert [c[1] for c in fake_ddgs.calls] == [1, 2]
+
+def test_search_retries_with_backoff(fake_ddgs):
+    waits = []
+    fake_ddgs.fail = 3
+    assert len(search_images('cat', max_images=50, backoff=0.5, sleep=waits.append)) == 50
+    assert waits == [0.5, 1.0, 2.0]
+
+def test_search_gives_up_keeping_partial(fake_ddgs, monkeypatch):
+    from ddgs.exceptions import RatelimitException
+    orig = FakeDDGS.images
+    def images(self, query, page=1, **kw):
+        if page >= 2: raise RatelimitException('202 Ratelimit')
+        return orig(self, query, page=page, **kw)
+    monkeypatch.setattr(FakeDDGS, 'images', images)
+    waits = []
+    with pytest.raises(FastpipesError, match='failed on page 2 after 4 attempts') as e:
+        search_images('cat', max_images=500, retries=3, sleep=waits.append)
+    assert waits == [1, 2, 4] and len(e.value.partial) == 100
+    waits.clear()
+    with pytest.raises(FastpipesError): search_images('cat', max_images=500, retries=50, max_wait=20, sleep=waits.append)
+    assert waits == [1, 2, 4, 8] and sum(waits) <= 20                       # bounded in total time too
+
+def test_search_other_errors_propagate(fake_ddgs, monkeypatch):
+    monkeypatch.setattr(FakeDDGS, 'images', lambda self, *a, **k: 1/0)
+    with pytest.raises(ZeroDivisionError): search_images('cat')
+
+# ---------------------------------------------------------------- crawl
+
+def test_crawl_course_flows(tmp_path, fake_ddgs, monkeypatch):
+    "Search results point at a loopback server; train/test from different queries; test wins; pauses between searches."
+    with LoopbackServer(lambda p: photo(sum(map(ord, p)) % 200), hosts=3) as srv:
+        def images(self, query, max_results=None, page=1, **kw):
+            fake_ddgs.calls.append((query, page, kw))
+            if page > 1: return []
+            key = query.split()[0]
+            ids = range(10, 16) if query.endswith('photo') else range(0, 12)
+            return [dict(image=srv.url('/both.jpg'), title=query)] + \
+                   [dict(image=srv.url(f'/{key}/{i}.jpg', host=i % 3), title=query) for i in ids]
+        monkeypatch.setattr(FakeDDGS, 'images', images)
+        pauses = []
+        monkeypatch.setattr(fc.time, 'sleep', pauses.append)
+        rows = crawl({'iu': ['iu', 'iu kpop'], '../hynn': 'hynn'}, tmp_path, n_train=8, n_test=4,
+                     test_classes={'iu': 'iu photo', '../hynn': 'hynn photo'}, pause=1.5, **FAST)
+    assert pauses == [1.5] * 4                                               # 5 searches, a pause between each two
+    m = read_manifest(tmp_path)
+    assert len(m) == len({r['url'] for r in m}) == len(rows)
+    ok = [r for r in m if r['status'] == 'ok']
+    assert {(r['label'], r['split']) for r in ok} == {('iu', 'train'), ('iu', 'test'), ('../hynn', 'train'), ('../hynn', 'test')}
+    count = lambda l, s: sum(r['label'] == l and r['split'] == s for r in ok)
+    assert [count(l, s) for l in ('iu', '../hynn') for s in ('train', 'test')] == [8, 4, 8, 4]
+    for r in ok:
+        assert Path(r['file']).parts[:2] == (r['split'], safe_name(r['label'])) and inside(tmp_path/r['file'], tmp_path)
+        if r['split'] == 'test': assert r['query'].endswith('photo')
+    tests = {r['url'] for r in ok if r['split'] == 'test'}
+    assert any('/iu/10.jpg' in u for u in tests) and not tests & {r['url'] for r in ok if r['split'] == 'train'}
+    both, = [r for r in m if r['url'].endswith('/both.jpg')]
+    assert both['status'] == 'skipped' and both['reason'] == "found for more than one label: '../hynn', 'iu'"
+    assert (tmp_path/'test'/safe_name('../hynn')).is_dir() and not (tmp_path.parent/'hynn').exists()
+
+def test_crawl_random_test_split(tmp_path, fake_ddgs, monkeypatch):
+    "Folders per keyword; with n_test and no test queries the test part is a seeded random share of the results."
+    with LoopbackServer(lambda p: photo(sum(map(ord, p)) % 200)) as srv:
+        monkeypatch.setattr(FakeDDGS, 'images', lambda self, query, page=1, **kw:
+                            [dict(image=srv.url(f'/{query}/{i}.jpg')) for i in range(10)] if page == 1 else [])
+        crawl(['tiger', 'lion'], tmp_path/'a', n_train=10, pause=0, **FAST)
+        crawl(['tiger', 'lion'], tmp_path/'b', n_train=6, n_test=3, pause=0, seed=1, **FAST)
+    a, b = read_manifest(tmp_path/'a'), read_manifest(tmp_path/'b')
+    assert {(r['label'], r['split']) for r in a} == {('tiger', 'train'), ('lion', 'train')} and len(a) == 20
+    assert sorted(r['split'] for r in b if r['label'] == 'lion') == ['test'] * 3 + ['train'] * 6
+    assert len({r['url'] for r in b}) == 18
+
+def test_crawl_bad_classes(tmp_path):
+    with pytest.raises(FastpipesError): crawl({}, tmp_path)
+    with pytest.raises(FastpipesError, match='not one of the classes'): crawl({'a': 'a'}, tmp_path, test_classes={'b': 'b'})
+    with pytest.raises(FastpipesError, match='no train queries'): crawl({'a': []}, tmp_path)
