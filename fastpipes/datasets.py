@@ -71,12 +71,17 @@ def save_idx(arr:np.ndarray, # uint8, int8, int16, int32, float32 or float64 val
 # %% ../nbs/07_datasets.ipynb #df25620d
 def sklearn_digits(size:int=28, # side of the returned images
                    digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)`
+                   box:int|None=None, # side of the digit's box (default: 20/28 of `size`, as in MNIST)
                   )->tuple:
     "scikit-learn's 8×8 digits as MNIST-like images: `(uint8 (n,size,size) 0–255, int64 labels)`."
     from sklearn.datasets import load_digits
     d = load_digits()
+    box = box or round(size*20/28)
+    if not 0 < box <= size: raise FastpipesError(f"The digit box ({box}) must fit in the image ({size}).")
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.
-    x = F.interpolate(x, size=(size, size), mode='bicubic', align_corners=False, antialias=size < 8)
+    x = F.interpolate(x, size=(box, box), mode='bicubic', align_corners=False, antialias=box < 8)
+    p = (size - box)//2
+    x = F.pad(x, (p, size-box-p, p, size-box-p))
     x = (x.clamp(0, 1)*255).round().to(torch.uint8)[:, 0].numpy()
     return _keep_digits(x, d.target.astype(np.int64), digits)
 
@@ -107,14 +112,15 @@ def load_csv(path:Path, # a CSV with a `label` column and one column per pixel
 
 # %% ../nbs/07_datasets.ipynb #cb2d92d9
 _PICKLE_OK = {('_codecs', 'encode'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
-              ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')}
+              ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+              ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer')}
 
 class _CifarUnpickler(pickle.Unpickler):
     "An unpickler that builds only dicts, lists, bytes, numbers and NumPy arrays."
     def find_class(self, module, name):
         if (module, name) not in _PICKLE_OK:
             raise FastpipesError(f"{self.fn} refers to {module}.{name}, which a CIFAR batch never does; it was not loaded.")
-        if name == '_reconstruct': return np.ndarray.__reduce__(np.zeros(0))[0]
+        if hasattr(np, '_core'): module = module.replace('numpy.core', 'numpy._core')   # NumPy 2 renamed it
         return super().find_class(module, name)
 
 def load_cifar_batch(path:Path, # a CIFAR python batch: `data_batch_1`, ..., `test_batch`
