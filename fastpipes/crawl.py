@@ -5,7 +5,7 @@ which turns classes and their queries into `train/` and `test/` folders with a m
 
 # %% ../nbs/01_crawl.ipynb #f72b115d
 from __future__ import annotations
-import hashlib, http.client, ipaddress, os, random, socket, struct, threading, time
+import hashlib, http.client, ipaddress, json, os, random, socket, struct, threading, time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from itertools import zip_longest
@@ -15,10 +15,10 @@ from urllib.parse import quote, urljoin, urlsplit
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastcore.meta import delegates
-from .core import FastpipesError, ManifestWriter, inside, new_row, pbar, read_manifest, safe_name, short_hash, write_manifest
+from .core import FastpipesError, ManifestWriter, atomic_write, inside, new_row, pbar, read_manifest, safe_name, short_hash, write_manifest
 
 # %% auto #0
-__all__ = ['search_images', 'sniff', 'image_size', 'download_images', 'crawl']
+__all__ = ['SEARCHES', 'search_images', 'sniff', 'image_size', 'download_images', 'crawl']
 
 # %% ../nbs/01_crawl.ipynb #6b6fbef5
 def _result(r:dict, query:str)->dict:
@@ -301,6 +301,9 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
                     quiet:bool=False, # no progress bar
                    )->L:
     "Download `urls` into `dest` in parallel and safely, one manifest row per URL; the rows of this run."
+    for k,v in dict(max_workers=max_workers, per_host=per_host, max_bytes=max_bytes).items():
+        if not isinstance(v, int) or v < 1: raise FastpipesError(f"`{k}` must be a whole number >= 1, not {v!r}.")
+    if min(connect_timeout, read_timeout, deadline) <= 0: raise FastpipesError("Timeouts and the deadline must be > 0 seconds.")
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     rows = _items(urls)
     for r in rows:
@@ -374,6 +377,27 @@ def _plan(qs:dict, results:dict, n_train:int, n_test:int, seed:int)->tuple[list[
     return items, list(skipped.values())
 
 # %% ../nbs/01_crawl.ipynb #350eea34
+SEARCHES = 'searches.json'
+
+class _Searches:
+    "Search results saved in `dest/searches.json`, so a re-run (after a crash or a rate limit) does not search again."
+    def __init__(self, dest:Path, search:Callable, pause:float, use:bool):
+        self.fn, self.search, self.pause, self.first = Path(dest)/SEARCHES, search, pause, True
+        self.saved = json.loads(self.fn.read_text(encoding='utf-8')) if use and self.fn.is_file() else {}
+    def __call__(self, query:str, n:int)->list[dict]:
+        s = self.saved.get(query)
+        if s and (s['max_images'] >= n or len(s['results']) < s['max_images']): return s['results'][:n]
+        if not self.first and self.pause: time.sleep(self.pause)
+        self.first = False
+        res = [dict(r, query=r.get('query') or query) for r in self.search(query, max_images=n)]
+        self.saved[query] = dict(max_images=n, results=res)
+        atomic_write(self.fn, json.dumps(self.saved, ensure_ascii=False, indent=1))
+        return res
+
+def _check_counts(n_train, n_test):
+    if not (isinstance(n_train, int) and isinstance(n_test, int)) or n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise FastpipesError(f"`n_train` and `n_test` must be whole numbers >= 0, not both 0 (got {n_train!r} and {n_test!r}).")
+
 @delegates(download_images, but=['urls', 'dest'])
 def crawl(classes:dict|list, # label → queries: a string, a list, or {'train': [...], 'test': [...]}; a list of labels searches each label
           dest:Path, # dataset folder: dest/train/<label>/, dest/test/<label>/ and the manifest
@@ -383,24 +407,20 @@ def crawl(classes:dict|list, # label → queries: a string, a list, or {'train':
           pause:float=2.0, # seconds between two searches, to be polite
           seed:int=42, # seed of the random test part when a class has no test queries
           search:Callable|None=None, # the search function, `search_images` by default
+          cache:bool=True, # reuse search results saved in `dest/searches.json` by an earlier run
           **kwargs, # passed to `download_images`
          )->L:
     "Search every class's queries and download the results into `dest/{train,test}/<label>/`; the manifest rows."
     qs = _queries(classes, test_classes)
-    search = search or search_images
-    dest = Path(dest)
-    results, first = {}, True
+    _check_counts(n_train, n_test)
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    searches, results = _Searches(dest, search or search_images, pause, cache), {}
     for label,q in qs.items():
         for split in ('train', 'test'):
             n = n_train + (0 if q['test'] else n_test) if split == 'train' else n_test
-            lists = []
-            for query in (q[split] if n else []):
-                if not first and pause: time.sleep(pause)
-                first = False
-                lists.append(L(search(query, max_images=n + n//4 + 1)).map(lambda r, query=query: dict(r, query=r.get('query') or query)))
-            results[(label, split)] = _interleave(lists)
+            # ask for a quarter more than needed: URLs dropped by the split rules are replaced
+            results[(label, split)] = _interleave([searches(query, n + n//4 + 1) for query in (q[split] if n else [])])
     items, skipped = _plan(qs, results, n_train, n_test, seed)
-    dest.mkdir(parents=True, exist_ok=True)
     if skipped:
         with ManifestWriter(dest) as mw:
             for r in skipped: mw.write(r)
