@@ -341,3 +341,29 @@ def test_crawl_bad_classes(tmp_path):
     with pytest.raises(FastpipesError): crawl({}, tmp_path)
     with pytest.raises(FastpipesError, match='not one of the classes'): crawl({'a': 'a'}, tmp_path, test_classes={'b': 'b'})
     with pytest.raises(FastpipesError, match='no train queries'): crawl({'a': []}, tmp_path)
+
+def test_crawl_resumes_after_search_failure(tmp_path, fake_ddgs, monkeypatch):
+    "A rate limit on the second class stops the crawl; the re-run searches only what was not saved and downloads nothing twice."
+    with LoopbackServer(lambda p: photo(sum(map(ord, p)) % 200)) as srv:
+        broken = {'lion'}
+        def images(self, query, max_results=None, page=1, **kw):
+            from ddgs.exceptions import RatelimitException
+            fake_ddgs.calls.append((query, page))
+            if query in broken: raise RatelimitException('202 Ratelimit')
+            return [dict(image=srv.url(f'/{query}/{i}.jpg')) for i in range(5)] if page == 1 else []
+        monkeypatch.setattr(FakeDDGS, 'images', images)
+        monkeypatch.setattr(fc.time, 'sleep', lambda s: None)
+        with pytest.raises(FastpipesError, match="'lion' failed"): crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
+        assert not list(tmp_path.rglob('*.jpg'))
+        broken.clear(); fake_ddgs.calls.clear()
+        rows = crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
+        assert [q for q,_ in fake_ddgs.calls] == ['lion', 'lion']          # 'tiger' came from searches.json
+        assert rows.attrgot('status') == ['ok'] * 10
+        n = srv.n_requests
+        assert crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST).attrgot('status') == ['skipped'] * 10
+        assert srv.n_requests == n and len(fake_ddgs.calls) == 2
+
+def test_download_bad_arguments(tmp_path):
+    for kw in [dict(per_host=0), dict(max_workers=0), dict(max_bytes=-1), dict(deadline=0)]:
+        with pytest.raises(FastpipesError): download_images(['http://x/a.jpg'], tmp_path, quiet=True, **kw)
+    with pytest.raises(FastpipesError, match='n_train'): crawl(['a'], tmp_path, n_train=0, n_test=0)

@@ -1,0 +1,53 @@
+"The loopback server: many hosts, clean shutdown under load, hostile routes."
+import http.client, threading, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+import pytest
+from fastpipes.serve import LoopbackServer, Route
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r: return r.status, r.read()
+
+def test_many_hosts_one_port():
+    with LoopbackServer({'/x': b'abc'}, hosts=20) as srv:
+        assert len({u.rsplit(':', 1)[1] for u in srv.urls}) == 1
+        assert [get(srv.url('/x', h))[1] for h in range(20)] == [b'abc'] * 20
+        assert len(srv.max_conns) == 20
+
+def test_port_per_host():
+    with LoopbackServer({'/x': b'abc'}, hosts=3, same_port=False) as srv:
+        assert all(get(u + 'x')[1] == b'abc' for u in srv.urls)
+
+def test_shutdown_joins_threads_under_load():
+    before = set(threading.enumerate())
+    srv = LoopbackServer({'/slow': Route(b'x' * 100, chunk=10, chunk_delay=0.5), '/hang': Route(hang=True),
+                          '/big': Route(b'', endless=True)}, hosts=2).start()
+    conns = []
+    for path in ['/slow', '/hang', '/big'] * 3:
+        c = http.client.HTTPConnection(srv.ip(len(conns) % 2), srv.servers[0].server_address[1], timeout=5)
+        c.request('GET', path); conns.append(c)
+    time.sleep(0.2)
+    t0 = time.monotonic(); srv.close()
+    assert time.monotonic() - t0 < 5
+    assert not [t for t in threading.enumerate() if t not in before and 'Thread-' in t.name], threading.enumerate()
+    for c in conns: c.close()
+
+def test_delay_is_concurrent():
+    with LoopbackServer(lambda p: Route(b'ok', delay=0.3), hosts=4) as srv:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(16) as ex: res = list(ex.map(lambda i: get(srv.url(f'/{i}', i % 4)), range(16)))
+        assert res == [(200, b'ok')] * 16 and time.monotonic() - t0 < 3   # 16 × 0.3 s would be 4.8 s in series
+        assert srv.n_requests == 16
+
+def test_headers_status_and_length():
+    with LoopbackServer({'/h': Route(b'{}', 201, 'application/json', headers={'X-Test': '1'}),
+                         '/liar': Route(b'abc', length=10)}) as srv:
+        with urllib.request.urlopen(srv.url('/h'), timeout=5) as r:
+            assert (r.status, r.headers['Content-Type'], r.headers['X-Test'], r.read()) == (201, 'application/json', '1', b'{}')
+        with pytest.raises(http.client.IncompleteRead): get(srv.url('/liar'))
+
+def test_bad_route_type():
+    with LoopbackServer({'/x': 'text'}) as srv:
+        with pytest.raises(TypeError): srv.route('/x')
+
+def test_bad_hosts():
+    with pytest.raises(ValueError): LoopbackServer(hosts=300)
