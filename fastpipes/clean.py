@@ -271,7 +271,7 @@ def _apply(fn:Path, r:dict, path:Path, delete:bool)->Path|None:
 
 def _update_row(row:dict, r:dict, dest:Path|None, path:Path):
     "Record the outcome `r` of one file, now at `dest`, in its manifest `row`."
-    row['file'] = dest.relative_to(path).as_posix() if dest else None
+    if dest: row['file'] = dest.relative_to(path).as_posix()
     if r['reason']: row.update(status='rejected', reason=r['reason']); return
     row.update(status='ok', reason=None, sha256=sha256_file(dest), width=r['width'], height=r['height'], bytes=dest.stat().st_size)
 

@@ -1,0 +1,208 @@
+"Hostile and odd files through `clean_images`: every case ends in the expected state with its reason in the manifest."
+import io, struct, zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, features
+from fastai.data.transforms import get_image_files
+
+from fastpipes.clean import REASONS, clean_images, header_size, verify_image
+from fastpipes.core import FastpipesError, new_row, read_manifest, write_manifest
+
+def photo(seed:int, size=(160, 120))->Image.Image:
+    "A smooth photo-like RGB image, different for each seed."
+    g = np.random.default_rng(seed).random((5, 5, 3))
+    return Image.fromarray((g*255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+
+def encode(im:Image.Image, fmt:str, **kw)->bytes:
+    buf = io.BytesIO(); im.save(buf, fmt, **kw); return buf.getvalue()
+
+def bomb_png(w=30000, h=30000)->bytes:
+    "A PNG whose header claims `w`×`h` RGB pixels, with a tiny (invalid) data chunk: nothing big is allocated."
+    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) +
+            chunk(b'IDAT', zlib.compress(b'\0' * 1000)) + chunk(b'IEND', b''))
+
+def palette_transparent()->Image.Image:
+    im = Image.new('P', (80, 60), 0); im.putpalette([0,0,0, 200,30,30]); im.info['transparency'] = 0
+    for x in range(20, 60):
+        for y in range(20, 40): im.putpixel((x, y), 1)
+    return im
+
+def exif_rotated()->bytes:
+    "A 120×60 JPEG, red on the left half, with EXIF orientation 6 (view rotated 90° clockwise)."
+    im = Image.new('RGB', (120, 60), 'blue'); im.paste((255, 0, 0), (0, 0, 60, 60))
+    ex = im.getexif(); ex[0x0112] = 6
+    return encode(im, 'JPEG', exif=ex, quality=95)
+
+def animated_gif()->bytes:
+    frames = [Image.new('RGB', (64, 64), c) for c in ['red', 'green', 'blue']]
+    return encode(frames[0], 'GIF', save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+HAVE_AVIF = features.check('avif')
+
+@pytest.fixture
+def dataset(tmp_path):
+    "A `train/test` dataset with one file of every kind; returns `(path, {relative file: expected outcome})`."
+    d = tmp_path/'ds'
+    jpg = encode(photo(0), 'JPEG', quality=90)
+    files = {
+        'train/cat/photo.jpg': (jpg, 'ok'),
+        'train/cat/page.jpg': (b'<!DOCTYPE html><html><head><title>403</title></head></html>', 'html'),
+        'train/cat/empty.jpg': (b'', 'empty'),
+        'train/cat/cut.jpg': (encode(photo(1), 'JPEG')[:1500], 'truncated'),
+        'train/cat/logo.jpg': (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 'svg'),
+        'train/cat/bomb.png': (bomb_png(), 'too-large'),
+        'train/cat/noise.jpg': (bytes(range(256))*4, 'undecodable'),
+        'train/cat/palette.png': (encode(palette_transparent(), 'PNG'), 'ok'),
+        'train/cat/cmyk.jpg': (encode(photo(2).convert('CMYK'), 'JPEG'), 'ok'),
+        'train/cat/la.png': (encode(photo(3).convert('LA'), 'PNG'), 'ok'),
+        'train/cat/grey.jpg': (encode(photo(4).convert('L'), 'JPEG'), 'ok'),
+        'train/cat/deep.png': (encode(Image.fromarray((np.asarray(photo(5).convert('L'), np.uint16)*257)), 'PNG'), 'ok'),
+        'train/cat/anim.gif': (animated_gif(), 'ok'),
+        'train/cat/web.webp': (encode(photo(6), 'WEBP'), 'ok'),
+        'train/cat/rotated.jpg': (exif_rotated(), 'ok'),
+        'train/cat/tiny.png': (encode(photo(7, (4, 4)), 'PNG'), 'too-small'),
+        'train/cat/png-named.jpg': (encode(photo(8), 'PNG'), 'ok'),
+        'train/cat/same.png': (encode(photo(9), 'PNG'), 'ok'),
+        'train/cat/same-again.bmp': (encode(photo(9), 'BMP'), 'duplicate'),
+        'train/cat/big.jpg': (encode(photo(10, (320, 240)), 'JPEG', quality=95), 'ok'),
+        'train/cat/big-smaller.jpg': (encode(photo(10, (300, 225)), 'JPEG', quality=70), 'near-duplicate'),
+        'train/dog/dog.jpg': (encode(photo(11), 'JPEG'), 'ok'),
+        'test/dog/dog-again.jpg': (encode(photo(11, (150, 112)), 'JPEG', quality=80), 'leak'),
+        'test/dog/fresh.jpg': (encode(photo(12), 'JPEG'), 'ok'),
+        'train/dog/both.jpg': (encode(photo(13), 'JPEG'), 'two-labels'),
+        'train/cat/both.jpg': (encode(photo(13), 'JPEG'), 'two-labels'),
+    }
+    if HAVE_AVIF: files['train/dog/av.avif'] = (encode(photo(14), 'AVIF'), 'ok')
+    for rel,(b,_) in files.items():
+        (d/rel).parent.mkdir(parents=True, exist_ok=True); (d/rel).write_bytes(b)
+    write_manifest(d, [new_row(url='http://example.com/photo.jpg', label='cat', split='train', status='ok', file='train/cat/photo.jpg')])
+    return d, {k: v[1] for k,v in files.items()}
+
+def tree(d:Path)->dict:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob('*')) if p.is_file()}
+
+KEPT_AS = {'train/cat/palette.png': 'train/cat/palette.png', 'train/cat/anim.gif': 'train/cat/anim.png',
+           'train/cat/web.webp': 'train/cat/web.jpg', 'train/cat/png-named.jpg': 'train/cat/png-named.png',
+           'train/cat/deep.png': 'train/cat/deep.png', 'train/dog/av.avif': 'train/dog/av.jpg'}
+
+def test_every_case(dataset):
+    d, expect = dataset
+    res = clean_images(d, quiet=True)
+    rows = {r['file']: r for r in read_manifest(d)}
+    got = {r.file: (r.status if pd.isna(r.reason) else r.reason) for r in res.files.itertuples()}
+    assert got == expect
+    for rel,want in expect.items():
+        name = Path(rel).name
+        if want == 'ok':
+            new = KEPT_AS.get(rel, rel)
+            assert (d/new).is_file(), rel
+            im = Image.open(d/new); im.load()
+            assert im.mode == 'RGB' and im.format in ('JPEG', 'PNG') and getattr(im, 'n_frames', 1) == 1, (rel, im.mode, im.format)
+            row = rows[new]
+            assert row['status'] == 'ok' and row['reason'] is None and (row['width'], row['height']) == im.size
+            assert row['bytes'] == (d/new).stat().st_size and len(row['sha256']) == 64
+        else:
+            assert want in REASONS
+            assert not (d/rel).exists(), rel
+            moved = [p for p in (d/'rejected'/want).iterdir() if p.name.startswith(Path(name).stem)]
+            assert moved, rel
+            assert any(rows.get(p.relative_to(d).as_posix(), {}).get('reason') == want for p in moved), rel
+    # the two copies under two labels keep unique names in the same reject folder
+    assert len(list((d/'rejected'/'two-labels').iterdir())) == 2
+    # the crawl's row (keyed by URL) was updated, not duplicated
+    assert [r['url'] for r in read_manifest(d) if r['url']] == ['http://example.com/photo.jpg']
+    # every kept file is one fastai lists; every file fastai lists is kept
+    kept = {(d/KEPT_AS.get(k, k)) for k,v in expect.items() if v == 'ok'}
+    assert set(get_image_files(d, folders=['train', 'test'])) == kept
+    assert res.counts['two-labels'] == 2 and res.n_kept == len(kept)
+    assert str(res).startswith(f"Kept {len(kept)} of {len(expect)} files")
+
+def test_pixels(dataset):
+    d, _ = dataset
+    clean_images(d, quiet=True)
+    rot = Image.open(d/'train/cat/rotated.jpg')
+    assert rot.size == (60, 120) and not rot.getexif().get(0x0112)
+    r,g,b = rot.getpixel((30, 20)); assert r > 200 and b < 60   # the red half is now on top
+    r,g,b = rot.getpixel((30, 100)); assert b > 200 and r < 60
+    pal = Image.open(d/'train/cat/palette.png')
+    assert pal.getpixel((0, 0)) == (255, 255, 255) and pal.getpixel((30, 30)) == (200, 30, 30)
+    assert Image.open(d/'train/cat/anim.png').getpixel((5, 5)) == (255, 0, 0)   # the first frame
+    deep = np.asarray(Image.open(d/'train/cat/deep.png')).astype(int)
+    want = np.asarray(photo(5).convert('L')).astype(int)
+    assert np.abs(deep[..., 0] - want).max() <= 1     # 16 bits scaled, not clipped to white
+    la = np.asarray(Image.open(d/'train/cat/la.png'))
+    assert np.abs(la[..., 0].astype(int) - np.asarray(photo(3).convert('L'))).max() <= 1
+
+def test_idempotent(dataset):
+    d, _ = dataset
+    clean_images(d, quiet=True)
+    before = tree(d)
+    res = clean_images(d, quiet=True)
+    assert tree(d) == before
+    assert res.counts == {} and res.files.action.isna().all()
+
+def test_delete(dataset):
+    d, expect = dataset
+    clean_images(d, delete=True, quiet=True)
+    assert not (d/'rejected').exists()
+    rows = [r for r in read_manifest(d) if r['status'] == 'rejected']
+    assert sorted(r['reason'] for r in rows) == sorted(v for v in expect.values() if v != 'ok')
+    assert all(not (d/r['file']).exists() for r in rows)   # the row keeps where the file was
+
+def test_max_size(dataset):
+    d, _ = dataset
+    big = encode(photo(20, (900, 500)), 'JPEG', quality=95)
+    (d/'train/cat/huge.jpg').write_bytes(big)
+    (d/'train/cat/huge.png').write_bytes(encode(photo(21, (500, 900)), 'PNG'))
+    res = clean_images(d, max_size=100, quiet=True)
+    for fn in get_image_files(d, folders=['train', 'test']):
+        assert max(Image.open(fn).size) <= 100, fn
+    assert Image.open(d/'train/cat/huge.jpg').size == (100, 56)
+    assert Image.open(d/'train/cat/huge.png').size == (56, 100)
+    assert set(res.files.set_index('file').loc[['train/cat/huge.jpg', 'train/cat/photo.jpg'], 'action']) == {'presized'}
+    before = tree(d)
+    clean_images(d, max_size=100, quiet=True)
+    assert tree(d) == before
+
+def test_plain_folder_and_labels(tmp_path):
+    (tmp_path/'a.jpg').write_bytes(encode(photo(1), 'JPEG'))
+    (tmp_path/'b.webp').write_bytes(encode(photo(2), 'WEBP'))
+    (tmp_path/'c.jpg').write_bytes(b'')
+    res = clean_images(tmp_path, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['a.jpg', 'b.jpg', 'manifest.jsonl']
+    rows = {r['file']: r for r in read_manifest(tmp_path)}
+    assert rows['b.jpg']['status'] == 'ok' and rows['rejected/empty/c.jpg']['reason'] == 'empty'
+    assert res.counts == {'empty': 1}
+
+def test_near_dup_threshold(tmp_path):
+    (tmp_path/'cat').mkdir()
+    photo(1, (200, 150)).save(tmp_path/'cat/a.jpg', quality=95)
+    photo(1, (190, 142)).save(tmp_path/'cat/b.jpg', quality=60)
+    assert clean_images(tmp_path, near_dup=None, quiet=True).counts == {}
+    assert clean_images(tmp_path, quiet=True).counts == {'near-duplicate': 1}
+
+def test_distinct_photos_kept(tmp_path):
+    "Different photos of one class are never called near duplicates (no false positives among 60 images)."
+    (tmp_path/'x').mkdir()
+    for i in range(60): photo(100+i).save(tmp_path/'x'/f'{i}.jpg')
+    assert clean_images(tmp_path, quiet=True).counts == {}
+
+def test_errors(tmp_path):
+    with pytest.raises(FastpipesError, match='does not exist'): clean_images(tmp_path/'missing')
+    (tmp_path/'cat').mkdir()
+    with pytest.raises(FastpipesError, match='holds no files'): clean_images(tmp_path)
+
+def test_verify_and_header():
+    assert header_size(bomb_png()) == (30000, 30000)
+    assert header_size(bomb_png(100, 50)) == (100, 50)
+
+def test_verify_image(tmp_path):
+    (tmp_path/'bomb.png').write_bytes(bomb_png(7000, 7000))
+    assert verify_image(tmp_path/'bomb.png') == 'too-large'          # 49 MP > the 40 MP default, below Pillow's limit
+    assert verify_image(tmp_path/'bomb.png', max_pixels=10**8) == 'truncated'  # allowed size, but its pixel data ends early
+    (tmp_path/'ok.png').write_bytes(encode(photo(1), 'PNG'))
+    assert verify_image(tmp_path/'ok.png') is None
