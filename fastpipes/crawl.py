@@ -6,7 +6,7 @@ which turns classes and their queries into `train/` and `test/` folders with a m
 # %% ../nbs/01_crawl.ipynb #f72b115d
 from __future__ import annotations
 import hashlib, http.client, ipaddress, json, os, random, socket, struct, threading, time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from itertools import zip_longest
 from pathlib import Path
@@ -192,7 +192,7 @@ class _Fetcher:
                         url = urljoin(url, loc.strip()); continue
                     if resp.status != 200: raise _Fail(f'http {resp.status} {resp.reason}'.strip())
                     return self.save(resp, sock, url, folder, part, end)
-                except (OSError, http.client.HTTPException) as e: raise _Fail(self.why(e, end)) from None
+                except (OSError, http.client.HTTPException, ValueError) as e: raise _Fail(self.why(e, end)) from None
                 finally: self.watchdog.forget(sock); conn.close()
         raise _Fail(f'more than {self.max_redirects} redirects')
 
@@ -233,6 +233,7 @@ class _Fetcher:
         if size is not None and size > self.max_bytes: raise _Fail(f'larger than the {_mb(self.max_bytes)} cap (Content-Length {size})')
         head, n = b'', 0
         while len(head) < 64 and (b := self.read(resp, sock, end)): head += b
+        self.in_time(end)  # the watchdog ends a late body with an EOF: that is not an empty body
         ext, why = sniff(head)
         if why: raise _Fail(why + (f" (served as {resp.getheader('Content-Type')})" if 'image' in (resp.getheader('Content-Type') or '') else ''))
         folder.mkdir(parents=True, exist_ok=True)
@@ -243,18 +244,20 @@ class _Fetcher:
                 if n + len(b) > self.max_bytes: raise _Fail(f'larger than the {_mb(self.max_bytes)} cap')
                 f.write(b); sha.update(b); n += len(b)
                 b = self.read(resp, sock, end)
-        if time.monotonic() >= end: raise _Fail(f'took longer than the {self.deadline:g} s deadline')
+        self.in_time(end)
         if size is not None and n < size: raise _Fail(f'body ended early: {n} of {size} bytes')
         fn = part.with_suffix(f'.{ext}')  # named after the URL asked for, not the last redirect
         w,h = image_size(part, head, ext)
         os.replace(part, fn)
         return dict(file=fn.relative_to(self.dest).as_posix(), sha256=sha.hexdigest(), width=w, height=h, bytes=n)
 
+    def in_time(self, end:float):
+        if time.monotonic() >= end: raise _Fail(f'took longer than the {self.deadline:g} s deadline')
+
     def read(self, resp, sock, end)->bytes:
         "At most one read's worth of the body, waiting no longer than the read timeout or the deadline."
-        left = end - time.monotonic()
-        if left <= 0: raise _Fail(f'took longer than the {self.deadline:g} s deadline')
-        sock.settimeout(min(self.read_timeout, left))
+        self.in_time(end)
+        sock.settimeout(min(self.read_timeout, end - time.monotonic()))
         return resp.read1(self.chunk)
 
 # %% ../nbs/01_crawl.ipynb #44f8faac
@@ -330,8 +333,8 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
     return res
 
 def _summary(rows)->str:
-    c = L(rows).attrgot('status')
-    return f"{c.filter(lambda s: s=='ok').__len__()} downloaded, {c.filter(lambda s: s=='skipped').__len__()} already there, {c.filter(lambda s: s=='error').__len__()} failed (reasons in the manifest)."
+    c = Counter(r['status'] for r in rows)
+    return f"{c['ok']} downloaded, {c['skipped']} already there, {c['error']} failed (reasons in the manifest)."
 
 # %% ../nbs/01_crawl.ipynb #1d85ff21
 def _queries(classes, test_classes=None)->dict:

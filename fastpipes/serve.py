@@ -30,6 +30,7 @@ class Route:
     chunk:int=1<<16              # bytes written per chunk
     chunk_delay:float=0.0        # seconds between chunks: a trickling server
     length:int|None=None         # Content-Length to claim instead of the real one
+    header_delay:float=0.0       # send 90 padding header lines this many seconds apart first: trickled headers
 
 def _as_route(r)->Route|None:
     if r is None or isinstance(r, Route): return r
@@ -67,6 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header('Content-Type', r.content_type)
         if r.redirect is not None: self.send_header('Location', r.redirect)
         for k,v in (r.headers or {}).items(): self.send_header(k, v)
+        if r.header_delay and not self._trickle_headers(r.header_delay, srv): return self._drop()
         if r.endless:
             self.send_header('Connection', 'close'); self.close_connection = True
         else: self.send_header('Content-Length', str(len(r.body) if r.length is None else r.length))
@@ -85,6 +87,15 @@ class _Handler(BaseHTTPRequestHandler):
                 if r.chunk_delay and srv._stop.wait(r.chunk_delay): return self._drop()
                 if srv._stop.is_set(): return self._drop()
         except OSError: self._drop()  # the client went away: that is its right
+
+    def _trickle_headers(self, delay, srv)->bool:
+        "Send padding header lines one by one, `delay` seconds apart; False when the server stops or the client left."
+        try:
+            for i in range(90):
+                self.send_header(f'X-Pad-{i}', 'x'); self.flush_headers()
+                if srv._stop.wait(delay): return False
+        except OSError: return False
+        return True
 
     def _drop(self): self.close_connection = True
 

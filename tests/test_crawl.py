@@ -62,6 +62,7 @@ CASES = {
     '/broken.jpg': (Route(b'oops', 500, 'text/plain'), 'error', 'http 500'),
     '/hang.jpg': (Route(hang=True), 'error', 'timed out: no data for 1 s'),
     '/trickle.jpg': (Route(photo(2), chunk=64, chunk_delay=0.25), 'error', 'took longer than the 2.5 s deadline'),
+    '/slow-headers.jpg': (Route(JPG, header_delay=0.3), 'error', 'took longer than the 2.5 s deadline'),  # the watchdog's case
     '/loop-a': (Route(status=302, redirect='/loop-b'), 'error', 'more than 5 redirects'),
     '/loop-b': (Route(status=302, redirect='/loop-a'), 'error', 'more than 5 redirects'),
     '/to-ftp': (Route(status=301, redirect='ftp://127.0.0.1/x.jpg'), 'error', "refused scheme 'ftp'"),
