@@ -19,15 +19,15 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback  # registers the progress bar and per-epoch table
 import fastai.callback.schedule  # Learner.fit_one_cycle, lr_find
 from fastai.learner import Learner
-from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 
 from .core import FastpipesError
 
 # %% auto #0
-__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table',
-           'shift_flip', 'BatchAug', 'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
+__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseLearner', 'BCELogitsLoss', 'CELoss', 'NLLLoss',
+           'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table', 'shift_flip', 'BatchAug',
+           'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
 
 # %% ../nbs/07a_course.ipynb #4cc3a1c9
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
@@ -46,6 +46,43 @@ def show_train_metrics(learn:Learner)->Learner:
     "Make `learn` record and print its metrics on the training batches as well as on the validation set."
     learn.recorder.train_metrics = True
     return learn
+
+# %% ../nbs/07a_course.ipynb #8e6962a8
+from fastai.callback.core import _inner_loop
+
+def _defines(cb, event_name:str)->bool:
+    "Whether callback `cb` does something on `event_name`."
+    return callable(getattr(type(cb), event_name, None)) or event_name in vars(cb)
+
+class CourseLearner(Learner):
+    "A `Learner` that dispatches per-batch events only to the callbacks that handle them."
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)
+        else: super().__call__(event_name)
+    def _call_one(self, event_name:str):
+        if event_name not in _inner_loop: return super()._call_one(event_name)
+        cache = self.__dict__.setdefault('_dispatch', {})
+        key = (event_name, *map(id, self.cbs))
+        cbs = cache.get(key)
+        if cbs is None: cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
+        for cb in cbs: cb(event_name)
+
+# %% ../nbs/07a_course.ipynb #c3a96a1b
+class BCELogitsLoss(nn.Module):
+    "`BCEWithLogitsLoss` of one logit per item against 0/1 targets of any integer or float type."
+    def forward(self, inp, targ): return F.binary_cross_entropy_with_logits(inp.reshape(-1), targ.reshape(-1).float())
+    def activation(self, x): return torch.sigmoid(x)
+    def decodes(self, x): return (x > 0.5).long().reshape(-1)
+
+class CELoss(nn.CrossEntropyLoss):
+    "`CrossEntropyLoss` on logits, decoded by argmax."
+    def activation(self, x): return F.softmax(x, dim=-1)
+    def decodes(self, x): return x.argmax(dim=-1)
+
+class NLLLoss(nn.NLLLoss):
+    "`NLLLoss` on log-probabilities (a `LogSoftmax` output), decoded by argmax."
+    def activation(self, x): return x.exp()
+    def decodes(self, x): return x.argmax(dim=-1)
 
 # %% ../nbs/07a_course.ipynb #bce8dd85
 def binary_accuracy(inp:torch.Tensor, # logits, one per item
@@ -72,8 +109,8 @@ def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`
                )->Learner:
     "A `Learner` for the course's MLP: one logit with `BCEWithLogitsLoss`, or `sizes[-1]` classes with cross-entropy."
     binary = sizes[-1] == 1
-    loss = BCEWithLogitsLossFlat() if binary else CrossEntropyLossFlat()
-    learn = Learner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
+    loss = BCELogitsLoss() if binary else CELoss()
+    learn = CourseLearner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
                     metrics=binary_accuracy if binary else accuracy, **kwargs)
     return show_train_metrics(learn)
 
@@ -221,7 +258,7 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
     nll = (kind == 'mnist') if nll is None else nll
     model = course_cnn(kind, n_out, in_ch=c, size=h, bn=bn, dropout=dropout, xavier=xavier, log_softmax=nll)
     cbs = L(cbs) + ([BatchAug(shift=max(1, h//14), flip=c == 3)] if aug else [])
-    learn = Learner(dls, model, loss_func=nn.NLLLoss() if nll else CrossEntropyLossFlat(), lr=lr,
+    learn = CourseLearner(dls, model, loss_func=NLLLoss() if nll else CELoss(), lr=lr,
                     opt_func=course_opt(opt, mom, wd), metrics=accuracy, cbs=cbs, **kwargs)
     return show_train_metrics(learn)
 
@@ -257,7 +294,7 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
     if dls is None:
         from fastpipes.datasets import pets_dls
         dls = pets_dls(path, size=size or pets_size(), bs=bs)
-    learn = Learner(dls, pets_model(pretrained), loss_func=BCEWithLogitsLossFlat(), opt_func=course_opt('adam'),
+    learn = CourseLearner(dls, pets_model(pretrained), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'),
                     lr=lr, metrics=binary_accuracy, **kwargs)
     return show_train_metrics(learn)
 

@@ -55,7 +55,7 @@ def test_mlp_multiclass():
     set_seed(0)
     learn = mlp_learner(digit_dls(n=200, flat=True), sizes=(784, 32, 10), lr=1e-3)
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
-    assert isinstance(learn.loss_func.func, nn.CrossEntropyLoss)
+    assert isinstance(learn.loss_func, nn.CrossEntropyLoss)
 
 # --- CNNs ----------------------------------------------------------------------------------------------------
 
