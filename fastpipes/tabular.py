@@ -92,21 +92,21 @@ def _tfm_name(transform)->str:
 
 # %% ../nbs/06_tabular.ipynb #2bfd101e
 class LinearModel(nn.Module):
-    "`b0 + b1·f(x1) + ... + bp·f(xp)` on raw inputs `x` (n, p), with the features standardised inside."
-    def __init__(self, n_in:int, transform=None, bias:bool=True, shift=None, scale=None):
+    "`b0 + b1·f(x1) + ... + bp·f(xp)` on raw inputs `x` (n, p), with the features whitened inside."
+    def __init__(self, n_in:int, transform=None, bias:bool=True, shift=None, P=None):
         super().__init__()
         self.transform, self.bias = transform, bias
         self.lin = nn.Linear(n_in, 1, bias=bias)
         self.register_buffer('shift', torch.zeros(n_in) if shift is None else torch.as_tensor(shift, dtype=torch.float32))
-        self.register_buffer('scale', torch.ones(n_in) if scale is None else torch.as_tensor(scale, dtype=torch.float32))
+        self.register_buffer('P', torch.eye(n_in) if P is None else torch.as_tensor(P, dtype=torch.float32))
 
     def features(self, x): return apply_transform(self.transform, x)
-    def forward(self, x): return self.lin((self.features(x) - self.shift)/self.scale)
+    def forward(self, x): return self.lin((self.features(x) - self.shift) @ self.P)
 
     def names(self): return (['b0'] if self.bias else []) + [f'b{i+1}' for i in range(self.lin.in_features)]
     def coefs(self)->dict:
         "The coefficients in the units of the (transformed) raw features."
-        w = self.lin.weight.detach()[0].double()/self.scale.double()
+        w = self.P.double() @ self.lin.weight.detach()[0].double()
         b = [float(self.lin.bias.detach().double()[0] - (w*self.shift.double()).sum())] if self.bias else []
         return dict(zip(self.names(), b + w.tolist()))
 
@@ -115,8 +115,17 @@ class LinearModel(nn.Module):
         "Set some coefficients (by name) in the units of the features; the others keep their values."
         c = {**self.coefs(), **_known(kw, self.names())}
         w = torch.tensor([c[f'b{i+1}'] for i in range(self.lin.in_features)], dtype=torch.float64)
-        self.lin.weight.copy_((w*self.scale.double())[None])
+        self.lin.weight.copy_(torch.linalg.solve(self.P.double(), w)[None])
         if self.bias: self.lin.bias.fill_(c['b0'] + float((w*self.shift.double()).sum()))
+
+def _whitener(F:torch.Tensor, center:bool, names:list)->tuple:
+    "Shift and matrix `P` such that `(F - shift) @ P` has identity (second-moment) covariance."
+    shift = F.mean(0) if center else torch.zeros(F.shape[1], dtype=F.dtype)
+    C = (F - shift).T @ (F - shift)/len(F)
+    ev, V = torch.linalg.eigh(C)
+    if ev.min() <= 1e-10*max(ev.max().item(), 1e-300):
+        raise FastpipesError(f"The input columns {names} are constant or collinear after the transform; drop one.")
+    return shift, V @ torch.diag(ev.rsqrt()) @ V.T
 
 def _known(kw:dict, names:list)->dict:
     bad = [k for k in kw if k not in names]
@@ -191,10 +200,7 @@ def regression_learner(df:pd.DataFrame, # the table
     "A `Learner` fitting `y ≈ b0 + Σ bi·transform(xi)` by gradient descent on the MSE, trained for `epochs`."
     def model_fn(X):
         F = apply_transform(transform, X, listify(x)).double()
-        if not norm: return LinearModel(X.shape[1], transform, bias)
-        sd = F.std(0, unbiased=False) if bias else F.square().mean(0).sqrt()
-        if (sd == 0).any(): raise FastpipesError(f"An input column of {listify(x)} is constant after the transform; drop it.")
-        return LinearModel(X.shape[1], transform, bias, F.mean(0) if bias else None, sd)
+        return LinearModel(X.shape[1], transform, bias, *(_whitener(F, bias, listify(x)) if norm else ()))
     return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)
 
 def coefs(learn:Learner)->dict:

@@ -1,0 +1,226 @@
+"Tests of `fastpipes.tabular` beyond the notebook: many data sets, options and bad inputs."
+import matplotlib
+matplotlib.use('Agg')
+import numpy as np, pandas as pd, pytest, torch
+from fastpipes.core import FastpipesError
+from fastpipes.tabular import (IRIS_COLS, autoencoder_learner, coefs, course_split, encode, exp_decay, fit_mle,
+                               free_fall, iris_df, line_data, lstsq_coefs, overparam_learner, pca_mse, plot_fit,
+                               reconstruct, regression_learner, set_coefs, show_reconstruction, table_classifier)
+
+
+def close(a:dict, b:dict, eps=1e-3):
+    assert list(a) == list(b), (a, b)
+    assert all(abs(a[k] - b[k]) < eps for k in a), (a, b)
+
+
+@pytest.fixture(scope='module')
+def iris(): return iris_df()
+
+
+# ---- regression
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('kind', ['free_fall', 'exp_decay'])
+def test_fit_equals_lstsq(kind, seed):
+    df, x, y, tfm = (free_fall(seed=seed), 'h', 't', 'sqrt') if kind == 'free_fall' else (exp_decay(seed=seed), 'x', 'y', 'exp(-x)')
+    learn = regression_learner(df, x, y, transform=tfm, quiet=True)
+    close(coefs(learn), lstsq_coefs(df, x, y, tfm))
+
+
+@pytest.mark.parametrize('kw', [dict(opt='adam', lr=0.1, epochs=300), dict(mom=0.5)])
+def test_options_reach_lstsq(kw):
+    df = free_fall(seed=3)
+    close(coefs(regression_learner(df, 'h', 't', 'sqrt', quiet=True, **kw)), lstsq_coefs(df, 'h', 't', 'sqrt'))
+
+
+def test_minibatches():
+    "Mini-batch SGD at a constant rate ends in a noise ball around the optimum, not on it."
+    df = free_fall(seed=3)
+    learn = regression_learner(df, 'h', 't', 'sqrt', bs=16, epochs=20, lr=0.05, quiet=True)
+    assert len(learn.dls.train) == 7
+    close(coefs(learn), lstsq_coefs(df, 'h', 't', 'sqrt'), eps=0.03)
+
+
+def test_several_columns_no_bias_and_callable():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(dict(a=rng.uniform(1, 5, 80), b=rng.uniform(-2, 2, 80)))
+    df['y'] = 2*df.a**2 - 0.5*df.b**2 + rng.normal(0, .1, 80)
+    close(coefs(regression_learner(df, ['a', 'b'], 'y', 'x^2', quiet=True)), lstsq_coefs(df, ['a', 'b'], 'y', 'x^2'))
+    learn = regression_learner(df, ['a', 'b'], 'y', lambda v: v**2, bias=False, quiet=True)
+    close(coefs(learn), lstsq_coefs(df, ['a', 'b'], 'y', 'x^2', bias=False))
+    assert list(coefs(learn)) == ['b1', 'b2']
+    assert np.allclose(learn.predict(df[['a', 'b']].to_numpy()), learn.predict(df), atol=1e-5)
+    with pytest.raises(FastpipesError, match='Expected 2 input'): learn.predict([1., 2., 3.])
+    assert plot_fit(learn).axes
+
+
+def test_predict_is_on_raw_inputs():
+    df = free_fall(seed=4)
+    learn = regression_learner(df, 'h', 't', 'sqrt', quiet=True)
+    c = coefs(learn)
+    assert np.allclose(learn.predict([0., 25., 81.]), [c['b0'] + c['b1']*v for v in (0, 5, 9)], atol=1e-4)
+    assert learn.predict(16.).shape == (1,)
+    with pytest.raises(FastpipesError, match=r'NaN or inf.*h=-9'): learn.predict(pd.DataFrame(dict(h=[1., -9.])))
+
+
+def test_seeded_and_norm_off():
+    df = exp_decay(seed=5)
+    a, b = [coefs(regression_learner(df, 'x', 'y', 'exp(-x)', quiet=True, seed=7)) for _ in range(2)]
+    assert a == b
+    learn = regression_learner(df, 'x', 'y', 'exp(-x)', norm=False, lr=0.5, epochs=400, quiet=True)
+    close(coefs(learn), lstsq_coefs(df, 'x', 'y', 'exp(-x)'))
+
+
+def test_five_point_gradient_step():
+    five = pd.DataFrame(dict(x=[11., 12, 13, 14, 15], y=[17.7, 18.5, 21.2, 23.6, 24.2]))
+    learn = set_coefs(regression_learner(five, 'x', 'y', norm=False, lr=0.01, epochs=0), b0=3, b1=3)
+    xb, yb = learn.dls.train.one_batch()
+    loss = learn.loss_func(learn.model(xb), yb)
+    loss.backward()
+    assert abs(loss.item() - 442.436) < 1e-3
+    assert np.allclose([learn.model.lin.bias.grad.item(), learn.model.lin.weight.grad.item()], [41.92, 549.72], atol=1e-3)
+    learn.create_opt(); learn.opt.step()
+    close(coefs(learn), {'b0': 2.5808, 'b1': -2.4972})
+
+
+def test_set_coefs_roundtrip_with_norm():
+    learn = regression_learner(free_fall(), 'h', 't', 'sqrt', epochs=0)
+    set_coefs(learn, b0=0.25, b1=-1.5)
+    close(coefs(learn), {'b0': 0.25, 'b1': -1.5}, 1e-6)
+    with pytest.raises(FastpipesError, match='Unknown coefficient'): set_coefs(learn, b7=1)
+
+
+def test_overparam_sums_match_simple_fit():
+    ld = line_data(seed=1)
+    ls = lstsq_coefs(ld, 'x', 'y')
+    c = coefs(overparam_learner(ld, 'x', 'y', ('a0', 'b0'), ('a1', 'b1'), quiet=True))
+    assert abs(c['a0'] + c['b0'] - ls['b0']) < 1e-3 and abs(c['a1'] + c['b1'] - ls['b1']) < 1e-3
+    c = coefs(overparam_learner(ld, 'x', 'y', (), ('b1',), quiet=True))
+    assert abs(c['b1'] - lstsq_coefs(ld, 'x', 'y', bias=False)['b1']) < 1e-3
+    assert abs(coefs(overparam_learner(ld, 'x', 'y', ('b0',), (), quiet=True))['b0'] - ld.y.mean()) < 1e-3
+    with pytest.raises(FastpipesError, match='at least one'): overparam_learner(ld, 'x', 'y', (), ())
+
+
+@pytest.mark.parametrize('df,args,msg', [
+    (free_fall(), ('height', 't'), 'not in the table'),
+    (free_fall().assign(h=lambda d: d.h.astype(str)), ('h', 't'), 'not numeric'),
+    (free_fall().assign(h=lambda d: d.h - 50), ('h', 't', 'sqrt'), 'NaN or inf'),
+    (pd.DataFrame(dict(x=[1., np.nan], y=[1., 2.])), ('x', 'y'), 'missing or infinite'),
+    (pd.DataFrame(dict(x=[1., 1.], y=[1., 2.])), ('x', 'y'), 'constant'),
+    (free_fall(), ('h', 't', 'cube'), 'Unknown transform'),
+    ([1, 2], ('h', 't'), 'DataFrame'),
+])
+def test_regression_bad_input(df, args, msg):
+    with pytest.raises(FastpipesError, match=msg): regression_learner(df, *args, quiet=True)
+
+
+def test_bad_optimiser():
+    with pytest.raises(FastpipesError, match='Unknown optimiser'): regression_learner(free_fall(), 'h', 't', opt='lbfgs')
+
+
+# ---- maximum likelihood
+
+def exp_logpdf(x, lam): return -x/lam - torch.log(lam)
+
+
+@pytest.mark.parametrize('scale', [0.05, 1., 2., 50.])
+def test_mle_exponential(scale):
+    x = np.random.default_rng(1).exponential(scale, 300)
+    lam, hist = fit_mle(exp_logpdf, x, 1.)
+    assert abs(lam - x.mean()) < 1e-3*max(1, scale)
+    assert len(hist) == 1000 and hist.nll.iloc[-1] <= hist.nll.iloc[0]
+
+
+def test_mle_normal_two_params_and_adam():
+    x = np.random.default_rng(2).normal(3., 2., 500)
+    def logpdf(x, mu, sigma): return -0.5*((x - mu)/sigma)**2 - torch.log(sigma) - 0.5*np.log(2*np.pi)
+    est, hist = fit_mle(logpdf, x, dict(mu=0., sigma=1.), constraint=[None, 'positive'], steps=2000, lr=0.1)
+    assert abs(est['mu'] - x.mean()) < 1e-3 and abs(est['sigma'] - x.std()) < 1e-3
+    assert list(hist.columns) == ['nll', 'mu', 'sigma']
+    lam, _ = fit_mle(exp_logpdf, x - x.min() + 0.1, 1., opt='adam', lr=0.05, steps=2000)
+    assert abs(lam - (x - x.min() + 0.1).mean()) < 1e-3
+
+
+def test_mle_errors():
+    x = np.random.default_rng(1).exponential(0.02, 100)
+    with pytest.raises(FastpipesError, match='became nan'): fit_mle(exp_logpdf, x, 1., constraint=None)
+    with pytest.raises(FastpipesError, match='constraint'): fit_mle(exp_logpdf, x, 1., constraint='bounded')
+    with pytest.raises(FastpipesError, match='above 0'): fit_mle(exp_logpdf, x, -1.)
+    with pytest.raises(FastpipesError, match='No data'): fit_mle(exp_logpdf, [], 1.)
+
+
+# ---- iris
+
+def test_iris_loader_and_csv(iris, tmp_path):
+    assert list(iris.columns) == IRIS_COLS and len(iris) == 150
+    fn = tmp_path/'iris.csv'
+    iris.rename(columns=lambda c: c.replace('_', '.').title() if c != 'species' else 'variety').assign(
+        variety=lambda d: 'Iris-' + d.variety).to_csv(fn, index=False)
+    pd.testing.assert_frame_equal(iris_df(fn), iris)
+    with pytest.raises(FastpipesError, match='Could not read'): iris_df(tmp_path/'nope.csv')
+
+
+def test_course_split_reproduces_pandas(iris):
+    tr, va = course_split(iris)
+    assert tr == list(iris.sample(frac=0.8, random_state=42).index) and len(va) == 30
+    assert set(tr).isdisjoint(va)
+    shuffled = iris.sample(frac=1, random_state=0)  # labels no longer positions
+    tr2, _ = course_split(shuffled)
+    assert list(shuffled.index[tr2]) == list(shuffled.sample(frac=0.8, random_state=42).index)
+
+
+def test_iris_classifier_prints_train_and_test_accuracy(iris, capsys):
+    learn = table_classifier(iris, 'species', epochs=20)
+    out = capsys.readouterr().out
+    assert 'train_accuracy' in out and 'test_accuracy' in out
+    lines = [l.split() for l in out.splitlines() if l.split() and l.split()[0].isdigit()]
+    assert len(lines) == 20 and all(len(l) == 6 for l in lines)
+    tr, va = course_split(iris)
+    assert list(learn.dls.train.items.index) == tr and list(learn.dls.valid.items.index) == va
+    train_acc, test_acc = learn.recorder.values[-1][2:]
+    assert test_acc >= 0.9 and train_acc >= 0.9
+    assert float(lines[-1][4]) == pytest.approx(test_acc, abs=1e-4)
+
+
+def test_random_split_and_categorical_column(iris):
+    df = iris.assign(size=np.where(iris.petal_length > 4, 'big', 'small'))
+    learn = table_classifier(df, 'species', split='random', epochs=3, quiet=True)
+    assert learn.dls.cat_names == ['size'] and len(learn.dls.valid.items) == 30
+
+
+@pytest.mark.parametrize('make,kw,msg', [
+    (lambda d: d[d.species == 'setosa'], {}, 'single class'),
+    (lambda d: d.iloc[[0, 100]], {}, 'rows'),
+    (lambda d: d.iloc[[0, 1, 2, 100]], dict(valid_pct=0.1), 'rows'),
+    (lambda d: d, dict(y='kind'), 'not in the table'),
+    (lambda d: d, dict(split='kfold'), 'Unknown split'),
+    (lambda d: d.assign(species=d.species.where(d.index > 0)), {}, 'missing classes'),
+])
+def test_classifier_bad_input(iris, make, kw, msg):
+    kw = dict(y='species', quiet=True, epochs=1) | kw
+    with pytest.raises(FastpipesError, match=msg): table_classifier(make(iris), **kw)
+
+
+# ---- autoencoder
+
+def test_linear_autoencoder_reaches_pca(iris):
+    X = iris[IRIS_COLS[:4]]
+    ae = autoencoder_learner(X, quiet=True)
+    assert ae.validate()[0] <= 1.05*pca_mse(X)
+    Z = encode(ae, X.to_numpy())
+    assert Z.shape == (150, 2)
+    Xh = reconstruct(ae, X)
+    assert Xh.shape == (150, 4) and np.mean((Xh - X.to_numpy())**2) < 0.1
+    fig = show_reconstruction(ae, X, n=8)
+    assert sum(l.get_linestyle() == '--' for l in fig.axes[0].lines) == 2
+    assert fig.axes[0].images[0].get_array().shape == (8, 10)
+
+
+def test_autoencoder_nonlinear_and_errors(iris):
+    X = iris[IRIS_COLS[:4]].to_numpy()
+    ae = autoencoder_learner(X, latent=1, linear=False, epochs=3, quiet=True)
+    assert encode(ae, X).shape == (150, 1)
+    with pytest.raises(FastpipesError, match='latent'): autoencoder_learner(X, latent=0)
+    with pytest.raises(FastpipesError, match='not numeric'): autoencoder_learner(iris)
+    with pytest.raises(FastpipesError, match='constant'): autoencoder_learner(np.c_[X, np.ones(150)])
+    with pytest.raises(FastpipesError, match='2-d'): autoencoder_learner(X[:, 0])
