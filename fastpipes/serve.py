@@ -5,7 +5,7 @@ redirect loops and endless streams, on one or many 127.0.0.x addresses."""
 
 # %% ../nbs/01a_serve.ipynb #3559aa57
 from __future__ import annotations
-import socket, threading, time
+import socket, ssl, threading, time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +44,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):  # the TLS handshake runs here, in the connection's own thread
+            self.request.settimeout(5); self.request.do_handshake()
         super().setup()
         self.server.owner._conn_open(self)
 
@@ -110,6 +112,10 @@ class _Server(ThreadingHTTPServer):
         "Like `ThreadingMixIn.process_request`, but the owner keeps the thread so it can join it."
         t = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
         self.owner._track(t); t.start()
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.owner.tls: sock = self.owner.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
     def handle_error(self, request, client_address): pass  # a client that drops a connection is not news
 
 # %% ../nbs/01a_serve.ipynb #fb015a78
@@ -123,11 +129,12 @@ class LoopbackServer:
                  first:int=1,            # last byte of the first address
                  hang_max:float=60.0,    # the longest a hanging route holds its request
                  endless_max:int=1<<32,  # bytes after which an endless body does end
+                 tls:ssl.SSLContext|None=None, # serve HTTPS with this server-side context (cert and key loaded)
                 ):
         if not 1 <= hosts or first + hosts - 1 > 254: raise ValueError("Loopback hosts must lie in 127.0.0.1-254.")
         self.routes = {} if routes is None else routes
         self.hosts, self.port, self.same_port, self.first = hosts, port, same_port, first
-        self.hang_max, self.endless_max = hang_max, endless_max
+        self.hang_max, self.endless_max, self.tls = hang_max, endless_max, tls
         self.hits, self.max_conns = Counter(), Counter()
         self._conns, self._socks, self._threads = Counter(), set(), set()
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -143,7 +150,7 @@ class LoopbackServer:
     def url(self, path:str='/', host:int=0)->str:
         "The URL of `path` on host number `host`."
         if not path.startswith('/'): path = '/' + path
-        return f'http://{self.ip(host)}:{self.servers[host].server_address[1]}{path}'
+        return f"{'https' if self.tls else 'http'}://{self.ip(host)}:{self.servers[host].server_address[1]}{path}"
 
     @property
     def urls(self)->list[str]: return [self.url('/', h) for h in range(self.hosts)]

@@ -368,3 +368,41 @@ def test_download_bad_arguments(tmp_path):
     for kw in [dict(per_host=0), dict(max_workers=0), dict(max_bytes=-1), dict(deadline=0)]:
         with pytest.raises(FastpipesError): download_images(['http://x/a.jpg'], tmp_path, quiet=True, **kw)
     with pytest.raises(FastpipesError, match='n_train'): crawl(['a'], tmp_path, n_train=0, n_test=0)
+
+# ---------------------------------------------------------------- https
+
+@pytest.fixture(scope='module')
+def certs(tmp_path_factory):
+    "Self-signed certificates: one valid for localhost and 127.0.0.1, one for another name."
+    import shutil
+    if not shutil.which('openssl'): pytest.skip('needs the openssl command')
+    d = tmp_path_factory.mktemp('certs')
+    for name, san in [('good', 'DNS:localhost,IP:127.0.0.1'), ('other', 'DNS:other.example')]:
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', d/f'{name}.key', '-out',
+                        d/f'{name}.pem', '-days', '2', '-subj', '/CN=fastpipes-test', '-addext', f'subjectAltName={san}'],
+                       check=True, capture_output=True)
+    return d
+
+def _tls(certs, name):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(certs/f'{name}.pem', certs/f'{name}.key')
+    return ctx
+
+def test_https_verified_through_the_checked_address(tmp_path, certs, monkeypatch):
+    "HTTPS connects to the resolved address yet verifies the certificate against the host name."
+    with LoopbackServer({'/a.jpg': JPG}, tls=_tls(certs, 'good')) as srv:
+        port = srv.url().rsplit(':', 1)[1].strip('/')
+        urls = [srv.url('/a.jpg'), f'https://localhost:{port}/a.jpg']
+        rows = download_images(urls, tmp_path/'untrusted', **FAST)              # the system CAs do not know our cert
+        assert all('CERTIFICATE_VERIFY_FAILED' in r['reason'] for r in rows), rows
+        monkeypatch.setenv('SSL_CERT_FILE', str(certs/'good.pem'))
+        rows = download_images(urls, tmp_path/'trusted', **FAST)
+        assert rows.attrgot('status') == ['ok', 'ok'] and rows[0]['sha256'] == rows[1]['sha256']
+        assert srv.hits['/a.jpg'] == 2
+
+def test_https_wrong_host_name(tmp_path, certs, monkeypatch):
+    monkeypatch.setenv('SSL_CERT_FILE', str(certs/'other.pem'))
+    with LoopbackServer({'/a.jpg': JPG}, tls=_tls(certs, 'other')) as srv:
+        r, = download_images(srv.url('/a.jpg'), tmp_path, **FAST)
+        assert r['status'] == 'error' and 'CERTIFICATE_VERIFY_FAILED' in r['reason'] and 'mismatch' in r['reason'], r
+        assert srv.n_requests == 0
