@@ -240,3 +240,13 @@ def test_tensor_dl_epochs():
     assert all(len(b[0]) == 16 for b in dl) and len(dl) == 6
     xb, _ = dls.one_batch()
     assert xb.shape == (16, 784) and xb.dtype == torch.float32 and xb.max() <= 1
+
+def test_cifar_and_pets_download_failures_are_clear(tmp_path, monkeypatch):
+    from urllib.error import URLError
+    import torchvision.datasets as tvd, fastai.data.external as fde
+    def offline(*a, **k): raise URLError('Temporary failure in name resolution')
+    monkeypatch.setattr(tvd.CIFAR10, 'download', offline)
+    with pytest.raises(FastpipesError, match='Could not download CIFAR-10.*cifar-10-batches-py'):
+        cifar10_arrays(tmp_path, download=True)
+    monkeypatch.setattr(fde, 'untar_data', offline)
+    with pytest.raises(FastpipesError, match='Could not download the pets'): pets_files(tmp_path, download=True)
