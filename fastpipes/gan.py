@@ -147,7 +147,7 @@ class GANMonitor(Callback):
         g, c = self.mean(True), self.mean(False)
         self.hist.append((g, c))
         self.run_ = self.run_ + 1 if self._collapsed(g, c) else 0
-        if self.run_ < self.patience: return
+        if not self.patience or self.run_ < self.patience: return
         self.stopped = self.epoch
         warnings.warn(f"GAN training stopped after epoch {self.epoch}: the critic won outright for {self.patience} epochs "
                       f"in a row (critic loss {c:.3g}, generator loss {g:.3g}), so the generator has collapsed; "
@@ -287,7 +287,7 @@ class DigitClassifier(nn.Module):
 
 def digit_classifier(images, # uint8 or float images, `(n, h, w)` or `(n, c, h, w)`
                      labels, # int labels
-                     epochs:int=30, # passes over the data
+                     epochs:int=15, # passes over the data
                      seed:int=0, # seed for the weights and the batch order
                     )->DigitClassifier:
     "A `DigitClassifier` trained on `images` (scaled to [0, 1]) with Adam; in eval mode."
