@@ -148,7 +148,7 @@ class RegressionLearner(Learner):
                )->np.ndarray:
         "Predictions for the raw inputs `x` (the transform is applied by the model)."
         if isinstance(x, pd.DataFrame): x = _numeric(x, self.x_names)
-        x = np.asarray(x, dtype=np.float64)
+        x = np.array(x, dtype=np.float64)
         x = x.reshape(-1, 1) if len(self.x_names) == 1 and x.ndim < 2 else np.atleast_2d(x)
         if x.shape[1] != len(self.x_names): raise FastpipesError(f"Expected {len(self.x_names)} input column(s) {self.x_names}, got {x.shape[1]}.")
         apply_transform(self.model.transform, x, self.x_names)
@@ -473,7 +473,7 @@ class AutoEncoder(nn.Module):
 def _table(X)->tuple:
     "`X` (DataFrame or array) as a float array and column names."
     if isinstance(X, pd.DataFrame): return _numeric(X, list(X.columns)), [str(c) for c in X.columns]
-    a = np.asarray(X, dtype=np.float64)
+    a = np.array(X, dtype=np.float64)
     if a.ndim != 2 or not np.isfinite(a).all(): raise FastpipesError(f"Expected a finite 2-d table of numbers, got shape {a.shape}.")
     return a, [f'x{i+1}' for i in range(a.shape[1])]
 
