@@ -245,10 +245,21 @@ class TensorDL(DataLoader):
         super().__init__(None, bs=bs, shuffle=shuffle, drop_last=drop_last, n=len(x), indexed=True, **kwargs)
         store_attr('x,y,flat,scale,stats,vocab')
         self.c = len(vocab) if vocab is not None else None
+    def get_idxs(self)->torch.Tensor:
+        if not self.shuffle: return torch.arange(self.n)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.rng.randint(0, 2**62)))
     def create_batches(self, samps):
-        for b in torch.as_tensor(list(samps), dtype=torch.long).split(self.bs):
+        idxs = samps if isinstance(samps, torch.Tensor) else torch.as_tensor(list(samps), dtype=torch.long)
+        for b in idxs.split(self.bs):
             if self.drop_last and len(b) < self.bs: return
             yield self.decode_x(self.x[b]), self.y[b]
+    def __iter__(self):
+        "Batches straight from the tensors: no worker machinery, no per-item collation."
+        self.randomize(); self.before_iter()
+        for b in self.create_batches(self.get_idxs()):
+            if self.device is not None: b = tuple(o.to(self.device, non_blocking=True) for o in b)
+            yield self.after_batch(b)
+        self.after_iter()
     def decode_x(self, x:torch.Tensor)->torch.Tensor:
         "Stored images → model inputs."
         x = x.float()
