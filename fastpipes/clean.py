@@ -156,9 +156,10 @@ def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
 
 def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|None, near:bool, full:bool)->dict:
     "Verify and normalise `fn`; a converted copy goes to `stage`. Returns what `clean_images` needs to decide."
-    r = dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None, phash=None, thumb=None)
+    r = dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None, phash=None, thumb=None, bytes=0)
     try: b = fn.read_bytes()
     except OSError: return dict(r, reason='unreadable')
+    r['bytes'] = len(b)
     im, r['reason'] = _load(b, min_size, max_pixels, max_size, full)
     if im is None: return r
     fmt, frames, mode = im.format, getattr(im, 'n_frames', 1), im.mode
@@ -186,7 +187,7 @@ def _files(path:Path)->list[Path]:
     for dp,dns,fns in os.walk(path):
         rel = Path(dp).relative_to(path)
         dns[:] = sorted(d for d in dns if not d.startswith('.') and not (rel == Path('.') and d in _SKIP))
-        out += [Path(dp)/f for f in sorted(fns) if not f.startswith('.') and not (rel == Path('.') and f.endswith(('.jsonl', '.csv', '.json', '.html', '.md', '.txt', '.pkl', '.pth')))]
+        out += [Path(dp)/f for f in sorted(fns) if not f.startswith('.') and not f.endswith('.part') and not (rel == Path('.') and f.endswith(('.jsonl', '.csv', '.json', '.html', '.md', '.txt', '.pkl', '.pth')))]
     return out
 
 def _split_label(rel:Path)->tuple[str|None,str|None]:
@@ -197,11 +198,16 @@ def _split_label(rel:Path)->tuple[str|None,str|None]:
     return split, label
 
 # %% ../nbs/02_clean.ipynb #c7508a04
-def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24., chunk:int=1024)->list[tuple[int,int]]:
+def _popcount(x:np.ndarray)->np.ndarray:
+    "Set bits of each `uint64` in `x`."
+    if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)   # NumPy ≥ 2
+    return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
+
+def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->list[tuple[int,int]]:
     "Index pairs `(i, j)`, `i < j`, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
-    pairs = []
+    pairs, chunk = [], max(1, (1<<24)//max(len(ph), 1))   # at most 16M hash pairs (128 MB) at a time
     for s in range(0, len(ph), chunk):
-        d = np.bitwise_count(ph[s:s+chunk, None] ^ ph[None, :])
+        d = _popcount(ph[s:s+chunk, None] ^ ph[None, :])
         for i,j in zip(*np.nonzero(d <= near_dup)):
             i += s
             if i < j and np.abs(thumbs[i] - thumbs[j]).mean() <= colour_tol: pairs.append((int(i), int(j)))
@@ -229,7 +235,7 @@ def _dedupe(recs:list[dict], near_dup:int|None)->dict[int,str]:
     for g in _groups(len(recs), pairs):
         if len({recs[i]['label'] for i in g}) > 1:
             out.update({i: 'two-labels' for i in g}); continue
-        keep = min(g, key=lambda i: (recs[i]['split'] not in (None, 'train'), -recs[i]['pixels'], recs[i].get('staged') is not None, recs[i]['rel']))
+        keep = min(g, key=lambda i: (recs[i]['split'] not in (None, 'train'), -recs[i]['pixels'], recs[i].get('staged') is not None, -recs[i]['bytes'], recs[i]['rel']))
         has_train = recs[keep]['split'] in (None, 'train')
         for i in g:
             if i == keep: continue
