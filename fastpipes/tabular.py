@@ -30,10 +30,10 @@ from fastai.tabular.learner import TabularLearner, tabular_learner
 from .core import FastpipesError, set_seed
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'course_opt', 'RegressionLearner', 'regression_learner',
-           'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear', 'overparam_learner',
-           'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy', 'table_classifier',
-           'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
+__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'course_opt', 'RegressionLearner', 'Tensors',
+           'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear',
+           'overparam_learner', 'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy',
+           'table_classifier', 'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
            'show_reconstruction']
 
 # %% ../nbs/06_tabular.ipynb #736bef37
@@ -162,10 +162,14 @@ def _fit(learn:Learner, epochs:int, quiet:bool, one_cycle:bool=False, lr=None)->
         (learn.fit_one_cycle if one_cycle else learn.fit)(epochs, lr)
     return learn
 
+class Tensors(TensorDataset):
+    "A `TensorDataset` that fastai can empty when it exports a `Learner`."
+    def new_empty(self): return Tensors(*[t[:0] for t in self.tensors])
+
 def _tensor_dls(x:np.ndarray, y:np.ndarray, bs:int|None, valid=None)->DataLoaders:
     "Full-batch (or `bs`) `DataLoaders` over tensors; the validation set is `valid` or the training set."
-    t = TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
-    v = t if valid is None else TensorDataset(*[torch.as_tensor(a, dtype=torch.float32) for a in valid])
+    t = Tensors(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
+    v = t if valid is None else Tensors(*[torch.as_tensor(a, dtype=torch.float32) for a in valid])
     bs = bs or len(x)
     return DataLoaders(DataLoader(t, bs=bs, shuffle=bs < len(x), drop_last=False, num_workers=0),
                        DataLoader(v, bs=max(bs, len(v)), num_workers=0))
@@ -250,6 +254,7 @@ def plot_fit(learn:RegressionLearner, # a fitted regression
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
     x, y = [t.numpy() for t in learn.dls.train.dataset.tensors]
+    if not len(x): raise FastpipesError("This learner holds no data (an exported one?); plot it before `export`.")
     if len(learn.x_names) == 1:
         ax.scatter(x[:, 0], y[:, 0], s=10, alpha=0.6, label='data')
         g = np.linspace(x.min(), x.max(), n)

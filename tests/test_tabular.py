@@ -224,3 +224,12 @@ def test_autoencoder_nonlinear_and_errors(iris):
     with pytest.raises(FastpipesError, match='not numeric'): autoencoder_learner(iris)
     with pytest.raises(FastpipesError, match='constant'): autoencoder_learner(np.c_[X, np.ones(150)])
     with pytest.raises(FastpipesError, match='2-d'): autoencoder_learner(X[:, 0])
+
+
+def test_export_and_load(tmp_path):
+    from fastai.learner import load_learner
+    learn = regression_learner(free_fall(), 'h', 't', 'sqrt', quiet=True)
+    learn.export(tmp_path/'ff.pkl')
+    back = load_learner(tmp_path/'ff.pkl')
+    assert coefs(back) == coefs(learn) and np.allclose(back.predict([4., 9.]), learn.predict([4., 9.]))
+    with pytest.raises(FastpipesError, match='no data'): plot_fit(back)
