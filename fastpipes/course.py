@@ -227,7 +227,9 @@ def shift_flip(x:torch.Tensor, # a batch of images (n, c, h, w)
 class BatchAug(Callback):
     "Augment each training batch with `shift_flip`."
     order = 5
-    def __init__(self, shift:int=2, flip:bool=False): store_attr()
+    def __init__(self, shift:int=2, # largest shift in pixels
+                 flip:bool=False, # also mirror half the images (colour photos, not digits)
+                ): store_attr()
     def before_batch(self):
         if self.training and self.x.ndim == 4: self.learn.xb = (shift_flip(self.x, self.shift, self.flip),)
 

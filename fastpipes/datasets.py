@@ -240,8 +240,17 @@ def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`,
 # %% ../nbs/07_datasets.ipynb #5203ce06
 class TensorDL(DataLoader):
     "A fastai `DataLoader` over in-memory tensors `x`, `y` that slices whole batches at once."
-    def __init__(self, x:torch.Tensor, y:torch.Tensor, bs:int=64, shuffle:bool=False, drop_last:bool=False,
-                 flat:bool=False, scale:bool=True, stats:tuple|None=None, vocab=None, **kwargs):
+    def __init__(self, x:torch.Tensor, # stored images (n, c, h, w), usually uint8
+                 y:torch.Tensor, # labels (n,)
+                 bs:int=64, # batch size
+                 shuffle:bool=False, # a new random order each epoch
+                 drop_last:bool=False, # drop a last, smaller batch
+                 flat:bool=False, # flatten each image (inputs of an MLP)
+                 scale:bool=True, # divide by 255
+                 stats:tuple|None=None, # `(mean, std)` per channel to standardize with
+                 vocab=None, # class names
+                 **kwargs, # passed to fastai's `DataLoader` (device, ...)
+                ):
         super().__init__(None, bs=bs, shuffle=shuffle, drop_last=drop_last, n=len(x), indexed=True, **kwargs)
         store_attr('x,y,flat,scale,stats,vocab')
         self.c = len(vocab) if vocab is not None else None
