@@ -178,6 +178,7 @@ def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|Non
         rgb.save(r['staged'], out, **(dict(quality=95) if out == 'JPEG' else dict(compress_level=3)))
         r['action'] = 'presized' if plain else 'converted'
     r['width'], r['height'] = rgb.size if r['staged'] else (w, h)
+    r['sha256'], r['bytes'] = (sha256_file(r['staged']), r['staged'].stat().st_size) if r['staged'] else (hashlib.sha256(b).hexdigest(), len(b))
     return r
 
 # %% ../nbs/02_clean.ipynb #86d8068d
@@ -285,7 +286,23 @@ def _update_row(row:dict, r:dict, dest:Path|None, path:Path):
     "Record the outcome `r` of one file, now at `dest`, in its manifest `row`."
     if dest: row['file'] = dest.relative_to(path).as_posix()
     if r['reason']: row.update(status='rejected', reason=r['reason']); return
-    row.update(status='ok', reason=None, sha256=sha256_file(dest), width=r['width'], height=r['height'], bytes=dest.stat().st_size)
+    row.update(status='ok', reason=None, sha256=r['sha256'], width=r['width'], height=r['height'], bytes=r['bytes'])
+
+def _settle(path:Path, fns:list[Path], recs:list[dict], delete:bool)->list[dict]:
+    "Carry out the decisions `recs` on the files `fns` and update the manifest (also when interrupted); one row per file."
+    old = read_manifest(path); snap = [dict(r) for r in old]
+    rows = {r['file']: r for r in old if r.get('file')}
+    new, out = [], []
+    try:
+        for fn,r in zip(fns, recs):
+            row = rows.get(r['rel'])
+            if row is None: row = new_row(file=r['rel'], label=r['label'], split=r['split']); new.append(row)
+            _update_row(row, r, _apply(fn, r, path, delete), path)
+            out.append(dict(file=r['rel'], new_file=row['file'], label=r['label'], split=r['split'], status=row['status'],
+                            reason=r['reason'], action=None if r['reason'] else r['action'], width=r['width'], height=r['height']))
+    finally:
+        if new or old != snap: write_manifest(path, old + new)
+    return out
 
 def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/`, or a plain folder of images
                  min_size:int=MIN_SIZE, # reject images whose shorter side is below this many pixels
@@ -311,16 +328,6 @@ def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/
         for fn,r in zip(fns, recs): r['rel'] = fn.relative_to(path).as_posix(); r['split'], r['label'] = _split_label(fn.relative_to(path))
         ok = [i for i,r in enumerate(recs) if not r['reason']]
         for j,reason in _dedupe([recs[i] for i in ok], near_dup).items(): recs[ok[j]]['reason'] = reason
-        old = read_manifest(path); snap = [dict(r) for r in old]
-        rows = {r['file']: r for r in old if r.get('file')}
-        new, out = [], []
-        for fn,r in zip(fns, recs):
-            dest = _apply(fn, r, path, delete)
-            row = rows.get(r['rel'])
-            if row is None: row = new_row(file=r['rel'], label=r['label'], split=r['split']); new.append(row)
-            _update_row(row, r, dest, path)
-            out.append(dict(file=r['rel'], new_file=row['file'], label=r['label'], split=r['split'], status=row['status'],
-                            reason=r['reason'], action=None if r['reason'] else r['action'], width=r['width'], height=r['height']))
-        if new or old != snap: write_manifest(path, old + new)
+        out = _settle(path, fns, recs, delete)
     finally: shutil.rmtree(stage, ignore_errors=True)
     return CleanSummary(pd.DataFrame(out, columns=['file', 'new_file', 'label', 'split', 'status', 'reason', 'action', 'width', 'height']), path)
