@@ -30,7 +30,7 @@ from fastai.tabular.learner import TabularLearner, tabular_learner
 from .core import FastpipesError, set_seed
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'course_opt', 'RegressionLearner', 'Tensors',
+__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'plain_opt', 'RegressionLearner', 'Tensors',
            'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear',
            'overparam_learner', 'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy',
            'table_classifier', 'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
@@ -135,12 +135,16 @@ def _known(kw:dict, names:list)->dict:
 # %% ../nbs/06_tabular.ipynb #893090bd
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}
 
-def course_opt(opt:str='sgd', # 'sgd' or 'adam': the plain PyTorch optimisers
+def plain_opt(opt:str='sgd', # 'sgd' or 'adam': the plain PyTorch optimisers
                mom:float=0., # momentum of SGD
               ):
     "An `opt_func` for a `Learner` that uses the plain PyTorch optimiser `opt`, without weight decay."
     if opt not in _OPTS: raise FastpipesError(f"Unknown optimiser {opt!r}; use one of {sorted(_OPTS)}.")
     return partial(OptimWrapper, opt=_OPTS[opt], **({'momentum': mom} if opt == 'sgd' else {}))
+
+def _on(model:nn.Module, a)->torch.Tensor:
+    "`a` as a float32 tensor on the device of `model`."
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=next(model.parameters()).device)
 
 class RegressionLearner(Learner):
     "A `Learner` for a regression on named columns whose `predict` takes raw inputs."
@@ -152,7 +156,7 @@ class RegressionLearner(Learner):
         x = x.reshape(-1, 1) if len(self.x_names) == 1 and x.ndim < 2 else np.atleast_2d(x)
         if x.shape[1] != len(self.x_names): raise FastpipesError(f"Expected {len(self.x_names)} input column(s) {self.x_names}, got {x.shape[1]}.")
         apply_transform(self.model.transform, x, self.x_names)
-        with torch.no_grad(): return self.model.eval()(torch.as_tensor(x, dtype=torch.float32)).numpy()[:, 0].astype(np.float64)
+        with torch.no_grad(): return self.model.eval()(_on(self.model, x)).cpu().numpy()[:, 0].astype(np.float64)
 
 def _fit(learn:Learner, epochs:int, quiet:bool, one_cycle:bool=False, lr=None)->Learner:
     "Train `learn` for `epochs` (none when 0), without the progress table when `quiet`."
@@ -181,7 +185,7 @@ def _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kw
     X, Y = _numeric(df, xs), _numeric(df, [y])
     set_seed(seed)
     model = model_fn(X)
-    learn = RegressionLearner(_tensor_dls(X, Y, bs), model, loss_func=MSELossFlat(), opt_func=course_opt(opt, mom),
+    learn = RegressionLearner(_tensor_dls(X, Y, bs), model, loss_func=MSELossFlat(), opt_func=plain_opt(opt, mom),
                               lr=lr, **kwargs)
     learn.x_names, learn.y_name = xs, y
     return _fit(learn, epochs, quiet)
@@ -253,7 +257,7 @@ def plot_fit(learn:RegressionLearner, # a fitted regression
     "Scatter the training data and draw the fitted curve (one input) or predicted vs observed (several)."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
-    x, y = [t.numpy() for t in learn.dls.train.dataset.tensors]
+    x, y = [t.cpu().numpy() for t in learn.dls.train.dataset.tensors]
     if not len(x): raise FastpipesError("This learner holds no data (an exported one?); plot it before `export`.")
     if len(learn.x_names) == 1:
         ax.scatter(x[:, 0], y[:, 0], s=10, alpha=0.6, label='data')
@@ -505,7 +509,7 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
     model = AutoEncoder(a.shape[1], latent, linear, hidden, mean, std)
     target = (a - mean)/std
     learn = Learner(_tensor_dls(a, target, bs, valid=(a, target)), model, loss_func=MSELossFlat(),
-                    opt_func=course_opt(opt), lr=lr, **kwargs)
+                    opt_func=plain_opt(opt), lr=lr, **kwargs)
     learn.x_names = names
     return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)
 
@@ -513,15 +517,15 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
 def encode(learn:Learner, X)->np.ndarray:
     "The codes `Z` of the raw rows `X`."
     a, _ = _table(X)
-    return learn.model.eval().encode(torch.as_tensor(a, dtype=torch.float32)).numpy()
+    return learn.model.eval().encode(_on(learn.model, a)).cpu().numpy()
 
 @torch.no_grad()
 def reconstruct(learn:Learner, X, raw:bool=True)->np.ndarray:
     "The reconstructions of the rows `X`, in raw units (or standardised with `raw=False`)."
     a, _ = _table(X)
     m = learn.model.eval()
-    r = m(torch.as_tensor(a, dtype=torch.float32))
-    return (m.norm.decode(r) if raw else r).numpy()
+    r = m(_on(m, a))
+    return (m.norm.decode(r) if raw else r).cpu().numpy()
 
 def pca_mse(X, k:int=2, norm:bool=True)->float:
     "The mean squared error of the best rank-`k` affine reconstruction of `X` (PCA), the optimum of a linear autoencoder."
@@ -540,7 +544,7 @@ def show_reconstruction(learn:Learner, # an autoencoder learner
     import matplotlib.pyplot as plt
     a, names = _table(X)
     a = a[:n]
-    xs = learn.model.norm(torch.as_tensor(a, dtype=torch.float32)).numpy()
+    with torch.no_grad(): xs = learn.model.norm(_on(learn.model, a)).cpu().numpy()
     z, xh = encode(learn, a), reconstruct(learn, a, raw=False)
     m = np.hstack([xs, z, xh])
     if ax is None: _, ax = plt.subplots(figsize=(1 + 0.6*m.shape[1], 1 + 0.35*len(m)))
