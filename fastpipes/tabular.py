@@ -195,7 +195,7 @@ def regression_learner(df:pd.DataFrame, # the table
                        y:str, # target column
                        transform=None, # None, a name in `TRANSFORMS` ('sqrt', 'exp(-x)', 'log', 'x^2') or a function
                        bias:bool=True, # fit an intercept `b0`
-                       norm:bool=True, # standardise the transformed features inside the model
+                       norm:bool=True, # whiten the transformed features inside the model (coefficients stay in user units)
                        opt:str='sgd', # 'sgd' or 'adam'
                        lr:float=0.2, # learning rate
                        mom:float=0., # momentum of SGD
@@ -297,9 +297,13 @@ def overparam_learner(df:pd.DataFrame, # the table
                       intercepts=('a0', 'b0'), # names of the intercept terms (their sum is the intercept)
                       slopes=('b1',), # names of the slope terms (their sum is the slope)
                       transform=None, # as in `regression_learner`
-                      opt:str='sgd', lr:float=0.3, mom:float=0., bs:int|None=None,
-                      epochs:int=60, # epochs to train now
-                      quiet:bool=False, seed:int|None=42,
+                      opt:str='sgd', # 'sgd' or 'adam'
+                      lr:float=0.3, # learning rate (no whitening here: the parameters are the coefficients)
+                      mom:float=0., # momentum of SGD
+                      bs:int|None=None, # batch size; None: the whole table
+                      epochs:int=60, # epochs to train now (0: untrained)
+                      quiet:bool=False, # no progress bar nor per-epoch table
+                      seed:int|None=42, # seed of the initial values (they set how equal terms share their sum)
                       **kwargs, # passed to `Learner`
                      )->RegressionLearner:
     "A `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x`, e.g. the course's `α0 + β0 + (α1 + β1)x`."
