@@ -1,0 +1,167 @@
+"Training, evaluation, pickle-free save/load and batched prediction on tiny generated images (CPU, no downloads)."
+import json, os, pickle, urllib.error
+import numpy as np, pytest, torch
+from pathlib import Path
+import matplotlib.pyplot as plt
+from fastpipes.core import FastpipesError, sha256_file
+from fastpipes.data import image_dls, name_dls
+import fastpipes.train as train
+from fastpipes.train import (train_classifier, evaluate, class_accuracy, confusion_figure, top_losses_figure, history,
+                             save_classifier, load_classifier, predict)
+from test_data import squares
+
+torch.set_num_threads(1)
+
+def tiny(path, **kw): return image_dls(path, **{'size': 32, 'bs': 8, 'num_workers': 0, **kw})
+
+@pytest.fixture(scope='module')
+def ds(tmp_path_factory): return squares(tmp_path_factory.mktemp('train')/'ds', n_train=8, n_test=4)
+
+@pytest.fixture(scope='module')
+def learn(ds): return train_classifier(tiny(ds), 'resnet18', epochs=1, pretrained=False, quiet=True, seed=0)
+
+@pytest.fixture(scope='module')
+def saved(learn, tmp_path_factory): return save_classifier(learn, tmp_path_factory.mktemp('model')/'model')
+
+def _probs(learn, fns):
+    dl = learn.dls.test_dl(fns)
+    with learn.no_bar(): return learn.get_preds(dl=dl)[0]
+
+@pytest.mark.parametrize('kw,msg', [
+    (dict(epochs=0), 'epochs'), (dict(epochs=-1), 'epochs'), (dict(epochs=1.5), 'epochs'), (dict(epochs='3'), 'epochs'),
+    (dict(epochs=True), 'epochs'), (dict(freeze_epochs=-1), 'freeze_epochs'), (dict(freeze_epochs=0.5), 'freeze_epochs'),
+    (dict(lr=0), 'lr'), (dict(lr='fast'), 'lr'), (dict(lr=-1e-3), 'lr'),
+])
+def test_bad_arguments_fail_before_building(ds, monkeypatch, kw, msg):
+    def boom(*a, **k): raise AssertionError("a learner was built")
+    monkeypatch.setattr(train, 'build_learner', boom)
+    with pytest.raises(FastpipesError, match=msg): train_classifier(tiny(ds), pretrained=False, **kw)
+
+def test_bad_dls_and_arch(ds):
+    with pytest.raises(FastpipesError, match='DataLoaders'): train_classifier([1, 2], pretrained=False)
+    with pytest.raises(FastpipesError): train_classifier(tiny(ds), arch='resnet7', pretrained=False)
+
+def test_offline_pretrained_names_the_fix(ds, tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))
+    def offline(*a, **k): raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    with pytest.raises(FastpipesError, match='pretrained=False'): train_classifier(tiny(ds), 'resnet18', epochs=1)
+
+def test_trained_learner(learn):
+    head = learn.model[-1]
+    lins = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(lins) == 1 and lins[0].bias is None          # CAM head from the start
+    h = history(learn)
+    assert len(h) == 1 and {'train_loss', 'valid_loss', 'accuracy', 'error_rate'} <= set(h.columns)
+    assert np.isfinite(h.train_loss).all()
+    assert hasattr(learn, 'progress')                       # quiet only for the run
+
+def test_quiet_prints_nothing(ds, capsys):
+    train_classifier(tiny(ds), 'resnet18', epochs=1, pretrained=False, quiet=True, cam=False)
+    assert capsys.readouterr().out == ''
+    train_classifier(tiny(ds), 'resnet18', epochs=1, pretrained=False, quiet=False, cam=False)
+    assert 'train_loss' in capsys.readouterr().out
+
+def test_fine_tune_phases_and_default_head(ds):
+    l = train_classifier(tiny(ds), 'resnet18', epochs=1, freeze_epochs=1, pretrained=False, quiet=True, cam=False)
+    assert history(l).phase.tolist() == ['frozen', 'unfrozen']
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in l.model[-1].modules())
+
+def test_evaluate(learn, ds):
+    ev = evaluate(learn)
+    assert ev['n'] == 8 and abs(ev['accuracy'] + ev['error_rate'] - 1) < 1e-6
+    loss, acc, err = learn.validate()
+    assert abs(ev['loss'] - loss) < 1e-4 and abs(ev['accuracy'] - acc) < 1e-6
+    assert set(ev['per_class']) == {'blue', 'red'}
+    json.dumps(ev)
+    t = class_accuracy(learn, ds/'test')
+    assert t.n.tolist() == [4, 4] and (t.accuracy.between(0, 1)).all()
+    squares(ds.parent/'other', classes=('green', 'red'), splits=('test',))
+    with pytest.raises(FastpipesError, match='green'): evaluate(learn, ds.parent/'other'/'test')
+
+def test_figures(learn):
+    assert isinstance(confusion_figure(learn), plt.Figure)
+    fig = top_losses_figure(learn, k=4)
+    assert len([a for a in fig.axes if a.images]) == 4
+    plt.close('all')
+
+def test_round_trip(learn, saved, ds):
+    meta = json.loads((saved/'classifier.json').read_text())
+    assert meta['arch'] == 'resnet18' and meta['vocab'] == ['blue', 'red'] and meta['cam'] is True and meta['size'] == [32, 32]
+    l2 = load_classifier(saved)
+    fns = sorted((ds/'test').rglob('*.jpg'))
+    assert torch.allclose(_probs(learn, fns), _probs(l2, fns), atol=1e-5)   # fastai's lighting tfms round-trip floats
+    a, b = predict(learn, fns), predict(l2, fns)
+    assert a.label.tolist() == b.label.tolist() and np.allclose(a.prob, b.prob, atol=1e-5)
+    assert load_classifier(saved/'classifier.json').dls.vocab == ['blue', 'red']
+
+def test_load_never_unpickles(saved, tmp_path):
+    "A weights file that would run code when unpickled is refused, and the code does not run."
+    bad = _copy(saved, tmp_path/'evil')
+    marker = tmp_path/'pwned'
+    class Evil:
+        def __reduce__(self): return (os.system, (f'touch {marker}',))
+    (bad/'weights.pth').write_bytes(pickle.dumps({'w': Evil()}))
+    _fix_sha(bad)
+    with pytest.raises(FastpipesError, match='safely'): load_classifier(bad)
+    assert not marker.exists()
+    torch.save({'w': Path('x')}, bad/'weights.pth'); _fix_sha(bad)
+    with pytest.raises(FastpipesError, match='safely'): load_classifier(bad)
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir(): (dst/f.name).write_bytes(f.read_bytes())
+    return dst
+
+def _fix_sha(folder, **changes):
+    fn = folder/'classifier.json'
+    meta = json.loads(fn.read_text())
+    meta.update(sha256=sha256_file(folder/'weights.pth'), **changes)
+    fn.write_text(json.dumps(meta))
+
+@pytest.mark.parametrize('case,msg', [
+    ('random_weights', 'safely'), ('checksum', 'checksum'), ('no_weights', 'weights.pth'), ('not_json', 'JSON'),
+    ('missing_keys', 'lacks'), ('foreign_json', 'format'), ('other_arch', 'do not fit'), ('other_vocab', 'do not fit'),
+    ('missing', 'does not exist'), ('no_meta', 'classifier.json'), ('bad_size', 'describes the data'),
+])
+def test_load_refuses(saved, tmp_path, case, msg):
+    p = _copy(saved, tmp_path/'m') if case != 'missing' else tmp_path/'nope'
+    if case == 'random_weights': (p/'weights.pth').write_bytes(os.urandom(4096)); _fix_sha(p)
+    elif case == 'checksum': (p/'weights.pth').write_bytes(os.urandom(4096))
+    elif case == 'no_weights': (p/'weights.pth').unlink()
+    elif case == 'not_json': (p/'classifier.json').write_bytes(os.urandom(64))
+    elif case == 'missing_keys':
+        meta = json.loads((p/'classifier.json').read_text()); del meta['vocab']; (p/'classifier.json').write_text(json.dumps(meta))
+    elif case == 'foreign_json': (p/'classifier.json').write_text(json.dumps({'model': 'resnet'}))
+    elif case == 'other_arch': _fix_sha(p, arch='resnet34')
+    elif case == 'other_vocab': _fix_sha(p, vocab=['a', 'b', 'c'])
+    elif case == 'no_meta': (p/'classifier.json').unlink()
+    elif case == 'bad_size': _fix_sha(p, size='large')
+    with pytest.raises(FastpipesError, match=msg) as e: load_classifier(p)
+    assert '\n' not in str(e.value)
+
+def test_predict(learn, ds, monkeypatch):
+    calls = []
+    orig = learn.get_preds
+    monkeypatch.setattr(learn, 'get_preds', lambda *a, **k: calls.append(1) or orig(*a, **k))
+    df = predict(learn, ds, bs=64, with_probs=True)          # a folder: 24 images, one batch
+    assert len(calls) == 1 and len(df) == 24
+    assert set(df.label) <= set(learn.dls.vocab)
+    assert df.prob.between(0, 1).all() and (df.prob >= 0.5).all()
+    assert np.allclose(df[['prob_blue', 'prob_red']].sum(axis=1), 1, atol=1e-5)
+    assert len(predict(learn, sorted(ds.rglob('*.jpg'))[0])) == 1
+    (ds.parent/'junk.jpg').write_bytes(b'no image')
+    with pytest.raises(FastpipesError, match='junk.jpg'): predict(learn, [ds.parent/'junk.jpg'])
+    with pytest.raises(FastpipesError, match='not a file'): predict(learn, [ds.parent/'absent.jpg'])
+
+def test_bool_vocab_round_trip(ds, tmp_path):
+    pets = tmp_path/'pets'; pets.mkdir()
+    for i,fn in enumerate(sorted((ds/'train').rglob('*.jpg'))): (pets/(('Sphynx' if 'red' in fn.name else 'pug')+f'_{i}.jpg')).write_bytes(fn.read_bytes())
+    dls = name_dls(pets, lambda n: n[0].isupper(), size=(32, 40), bs=8, num_workers=0)
+    l = train_classifier(dls, 'resnet18', epochs=1, pretrained=False, quiet=True, cam=False)
+    l2 = load_classifier(save_classifier(l, tmp_path/'m'))
+    assert l2.dls.vocab == [False, True]
+    assert json.loads((tmp_path/'m'/'classifier.json').read_text())['size'] == [32, 40]
+    fns = sorted(pets.iterdir())
+    assert torch.allclose(_probs(l, fns), _probs(l2, fns), atol=1e-5)
+    assert set(predict(l2, fns).label) <= {False, True}
