@@ -6,7 +6,6 @@ variant as an argument, a ResNet18 that tells cats from dogs and explains one ph
 # %% ../nbs/07a_course.ipynb #ee228af2
 from __future__ import annotations
 from collections import OrderedDict
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastcore.foundation import L
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, _inner_loop
 from fastai.callback.progress import ProgressCallback  # registers the progress bar and per-epoch table
 import fastai.callback.schedule  # Learner.fit_one_cycle, lr_find
 from fastai.learner import Learner
@@ -48,8 +47,6 @@ def show_train_metrics(learn:Learner)->Learner:
     return learn
 
 # %% ../nbs/07a_course.ipynb #8e6962a8
-from fastai.callback.core import _inner_loop
-
 def _defines(cb, event_name:str)->bool:
     "Whether callback `cb` does something on `event_name`."
     return callable(getattr(type(cb), event_name, None)) or event_name in vars(cb)

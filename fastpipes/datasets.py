@@ -5,7 +5,7 @@
 
 # %% ../nbs/07_datasets.ipynb #d3eace5b
 from __future__ import annotations
-import gzip, io, os, pickle, re, struct
+import gzip, os, pickle, re, struct
 from pathlib import Path
 
 import numpy as np
