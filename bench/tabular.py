@@ -170,7 +170,7 @@ def main():
     regression('free fall t~sqrt(h)', free_fall(), 'h', 't', 'sqrt')
     regression('exp y~exp(-x)', exp_decay(), 'x', 'y', 'exp(-x)')
     five = pd.DataFrame(dict(x=[11., 12, 13, 14, 15], y=[17.7, 18.5, 21.2, 23.6, 24.2]))
-    regression('five points from (3,3)', five, 'x', 'y', None, init=(3., 3.))
+    regression('five points', five, 'x', 'y', None, init=(3., 3.))  # the course starts at (3, 3), lr 0.01
     overparam()
     mle(2.); mle(10.)
     autoencoder(iris_df()[IRIS_COLS[:4]])
