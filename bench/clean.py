@@ -62,9 +62,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp)/'src'
         n = make_folder(src, a.n, a.seed)
-        fa, fp, ff = [], [], []
+        fa, fp, ff, f1 = [], [], [], []
         sides = [('fastai', time_fastai, fa), ('fastpipes', lambda p: time_fastpipes(p)[0], fp),
-                 ('full', lambda p: time_fastpipes(p, full_decode=True)[0], ff)]
+                 ('full', lambda p: time_fastpipes(p, full_decode=True)[0], ff),
+                 ('one', lambda p: time_fastpipes(p, n_workers=1)[0], f1)]
         for r in range(a.repeat):
             for name,fn,acc in sides:
                 dst = Path(tmp)/f'{name}-{r}'; shutil.copytree(src, dst)
@@ -74,6 +75,7 @@ def main():
     print(f"fastai verify_images + unlink : {n/min(fa):8.1f} files/s  ({min(fa):.2f} s)")
     print(f"fastpipes clean_images        : {n/min(fp):8.1f} files/s  ({min(fp):.2f} s)")
     print(f"  with full_decode=True       : {n/min(ff):8.1f} files/s  ({min(ff):.2f} s)")
+    print(f"  with n_workers=1 (no threads): {n/min(f1):7.1f} files/s  ({min(f1):.2f} s)")
     print(f"ratio fastpipes / fastai      : {min(fa)/min(fp):8.2f}x   (full_decode=True: {min(fa)/min(ff):.2f}x)")
     print(f"fastpipes: {res}")
 

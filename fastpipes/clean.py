@@ -91,7 +91,7 @@ def _orientation(im:Image.Image)->int:
     try: return int(im.getexif().get(0x0112, 1) or 1)
     except _ERRORS: return 1
 
-_SCAN = 64  # shorter side (at least) that plain JPEGs are decoded to when `full=False`
+_SCAN = 64  # side that plain JPEGs are decoded to (at least) when `full=False`: enough for perceptual hashes
 
 def _load(b:bytes, min_size:int, max_pixels:int, max_size:int|None=None, full:bool=True)->tuple[Image.Image|None, str|None]:
     "Open and decode all of the image bytes `b`: `(image, None)`, or `(None, reason)`."
@@ -152,7 +152,7 @@ def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
     import imagehash
     k = max(1, min(im.size)//64)
     small = im.reduce(k) if k > 1 else im
-    return int(str(imagehash.phash(small)), 16), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
+    return int.from_bytes(np.packbits(imagehash.phash(small).hash).tobytes(), 'big'), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
 
 def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|None, near:bool, full:bool)->dict:
     "Verify and normalise `fn`; a converted copy goes to `stage`. Returns what `clean_images` needs to decide."
