@@ -287,12 +287,13 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
                  lr:float=1e-5, # Adam's learning rate, as in the course
                  size:int|None=None, # image side when `dls` is not given (default: `pets_size()`)
                  bs:int=16, # batch size when `dls` is not given
+                 download:bool=False, # fetch the photos when `dls` is not given and none are on disk
                  **kwargs, # passed to `Learner`
                 )->Learner:
     "The course's cat-vs-dog `Learner`: ResNet18 → `Linear(512, 1)`, `BCEWithLogitsLoss`, Adam."
     if dls is None:
         from fastpipes.datasets import pets_dls
-        dls = pets_dls(path, size=size or pets_size(), bs=bs)
+        dls = pets_dls(path, size=size or pets_size(), bs=bs, download=download)
     learn = CourseLearner(dls, pets_model(pretrained), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'),
                     lr=lr, metrics=binary_accuracy, **kwargs)
     return show_train_metrics(learn)

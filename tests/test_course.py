@@ -200,3 +200,8 @@ def test_pets_learner_and_explain(pets_dir):
     xb = dls.test_dl([img.convert('RGB')]).one_batch()[0]
     logits, cams = _cam_of(learn, xb)
     assert torch.allclose(cams.mean((1, 2)) + learn.model.fc.bias, logits, atol=1e-4)
+
+def test_pets_learner_builds_its_dls(pets_dir):
+    learn = pets_learner(path=pets_dir, size=32, bs=2, pretrained=False)
+    assert learn.dls.one_batch()[0].shape == (2, 3, 32, 32) and list(learn.dls.vocab) == ['cat', 'dog']
+    with pytest.raises(FastpipesError, match='download=True'): pets_learner(path=pets_dir/'none', pretrained=False)
