@@ -56,11 +56,11 @@ def _avif_size(b:bytes)->tuple[int,int]|None:
         sizes.append(struct.unpack('>II', b[i+8:i+16])); i = b.find(b'ispe', i+4, 1<<16)
     return max(sizes, key=lambda s: s[0]*s[1]) if sizes else None
 
-def header_size(b:bytes, # the file's bytes (the first 64 KB are enough)
+def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's SOF may follow large EXIF data)
                )->tuple[int,int]|None:
     "`(width, height)` read from the header of the image bytes `b` without decoding, or `None` if unknown."
-    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR': return struct.unpack('>II', b[16:24])
-    if b[:6] in (b'GIF87a', b'GIF89a'): return struct.unpack('<HH', b[6:10])
+    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24: return struct.unpack('>II', b[16:24])
+    if b[:6] in (b'GIF87a', b'GIF89a') and len(b) >= 10: return struct.unpack('<HH', b[6:10])
     if b.startswith(b'\xff\xd8'): return _jpeg_size(b)
     if b[:4] == b'RIFF' and b[8:12] == b'WEBP': return _webp_size(b)
     if b[:2] == b'BM' and len(b) >= 26: w,h = struct.unpack('<ii', b[18:26]); return abs(w), abs(h)
@@ -97,7 +97,7 @@ def _load(b:bytes, min_size:int, max_pixels:int, max_size:int|None=None, full:bo
     "Open and decode all of the image bytes `b`: `(image, None)`, or `(None, reason)`."
     if not b: return None, 'empty'
     if kind := _text_kind(b): return None, kind
-    wh = header_size(b[:1<<16])
+    wh = header_size(b)
     if wh and wh[0]*wh[1] > max_pixels: return None, 'too-large'
     try: im = Image.open(io.BytesIO(b))
     except Image.DecompressionBombError: return None, 'too-large'  # only for formats `header_size` does not read
@@ -163,7 +163,7 @@ def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|Non
     im, r['reason'] = _load(b, min_size, max_pixels, max_size, full)
     if im is None: return r
     fmt, frames, mode = im.format, getattr(im, 'n_frames', 1), im.mode
-    w,h = header_size(b[:1<<16]) or im.size
+    w,h = header_size(b) or im.size
     r['pixels'] = w*h
     rgb = to_rgb(im)
     resized = bool(max_size) and max(rgb.size) > max_size

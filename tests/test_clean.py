@@ -206,3 +206,31 @@ def test_verify_image(tmp_path):
     assert verify_image(tmp_path/'bomb.png', max_pixels=10**8) == 'truncated'  # allowed size, but its pixel data ends early
     (tmp_path/'ok.png').write_bytes(encode(photo(1), 'PNG'))
     assert verify_image(tmp_path/'ok.png') is None
+
+def jpeg_bomb(w=20000, h=20000)->bytes:
+    "A small JPEG whose start-of-frame is patched to claim `w`×`h`, after a 70 KB EXIF-like segment."
+    b = bytearray(encode(photo(1), 'JPEG'))
+    i = b.index(b'\xff\xc0')
+    b[i+5:i+9] = struct.pack('>HH', h, w)
+    pad = b'\xff\xe2' + struct.pack('>H', 65535) + b'\0'*65533   # two big APP2 segments push the SOF past 64 KB
+    return bytes(b[:2] + pad + pad + b[2:])
+
+def test_jpeg_bomb(tmp_path):
+    b = jpeg_bomb()
+    assert header_size(b) == (20000, 20000)
+    (tmp_path/'bomb.jpg').write_bytes(b)
+    assert verify_image(tmp_path/'bomb.jpg') == 'too-large'
+    # above Pillow's own limit (2 × Image.MAX_IMAGE_PIXELS) Pillow refuses too, and it is still 'too-large'
+    assert verify_image(tmp_path/'bomb.jpg', max_pixels=10**9) == 'too-large'
+
+@pytest.mark.filterwarnings('ignore:Corrupt EXIF data')   # Pillow warns while reading cut TIFF headers
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG', 'GIF', 'WEBP', 'BMP', 'TIFF'] + (['AVIF'] if HAVE_AVIF else []))
+def test_prefixes_never_raise(tmp_path, fmt):
+    "Every cut of a valid file gets a reason (or passes), and no exception escapes."
+    b = encode(photo(3, (64, 48)), fmt)
+    for n in sorted({*range(0, 40), *range(40, len(b), max(1, len(b)//40))}):
+        (tmp_path/'x').write_bytes(b[:n])
+        r = verify_image(tmp_path/'x')
+        assert r in REASONS, (n, r)
+    (tmp_path/'x').write_bytes(b)
+    assert verify_image(tmp_path/'x') is None
