@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: F401 (patches Learner)
 from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches Learner.no_bar)
 from fastai.data.core import Datasets, DataLoaders, TfmdDL
-from fastai.data.transforms import Categorize, ToTensor, IntToFloatTensor, Normalize
+from fastai.data.transforms import Categorize, ColReader, ToTensor, IntToFloatTensor, Normalize
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
@@ -105,7 +105,7 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                           cbs=[TrainHistory(), *listify(cbs)], **kwargs)
     learn.fastpipes = dict(arch=arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch)),
                            cam=bool(cam), pretrained=bool(pretrained),
-                           model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS})
+                           model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
     with _quiet(learn, quiet):
         if lr == 'find': lr = float(learn.lr_find(show_plot=False).valley)
         _fit(learn, epochs, lr or 2e-3, freeze_epochs, pretrained)
@@ -113,6 +113,10 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
 
 # %% ../nbs/05_train.ipynb #c4744997
 _MODEL_KWARGS = ('n_in', 'concat_pool', 'pool', 'lin_ftrs', 'ps', 'first_bn', 'bn_final', 'lin_first', 'y_range', 'cut')
+
+def _jsonable(v)->bool:
+    try: json.dumps(v); return True
+    except TypeError: return False
 
 class _quiet:
     "Context manager: no progress bar and no logging on `learn` while inside, when `quiet`."
@@ -138,6 +142,14 @@ def _labelled(learn, folder, bs=None):
     if unknown: raise FastpipesError(f"Classes {unknown} in `{folder}` are not among the model's classes {vocab}.")
     return learn.dls.test_dl(df.file.tolist(), bs=bs or learn.dls.bs), torch.tensor([vocab.index(l) for l in df.label])
 
+def _labelled_dl(learn, folder, bs=None):
+    "A labelled `DataLoader` over `folder`'s class folders, for fastai's `Interpretation`."
+    dl, targs = _labelled(learn, folder, bs)
+    vocab = list(learn.dls.vocab)
+    df = pd.DataFrame(dict(file=list(dl.items), label=[vocab[i] for i in targs.tolist()]))
+    dsets = Datasets(df, tfms=[[ColReader('file'), PILImage.create], [ColReader('label'), Categorize(vocab=vocab)]])
+    return TfmdDL(dsets, bs=dl.bs, after_item=learn.dls.after_item, after_batch=learn.dls.after_batch, shuffle=False)
+
 def _scores(probs, targs, vocab)->dict:
     n = len(targs)
     pred = probs.argmax(1)
@@ -146,12 +158,15 @@ def _scores(probs, targs, vocab)->dict:
     per = {str(v): (float(ok[targs == i].mean()) if (targs == i).any() else None) for i,v in enumerate(vocab)}
     return dict(n=n, loss=float(loss), accuracy=float(ok.mean()), error_rate=float(1-ok.mean()), per_class=per)
 
-def evaluate(learn:Learner, # a trained classifier
-             dl_or_folder=None, # None (validation set), a labelled `DataLoader`, or a folder of class folders
-             bs:int|None=None, # batch size for a folder
-            )->dict:
-    "Loss, accuracy, error rate, per-class accuracy and the number of images `n`."
-    if dl_or_folder is None: dl_or_folder = learn.dls.valid
+def _valid(learn):
+    "The validation `DataLoader`; a loaded classifier has none."
+    src = (getattr(learn, 'fastpipes', None) or {}).get('loaded_from')
+    if src: raise FastpipesError(f"The classifier loaded from `{src}` has no validation set; pass a folder of class folders.")
+    return learn.dls.valid
+
+def _preds_targs(learn, dl_or_folder=None, bs=None):
+    "`(dl, probs, targets)` for the validation set, a labelled `DataLoader` or a folder of class folders."
+    if dl_or_folder is None: dl_or_folder = _valid(learn)
     if isinstance(dl_or_folder, (str, Path)): dl, targs = _labelled(learn, Path(dl_or_folder), bs)
     else: dl, targs = dl_or_folder, None
     probs, t = _get_preds(learn, dl)
@@ -159,15 +174,19 @@ def evaluate(learn:Learner, # a trained classifier
         if t is None: raise FastpipesError("The DataLoader has no labels; pass a labelled one or a folder of class folders.")
         targs = t
     if not len(targs): raise FastpipesError("Nothing to evaluate: the validation set is empty.")
-    return _scores(probs, targs.long(), learn.dls.vocab)
+    return dl, probs, targs.long()
+
+def evaluate(learn:Learner, # a trained classifier
+             dl_or_folder=None, # None (validation set), a labelled `DataLoader`, or a folder of class folders
+             bs:int|None=None, # batch size for a folder
+            )->dict:
+    "Loss, accuracy, error rate, per-class accuracy and the number of images `n`."
+    _, probs, targs = _preds_targs(learn, dl_or_folder, bs)
+    return _scores(probs, targs, learn.dls.vocab)
 
 def class_accuracy(learn:Learner, dl_or_folder=None, bs:int|None=None)->pd.DataFrame:
     "Per-class table: label, n, correct, accuracy."
-    if dl_or_folder is None: dl_or_folder = learn.dls.valid
-    if isinstance(dl_or_folder, (str, Path)): dl, targs = _labelled(learn, Path(dl_or_folder), bs)
-    else: dl, targs = dl_or_folder, None
-    probs, t = _get_preds(learn, dl)
-    targs = (t if targs is None else targs).long()
+    _, probs, targs = _preds_targs(learn, dl_or_folder, bs)
     ok = probs.argmax(1) == targs
     rows = [dict(label=v, n=int((targs == i).sum()), correct=int(ok[targs == i].sum())) for i,v in enumerate(learn.dls.vocab)]
     df = pd.DataFrame(rows)
@@ -176,22 +195,33 @@ def class_accuracy(learn:Learner, dl_or_folder=None, bs:int|None=None)->pd.DataF
 
 # %% ../nbs/05_train.ipynb #ae1d0063
 def _interp(learn, dl=None):
-    with _quiet(learn, True): return ClassificationInterpretation.from_learner(learn, dl=dl)
+    if isinstance(dl, (str, Path)): dl = _labelled_dl(learn, Path(dl))  # fastai's Interpretation needs labels in the dl
+    with _quiet(learn, True): return ClassificationInterpretation.from_learner(learn, dl=dl if dl is not None else _valid(learn))
 
-def confusion_figure(learn:Learner, dl=None, # None: the validation set
+def confusion_figure(learn:Learner, dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
                      normalize:bool=False, figsize=(4,4), **kwargs)->plt.Figure:
     "The confusion matrix of `learn` on `dl` as a matplotlib `Figure`."
     _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
     return plt.gcf()
 
 def top_losses_figure(learn:Learner, k:int=9, # number of images shown
-                      dl=None, figsize=None, **kwargs)->plt.Figure:
-    "The `k` validation images with the highest loss, titled prediction/actual/loss/probability."
-    interp = _interp(learn, dl)
-    k = max(1, min(_check_int(k, 'k', 1), len(interp.losses)))
+                      dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
+                      figsize=None)->plt.Figure:
+    "The `k` images with the highest loss, titled prediction/actual, loss/probability of the actual class."
+    dl, probs, targs = _preds_targs(learn, dl)
+    k = min(_check_int(k, 'k', 1), len(targs))
+    p = probs[torch.arange(len(targs)), targs]
+    top = (-torch.log(p.clamp_min(1e-12))).argsort(descending=True)[:k].tolist()
     n = int(np.ceil(np.sqrt(k)))
-    interp.plot_top_losses(k, nrows=n, figsize=figsize or (3*n, 3*n), **kwargs)
-    return plt.gcf()
+    fig, axs = plt.subplots(int(np.ceil(k/n)), n, figsize=figsize or (2.5*n, 2.7*np.ceil(k/n)), squeeze=False)
+    vocab = learn.dls.vocab
+    for ax in axs.flat: ax.axis('off')
+    for ax,i in zip(axs.flat, top):
+        ax.imshow(dl.dataset[i][0])
+        ax.set_title(f"{vocab[int(probs[i].argmax())]}/{vocab[int(targs[i])]}\n{-float(np.log(max(float(p[i]), 1e-12))):.2f} / {float(p[i]):.2f}", fontsize=9)
+    fig.suptitle('prediction/actual, loss / probability of actual', fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/05_train.ipynb #5011f8a9
 WEIGHTS, META = 'weights.pth', 'classifier.json'

@@ -94,6 +94,10 @@ def test_round_trip(learn, saved, ds):
     a, b = predict(learn, fns), predict(l2, fns)
     assert a.label.tolist() == b.label.tolist() and np.allclose(a.prob, b.prob, atol=1e-5)
     assert load_classifier(saved/'classifier.json').dls.vocab == ['blue', 'red']
+    with pytest.raises(FastpipesError, match='no validation set'): evaluate(l2)
+    assert evaluate(l2, ds/'test')['accuracy'] == evaluate(learn, ds/'test')['accuracy']
+    assert len([a for a in top_losses_figure(l2, k=4, dl=ds/'test').axes if a.images]) == 4
+    plt.close('all')
 
 def test_load_never_unpickles(saved, tmp_path):
     "A weights file that would run code when unpickled is refused, and the code does not run."
