@@ -275,6 +275,22 @@ class TensorDL(DataLoader):
         if self.scale: x = x.div_(255)
         if self.stats is not None: x = (x - self.stats[0]) / self.stats[1]
         return x.flatten(1) if self.flat else x
+    def show_batch(self, max_n:int=16, # number of images shown
+                   ncols:int=8, # images per row
+                   figsize:tuple|None=None, # size of the figure
+                  ):
+        "A figure of the first `max_n` stored images with their labels."
+        import matplotlib.pyplot as plt
+        n = min(max_n, len(self.x)); nrows = -(-n // ncols)
+        fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols*1.2, nrows*1.4), squeeze=False)
+        for i, ax in enumerate(axs.flat):
+            ax.axis('off')
+            if i >= n: continue
+            img = self.x[i].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap='gray')
+            y = int(self.y[i]); ax.set_title(str(self.vocab[y] if self.vocab is not None else y), fontsize=8)
+        plt.close(fig)
+        return fig
     def new(self, dataset=None, cls=None, **kwargs):
         kw = dict(x=self.x, y=self.y, bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, flat=self.flat,
                   scale=self.scale, stats=self.stats, vocab=self.vocab, device=self.device)

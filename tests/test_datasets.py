@@ -250,3 +250,12 @@ def test_cifar_and_pets_download_failures_are_clear(tmp_path, monkeypatch):
         cifar10_arrays(tmp_path, download=True)
     monkeypatch.setattr(fde, 'untar_data', offline)
     with pytest.raises(FastpipesError, match='Could not download the pets'): pets_files(tmp_path, download=True)
+
+def test_show_batch(tmp_path):
+    import matplotlib.figure
+    x, y = DIGITS
+    fig = tensor_dls(x[:20], y[:20], x[20:25], y[20:25], vocab=tuple('abcdefghij')).show_batch(max_n=10, ncols=4)
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 12
+    assert [a.get_title() for a in fig.axes[:3]] == ['abcdefghij'[i] for i in y[:3]]
+    write_cifar(tmp_path/'cifar-10-batches-py')
+    assert len(cifar10_dls(tmp_path).show_batch(max_n=3).axes) == 8
