@@ -61,7 +61,9 @@ class CourseLearner(Learner):
         cache = self.__dict__.setdefault('_dispatch', {})
         key = (event_name, *map(id, self.cbs))
         cbs = cache.get(key)
-        if cbs is None: cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
+        if cbs is None:
+            if len(cache) > 256: cache.clear()   # callbacks come and go with each `fit(cbs=...)`: keep none alive
+            cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
         for cb in cbs: cb(event_name)
 
 # %% ../nbs/07a_course.ipynb #c3a96a1b
