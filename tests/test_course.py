@@ -205,3 +205,16 @@ def test_pets_learner_builds_its_dls(pets_dir):
     learn = pets_learner(path=pets_dir, size=32, bs=2, pretrained=False)
     assert learn.dls.one_batch()[0].shape == (2, 3, 32, 32) and list(learn.dls.vocab) == ['cat', 'dog']
     with pytest.raises(FastpipesError, match='download=True'): pets_learner(path=pets_dir/'none', pretrained=False)
+
+def test_explain_cam_agrees_with_grad_cam(pets_dir):
+    "For pooling → Linear(512, 1), Grad-CAM at layer4 is ReLU(CAM) / (h·w): the two modules must agree."
+    cam = pytest.importorskip('fastpipes.cam')
+    set_seed(0)
+    dls = pets_dls(pets_dir, size=64, bs=4, valid_pct=0.25)
+    learn = pets_learner(dls, pretrained=False)
+    xb = dls.valid.one_batch()[0]
+    logits, cams = _cam_of(learn, xb)
+    maps, probs = cam.grad_cam(learn, xb, layer=learn.model.layer4)
+    hw = cams.shape[1]*cams.shape[2]
+    assert torch.allclose(maps, torch.relu(cams)/hw, atol=1e-5)
+    assert torch.allclose(probs.reshape(-1), torch.sigmoid(logits), atol=1e-6)
