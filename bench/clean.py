@@ -9,7 +9,7 @@ empty), copies the folder fresh for each side and each repeat, and times
 - fastpipes: `clean_images(path, quiet=True)` (every byte decoded, unchanged JPEGs DCT-scaled as fastai does;
   RGB conversion, exact and near-duplicate detection, leakage, manifest), and again with `full_decode=True`
   (unchanged JPEGs decoded at full resolution too).
-Prints the best of `repeat` runs for each side and the ratio (fastpipes / fastai files per second).
+Prints the best and the median of `repeat` interleaved runs for each side and the ratios (fastpipes / fastai files per second).
 """
 import argparse, os, shutil, sys, tempfile, time
 from pathlib import Path
@@ -56,7 +56,7 @@ def time_fastpipes(path:Path, **kw)->tuple[float,object]:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n', type=int, default=400); p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--repeat', type=int, default=3)
+    p.add_argument('--repeat', type=int, default=5)
     a = p.parse_args()
     import fastai.vision.utils, fastpipes.clean, imagehash  # imports are not timed
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,12 +71,14 @@ def main():
                 dst = Path(tmp)/f'{name}-{r}'; shutil.copytree(src, dst)
                 acc.append(fn(dst)); shutil.rmtree(dst)
         dst = Path(tmp)/'last'; shutil.copytree(src, dst); _, res = time_fastpipes(dst)
-    print(f"{n} files ({a.n} photo-like JPEGs 400-800 px + broken ones), {os.cpu_count()} CPUs, best of {a.repeat}")
-    print(f"fastai verify_images + unlink : {n/min(fa):8.1f} files/s  ({min(fa):.2f} s)")
-    print(f"fastpipes clean_images        : {n/min(fp):8.1f} files/s  ({min(fp):.2f} s)")
-    print(f"  with full_decode=True       : {n/min(ff):8.1f} files/s  ({min(ff):.2f} s)")
-    print(f"  with n_workers=1 (no threads): {n/min(f1):7.1f} files/s  ({min(f1):.2f} s)")
-    print(f"ratio fastpipes / fastai      : {min(fa)/min(fp):8.2f}x   (full_decode=True: {min(fa)/min(ff):.2f}x)")
+    med = lambda v: sorted(v)[len(v)//2]
+    print(f"{n} files ({a.n} photo-like JPEGs 400-800 px + broken ones), {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; best and median of {a.repeat} interleaved runs, each on a fresh copy")
+    for name,v in [('fastai verify_images + unlink', fa), ('fastpipes clean_images', fp),
+                   ('  with full_decode=True', ff), ('  with n_workers=1 (no threads)', f1)]:
+        print(f"{name:32s}: {n/min(v):7.1f} files/s best, {n/med(v):7.1f} median")
+    print(f"ratio fastpipes / fastai        : {min(fa)/min(fp):7.2f}x best, {med(fa)/med(fp):7.2f}x median"
+          f"   (full_decode=True: {min(fa)/min(ff):.2f}x best, {med(fa)/med(ff):.2f}x median)")
     print(f"fastpipes: {res}")
 
 if __name__ == '__main__': main()
