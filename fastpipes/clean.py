@@ -68,7 +68,8 @@ def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's S
     return None
 
 # %% ../nbs/02_clean.ipynb #71f9f7bc
-_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError)
+_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
+           RuntimeError)  # what Pillow's decoders raise on bad data (AVIF: RuntimeError)
 
 def _text_kind(b:bytes)->str|None:
     "'html' or 'svg' when the bytes `b` are such a text document."
@@ -318,6 +319,7 @@ def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/
     path = Path(path)
     if not path.is_dir(): raise FastpipesError(f"Folder {path} does not exist; pass the folder that holds the images.")
     fns = _files(path)
+    Image.init()   # load Pillow's format plugins once, before the threads
     if not fns: raise FastpipesError(f"Folder {path} holds no files to clean; point to the folder with the images (or their class folders).")
     stage = path/'.fastpipes-clean'
     shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
