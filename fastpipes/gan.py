@@ -301,13 +301,18 @@ def digit_classifier(images, # uint8 or float images, `(n, h, w)` or `(n, c, h, 
                 loss = F.cross_entropy(m(x[j]), y[j]); opt.zero_grad(); loss.backward(); opt.step()
     return m.eval()
 
+def _psd_sqrt(s:np.ndarray)->np.ndarray:
+    "Square root of the symmetric positive semi-definite matrix `s`."
+    w, v = np.linalg.eigh(s)
+    return (v*np.sqrt(w.clip(0)))@v.T
+
 def frechet_distance(a:torch.Tensor, b:torch.Tensor)->float:
     "Fréchet distance between Gaussians fitted to feature rows `a` and `b`."
-    from scipy import linalg
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    return float(((a.mean(0) - b.mean(0))**2).sum() + np.trace(s1 + s2 - 2*np.real(covmean)))
+    r = _psd_sqrt(s1) # tr sqrt(s1 s2) = tr sqrt(r s2 r), symmetric: stable even when s1 or s2 is singular
+    tr = np.sqrt(np.linalg.eigvalsh(r @ s2 @ r).clip(0)).sum()
+    return float(((a.mean(0) - b.mean(0))**2).sum() + np.trace(s1) + np.trace(s2) - 2*tr)
 
 def diversity(x)->float:
     "Mean pairwise Euclidean distance between images `x` (their pixels in [0, 1])."
