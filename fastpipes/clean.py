@@ -155,6 +155,17 @@ def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
     small = im.reduce(k) if k > 1 else im
     return int.from_bytes(np.packbits(imagehash.phash(small).hash).tobytes(), 'big'), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
 
+def _out_format(fmt:str, plain:bool, resized:bool)->str:
+    "The format a kept image is stored in: unchanged if it is a plain JPEG/PNG, else JPEG for lossy sources, PNG for the rest."
+    if plain and not resized: return 'JPEG' if fmt == 'MPO' else fmt
+    return 'JPEG' if fmt in _LOSSY else 'PNG'
+
+def _stage(rgb:Image.Image, out:str, stage:Path, fn:Path)->Path:
+    "Save `rgb` as `out` in the staging folder, under a name unique to `fn`."
+    dest = stage/f"{hashlib.md5(str(fn).encode()).hexdigest()}{_OK_SUFFIXES[out][0]}"
+    rgb.save(dest, out, **(dict(quality=95) if out == 'JPEG' else dict(compress_level=3)))
+    return dest
+
 def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|None, near:bool, full:bool)->dict:
     "Verify and normalise `fn`; a converted copy goes to `stage`. Returns what `clean_images` needs to decide."
     r = dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None, phash=None, thumb=None, bytes=0)
@@ -163,21 +174,17 @@ def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|Non
     r['bytes'] = len(b)
     im, r['reason'] = _load(b, min_size, max_pixels, max_size, full)
     if im is None: return r
-    fmt, frames, mode = im.format, getattr(im, 'n_frames', 1), im.mode
-    w,h = header_size(b) or im.size
+    w,h = header_size(b) or im.size   # the size before any scaled decoding
     r['pixels'] = w*h
     rgb = to_rgb(im)
     resized = bool(max_size) and max(rgb.size) > max_size
     if resized: rgb.thumbnail((max_size, max_size), Image.Resampling.BICUBIC)
     r['pix'] = hashlib.sha256(rgb.tobytes()).hexdigest() + f'-{rgb.width}x{rgb.height}'  # sha256: CPU-accelerated, 4× md5
     if near: r['phash'], r['thumb'] = _hashes(rgb)
-    plain = fmt in ('JPEG', 'MPO', 'PNG') and frames == 1 and mode == 'RGB' and not _has_alpha(im) and rgb is im
-    out = ('JPEG' if fmt == 'MPO' else fmt) if plain and not resized else 'JPEG' if fmt in _LOSSY else 'PNG'
+    plain = im.format in ('JPEG', 'MPO', 'PNG') and getattr(im, 'n_frames', 1) == 1 and rgb is im
+    out = _out_format(im.format, plain, resized)
     if fn.suffix.lower() not in _OK_SUFFIXES[out]: r['suffix'], r['action'] = _OK_SUFFIXES[out][0], 'renamed'
-    if not plain or resized:
-        r['staged'] = stage/f"{hashlib.md5(str(fn).encode()).hexdigest()}{_OK_SUFFIXES[out][0]}"
-        rgb.save(r['staged'], out, **(dict(quality=95) if out == 'JPEG' else dict(compress_level=3)))
-        r['action'] = 'presized' if plain else 'converted'
+    if not plain or resized: r['staged'], r['action'] = _stage(rgb, out, stage, fn), 'presized' if plain else 'converted'
     r['width'], r['height'] = rgb.size if r['staged'] else (w, h)
     r['sha256'], r['bytes'] = (sha256_file(r['staged']), r['staged'].stat().st_size) if r['staged'] else (hashlib.sha256(b).hexdigest(), len(b))
     return r
