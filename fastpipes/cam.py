@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.error import URLError
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from PIL import Image
 from fastcore.basics import patch
 from fastcore.foundation import L
@@ -27,7 +27,8 @@ from .core import FastpipesError
 
 # %% auto #0
 __all__ = ['ARCHS', 'resolve_arch', 'cam_head', 'is_cam_model', 'body_features', 'build_learner', 'cam_learner', 'to_cam_learner',
-           'cam_maps', 'grad_cam']
+           'cam_maps', 'grad_cam', 'cam_grid', 'pointing_game', 'deletion_auc', 'insertion_auc', 'average_drop',
+           'increase_in_confidence']
 
 # %% ../nbs/04_cam.ipynb #4879de03
 ARCHS = {n: getattr(tvm, n) for n in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}
@@ -187,3 +188,184 @@ def grad_cam(learn:Learner, # any fastai vision learner
         g, = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts)
     maps = F.relu((g.mean((2, 3), keepdim=True)*acts).sum(1)).detach()
     return maps, probs
+
+# %% ../nbs/04_cam.ipynb #6b5a3bda
+def _items_dl(learn, items, n):
+    "A fastai `DataLoader` over the first `n` of `items`, transformed like the validation set."
+    if items is None: return learn.dls.valid
+    if isinstance(items, (DataLoader, torch.utils.data.DataLoader)): return items
+    if isinstance(items, (str, Path, Image.Image)): items = [items]
+    items = list(items)
+    if len(items) == 1 and isinstance(items[0], (str, Path)):
+        p = Path(items[0])
+        if not p.exists(): raise FastpipesError(f"{p} does not exist: give image files, a folder of images, a DataLoader or PIL images.")
+        if p.is_dir():
+            items = sorted(get_image_files(p))
+            if not items: raise FastpipesError(f"No images found in folder {p}: give a folder that contains .jpg/.png files.")
+    items = [o.convert('RGB') if isinstance(o, Image.Image) else o for o in items]  # loads lazy files, drops alpha
+    if not items: raise FastpipesError("No items to draw: give image files, a folder of images, a DataLoader or PIL images.")
+    for o in items:
+        if isinstance(o, (str, Path)) and not Path(o).is_file(): raise FastpipesError(f"{o} is not an image file.")
+    return learn.dls.test_dl(items[:n], bs=min(n, 32), num_workers=0)
+
+def _upsample(maps:torch.Tensor, size)->torch.Tensor:
+    "Bilinear upsampling of `maps` (n, h, w) to `size` (H, W)."
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode='bilinear', align_corners=False)[:, 0]
+
+def _explain(learn, xb, target=None, method='auto')->tuple:
+    "Maps of the target class `(n, h, w)`, probabilities and targets for `xb`, by CAM or Grad-CAM."
+    if method == 'auto': method = 'cam' if is_cam_model(learn.model) else 'gradcam'
+    if method == 'cam':
+        maps, probs = cam_maps(learn, xb)
+        t = _targets(learn, target, len(maps), probs)
+        return maps[torch.arange(len(maps)), t], probs, t
+    if method == 'gradcam':
+        maps, probs = grad_cam(learn, xb, target=target)
+        return maps, probs, _targets(learn, target, len(maps), probs)
+    raise FastpipesError(f"Unknown method {method!r}: use 'auto', 'cam' or 'gradcam'.")
+
+def _collect(learn, dl, n, target, method):
+    "Decoded images, upsampled maps, probabilities and targets for the first `n` items of `dl`."
+    decode = getattr(dl, 'decode', None) or learn.dls.valid.decode
+    imgs, maps, probs, ts = [], [], [], []
+    for b in dl:
+        xb = b[0] if isinstance(b, (tuple, list)) else b
+        m, p, t = _explain(learn, xb, target, method)
+        maps.append(_upsample(m, xb.shape[-2:]).cpu()); probs.append(p.cpu()); ts.append(t.cpu())
+        imgs.append(_plain(decode((xb,))[0]).cpu())
+        if sum(map(len, maps)) >= n: break
+    if not maps: raise FastpipesError("No images to draw: the items or the DataLoader are empty.")
+    return (torch.cat(imgs)[:n], torch.cat(maps)[:n], torch.cat(probs)[:n], torch.cat(ts)[:n])
+
+def _to_hwc(img:torch.Tensor)->np.ndarray:
+    "A decoded image tensor (3, H, W) as floats in [0, 1], channels last."
+    a = img.float()
+    if a.max() > 1.5: a = a/255
+    return a.clamp(0, 1).permute(1, 2, 0).numpy()
+
+# %% ../nbs/04_cam.ipynb #39025f1c
+def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other head: Grad-CAM)
+             items=None, # image files, a folder, a `DataLoader`, PIL images, or None for the validation set
+             nrows:int=5, # rows of tiles
+             ncols:int=5, # columns of tiles
+             cmap:str='magma', # matplotlib colour map of the overlay
+             alpha:float=0.5, # opacity of the overlay
+             target=None, # class to explain: None (predicted), a label or an index
+             figsize:tuple|None=None, # figure size in inches (about 2.2 per tile by default)
+             method:str='auto', # 'cam', 'gradcam', or 'auto' (CAM when the learner has a CAM head)
+            )->Figure:
+    "A figure of up to `nrows`×`ncols` images with the map of the predicted (or `target`) class, titled `label (prob)`."
+    if int(nrows) < 1 or int(ncols) < 1: raise FastpipesError(f"nrows and ncols must be 1 or more (got {nrows} and {ncols}).")
+    n = nrows*ncols
+    imgs, maps, probs, ts = _collect(learn, _items_dl(learn, items, n), n, target, method)
+    vocab = list(getattr(learn.dls, 'vocab', []) or range(probs.shape[1]))
+    fig = Figure(figsize=figsize or (2.2*ncols, 2.4*nrows))
+    axs = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, img, m, p, t in zip(axs.flat, imgs, maps, probs, ts):
+        h, w = img.shape[-2:]
+        ax.imshow(_to_hwc(img), extent=(0, w, h, 0))
+        ax.imshow(m.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0), interpolation='nearest')
+        ax.set_title(f'{vocab[t]} ({p[t]:.2f})', fontsize=9)
+    fig.tight_layout()
+    return fig
+
+@patch
+@delegates(cam_grid, but=['learn'])
+def show_cam(self:Learner, items=None, **kwargs)->Figure:
+    "Draw `cam_grid` for this learner: the maps of up to 25 images."
+    return cam_grid(self, items, **kwargs)
+
+# %% ../nbs/04_cam.ipynb #5a991b66
+def pointing_game(maps, # maps of the class to explain, (n, h, w), at any resolution
+                  boxes, # object boxes (n, 4) as x0, y0, x1, y1 in pixels of the input
+                  size=None, # input size (H, W); default: the maps' own size
+                  tol:float=15, # tolerance in input pixels around the box
+                  reduce:bool=True, # mean hit rate (True) or one bool per image (False)
+                 ):
+    "Fraction of `maps` whose maximum lies within `tol` pixels of its box."
+    maps = _plain(torch.as_tensor(maps)).float()
+    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    if maps.ndim != 3 or len(maps) != len(boxes): raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
+    if size is not None: maps = _upsample(maps, size)
+    h, w = maps.shape[-2:]
+    i = maps.flatten(1).argmax(1)
+    y, x = (i // w).float() + .5, (i % w).float() + .5
+    hit = (x >= boxes[:, 0]-tol) & (x <= boxes[:, 2]+tol) & (y >= boxes[:, 1]-tol) & (y <= boxes[:, 3]+tol)
+    return hit.float().mean().item() if reduce else hit
+
+# %% ../nbs/04_cam.ipynb #6ecdcca7
+def _norm_stats(learn, x):
+    "The normalised value of a black pixel, shaped to broadcast over `x`."
+    ns = [t for t in getattr(learn.dls, 'after_batch', L()).fs if isinstance(t, Normalize)] if hasattr(learn, 'dls') else []
+    if not ns: return torch.zeros(1, x.shape[1], 1, 1, device=x.device)
+    n = ns[-1]
+    return (-_plain(n.mean)/_plain(n.std)).reshape(1, -1, 1, 1).to(x.device)
+
+def _probs(learn, x)->torch.Tensor:
+    with _eval_mode(learn.model), torch.no_grad(): return _activation(learn)(learn.model(x))
+
+def _curve(learn, xb, maps, target, steps, insert)->tuple:
+    "Probabilities of the target class while pixels are deleted (or inserted) in order of saliency."
+    from torchvision.transforms.functional import gaussian_blur
+    x = _xb(learn, xb)
+    n, _, H, W = x.shape
+    p0 = _probs(learn, x)
+    t = _targets(learn, target, n, p0)
+    order = _upsample(_plain(torch.as_tensor(maps)).to(x.device), (H, W)).flatten(1).argsort(1, descending=True)
+    start, end = (gaussian_blur(x, 11, 5.), x) if insert else (x, _norm_stats(learn, x).expand_as(x))
+    ys = []
+    for k in range(steps+1):
+        mask = torch.zeros(n, H*W, device=x.device)
+        mask.scatter_(1, order[:, :round(k/steps*H*W)], 1.)
+        mask = mask.view(n, 1, H, W)
+        ys.append(_probs(learn, start*(1-mask) + end*mask).gather(1, t[:, None])[:, 0])
+    return torch.stack(ys, 1), t
+
+def _auc(curve)->torch.Tensor: return torch.trapezoid(curve, dx=1/(curve.shape[1]-1), dim=1)
+
+def deletion_auc(learn:Learner, # the model that is explained
+                 xb, # a batch of inputs (n, 3, H, W)
+                 maps, # maps of the target class (n, h, w)
+                 target=None, # None (predicted), a label or an index
+                 steps:int=16, # number of deletion steps
+                 reduce:bool=True, # mean (True) or one AUC per image (False)
+                ):
+    "Area under the probability curve as the most salient pixels are blacked out first (lower is better)."
+    auc = _auc(_curve(learn, xb, maps, target, steps, insert=False)[0])
+    return auc.mean().item() if reduce else auc
+
+def insertion_auc(learn:Learner, # the model that is explained
+                  xb, # a batch of inputs (n, 3, H, W)
+                  maps, # maps of the target class (n, h, w)
+                  target=None, # None (predicted), a label or an index
+                  steps:int=16, # number of insertion steps
+                  reduce:bool=True, # mean (True) or one AUC per image (False)
+                 ):
+    "Area under the probability curve as the most salient pixels are put back into a blurred image first (higher is better)."
+    auc = _auc(_curve(learn, xb, maps, target, steps, insert=True)[0])
+    return auc.mean().item() if reduce else auc
+
+# %% ../nbs/04_cam.ipynb #aeef41a9
+def _explanation_probs(learn, xb, maps, target)->tuple:
+    x = _xb(learn, xb)
+    p = _probs(learn, x)
+    t = _targets(learn, target, len(x), p)
+    m = _upsample(_plain(torch.as_tensor(maps)).to(x.device), x.shape[-2:]).flatten(1)
+    lo, rng = m.min(1, keepdim=True)[0], m.max(1, keepdim=True)[0] - m.min(1, keepdim=True)[0]
+    m = torch.where(rng > 0, (m - lo)/rng.clamp_min(1e-12), torch.ones_like(m))  # a flat map keeps the whole image
+    m = m.view(len(x), 1, *x.shape[-2:])
+    o = _probs(learn, x*m + _norm_stats(learn, x)*(1-m))
+    return p.gather(1, t[:, None])[:, 0], o.gather(1, t[:, None])[:, 0]
+
+def average_drop(learn:Learner, xb, maps, target=None, reduce:bool=True):
+    "Mean of `max(0, Y-O)/Y` in percent: Y the class probability on the image, O on the image masked by its map."
+    y, o = _explanation_probs(learn, xb, maps, target)
+    d = 100*F.relu(y-o)/y.clamp_min(1e-12)
+    return d.mean().item() if reduce else d
+
+def increase_in_confidence(learn:Learner, xb, maps, target=None, reduce:bool=True):
+    "Percentage of images whose class probability rises when only what their map highlights is kept."
+    y, o = _explanation_probs(learn, xb, maps, target)
+    inc = 100*(o > y).float()
+    return inc.mean().item() if reduce else inc
