@@ -7,7 +7,7 @@ which turns classes and their queries into `train/` and `test/` folders with a m
 from __future__ import annotations
 import hashlib, http.client, ipaddress, json, os, random, socket, struct, threading, time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait as _wait
 from itertools import zip_longest
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,23 +27,22 @@ def _result(r:dict, query:str)->dict:
 
 def _no_results(e:Exception)->bool: return 'no results' in str(e).lower()
 
-def _ddgs_page(ddgs, query, page, n, retries, backoff, max_wait, sleep, **kwargs)->list[dict]:
-    "One page of results, retrying `DDGSException` with exponential backoff; `[]` when there are no more."
+def _ddgs_page(ddgs, query, page, n, retries, backoff, budget:list, sleep, **kwargs)->list[dict]:
+    "One page of results, retrying `DDGSException` with exponential backoff within `budget[0]` seconds; `[]` when there are no more."
     from ddgs.exceptions import DDGSException
-    waited = 0.0
     for attempt in range(retries+1):
         try: return ddgs.images(query, max_results=n, page=page, **kwargs) or []
         except DDGSException as e:
             if _no_results(e): return []
             wait = backoff * 2**attempt
-            if attempt == retries or waited + wait > max_wait: raise
-            sleep(wait); waited += wait
+            if attempt == retries or wait > budget[0]: raise
+            sleep(wait); budget[0] -= wait
 
 def search_images(query:str, # what to search for, e.g. 'grizzly bear'
                   max_images:int=200, # stop once this many distinct image URLs are found
                   retries:int=4, # retries of a failing page before giving up
                   backoff:float=1.0, # seconds before the first retry; doubled at each retry
-                  max_wait:float=60.0, # the most seconds spent waiting between retries of one page
+                  max_wait:float=60.0, # the most seconds spent waiting between retries, over the whole search
                   max_pages:int=20, # the most result pages asked for
                   sleep:Callable=time.sleep, # how to wait (tests pass a fake)
                   **ddgs_kwargs, # passed to `DDGS().images`: region, safesearch, size, type_image, ...
@@ -51,9 +50,9 @@ def search_images(query:str, # what to search for, e.g. 'grizzly bear'
     "Up to `max_images` distinct image results for `query`: dicts with url, title, page, source, width, height."
     from ddgs import DDGS
     from ddgs.exceptions import DDGSException
-    ddgs, res, seen = DDGS(), L(), set()
+    ddgs, res, seen, budget = DDGS(), L(), set(), [max_wait]
     for page in range(1, max_pages+1):
-        try: rs = _ddgs_page(ddgs, query, page, max_images-len(res), retries, backoff, max_wait, sleep, **ddgs_kwargs)
+        try: rs = _ddgs_page(ddgs, query, page, max_images-len(res), retries, backoff, budget, sleep, **ddgs_kwargs)
         except DDGSException as e:
             err = FastpipesError(f"Image search for {query!r} failed on page {page} after {retries+1} attempts "
                                  f"({type(e).__name__}: {e}); the {len(res)} results found before are in the error's `partial`.")
@@ -116,12 +115,15 @@ class _Fail(Exception):
 class _Watchdog:
     "Shuts down any socket that passes its deadline, so whatever read it is blocked in returns."
     def __init__(self, every:float=0.05):
-        self.socks, self.lock, self.stop = {}, threading.Lock(), threading.Event()
+        self.socks, self.lock, self.stop, self.aborted = {}, threading.Lock(), threading.Event(), False
         self.thread = threading.Thread(target=self._run, args=(every,), daemon=True, name='fastpipes-deadlines')
     def __enter__(self): self.thread.start(); return self
     def __exit__(self, *exc): self.stop.set(); self.thread.join()
     def watch(self, sock, deadline):
-        with self.lock: self.socks[sock] = deadline
+        with self.lock: self.socks[sock] = 0 if self.aborted else deadline
+    def abort(self):
+        "Cut every watched socket now, and every socket watched from now on (an interrupted run)."
+        with self.lock: self.aborted = True; self.socks = dict.fromkeys(self.socks, 0)
     def forget(self, sock):
         with self.lock: self.socks.pop(sock, None)
     def _run(self, every):
@@ -139,14 +141,40 @@ def _public(ip:str)->bool:
     if a.version == 6 and a.ipv4_mapped: a = a.ipv4_mapped
     return a.is_global and not (a.is_multicast or a.is_reserved)
 
-def _resolve(host:str, port:int, allow_private:bool)->list[str]:
-    "The IP addresses of `host`, all of them public unless `allow_private`."
-    try: ips = list(dict.fromkeys(ai[4][0] for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
-    except (socket.gaierror, UnicodeError) as e: raise _Fail(f'cannot resolve host {host!r}: {e}') from None
+def _lookup(host:str, port:int)->list[str]:
+    "Every IP address of `host` (blocking: the system's resolver)."
+    try: return list(dict.fromkeys(ai[4][0] for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+    except (OSError, UnicodeError) as e: raise _Fail(f'cannot resolve host {host!r}: {e}') from None
+
+def _check(ips:list[str], host:str, allow_private:bool)->list[str]:
+    "`ips`, if all of them are public or `allow_private`."
     if not allow_private:
         bad = [ip for ip in ips if not _public(ip)]
         if bad: raise _Fail(f'refused private/loopback/reserved address {bad[0]} of {host!r} (allow_private=True allows it)')
     return ips
+
+def _resolve(host:str, port:int, allow_private:bool)->list[str]:
+    "The IP addresses of `host`, all of them public unless `allow_private`."
+    return _check(_lookup(host, port), host, allow_private)
+
+class _Resolver:
+    "Resolves each host once per run, in a daemon thread, so a slow DNS answer counts against the URL's time limits."
+    def __init__(self): self.cache, self.lock = {}, threading.Lock()
+    def _run(self, fut, host, port):
+        try: fut.set_result(_lookup(host, port))
+        except _Fail as e: fut.set_exception(e)
+    def __call__(self, host:str, port:int, allow_private:bool, timeout:float, stop:threading.Event|None=None)->list[str]:
+        with self.lock:
+            fut = self.cache.get((host, port))
+            if fut is None:
+                fut = self.cache[(host, port)] = Future()
+                threading.Thread(target=self._run, args=(fut, host, port), daemon=True, name='fastpipes-dns').start()
+        end = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < end and not (stop and stop.is_set()):
+            _wait([fut], min(0.1, max(0, end-time.monotonic())))
+        if not fut.done(): raise _Fail(f'DNS lookup of {host!r} took longer than {timeout:.3g} s')
+        if e := fut.exception(): raise _Fail(str(e))   # a fresh exception per URL: threads share the future
+        return _check(fut.result(), host, allow_private)
 
 # %% ../nbs/01_crawl.ipynb #1f95fcc3
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -159,7 +187,11 @@ class _Fetcher:
     def __init__(self, dest, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
                  allow_private, user_agent, watchdog, chunk=1<<16):
         store_attr()
-        self.sems, self.lock = {}, threading.Lock()
+        self.sems, self.lock, self.resolve, self.stopping = {}, threading.Lock(), _Resolver(), threading.Event()
+
+    def stop(self):
+        "Make every download in flight end at once (the run was interrupted)."
+        self.stopping.set(); self.watchdog.abort()
 
     def slot(self, host:str)->threading.Semaphore:
         with self.lock: return self.sems.setdefault(host, threading.BoundedSemaphore(self.per_host))
@@ -181,7 +213,8 @@ class _Fetcher:
             if not u.hostname: raise _Fail('the URL has no host')
             try: port = u.port or (443 if u.scheme == 'https' else 80)
             except ValueError as e: raise _Fail(f'bad port in URL: {e}') from None
-            ips = _resolve(u.hostname, port, self.allow_private)
+            self.in_time(end)
+            ips = self.resolve(u.hostname, port, self.allow_private, min(self.connect_timeout, end-time.monotonic()), self.stopping)
             with self.slot(u.hostname):
                 conn, sock = self.connect(u.scheme, u.hostname, port, ips, end)
                 try:
@@ -197,6 +230,7 @@ class _Fetcher:
         raise _Fail(f'more than {self.max_redirects} redirects')
 
     def why(self, e:Exception, end:float)->str:
+        if self.stopping.is_set(): return 'interrupted'
         if time.monotonic() >= end - 0.01: return f'took longer than the {self.deadline:g} s deadline'
         if isinstance(e, TimeoutError): return f'timed out: no data for {self.read_timeout:g} s'
         return f'{type(e).__name__}: {e}'.rstrip(': ')
@@ -252,6 +286,7 @@ class _Fetcher:
         return dict(file=fn.relative_to(self.dest).as_posix(), sha256=sha.hexdigest(), width=w, height=h, bytes=n)
 
     def in_time(self, end:float):
+        if self.stopping.is_set(): raise _Fail('interrupted')
         if time.monotonic() >= end: raise _Fail(f'took longer than the {self.deadline:g} s deadline')
 
     def read(self, resp, sock, end)->bytes:
@@ -317,16 +352,18 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
     skip = {r['url'] for r in done}
     todo = _round_robin([r for r in rows if r['url'] not in skip])
     out = {r['url']: r for r in done}
-    with _Watchdog() as wd, ManifestWriter(dest) as mw, ThreadPoolExecutor(max_workers, 'fastpipes-dl') as ex:
+    with _Watchdog() as wd, ManifestWriter(dest) as mw:
         fetch = _Fetcher(dest, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
                          allow_private, user_agent, wd)
-        futs = [ex.submit(fetch, r) for r in todo]
+        ex = ThreadPoolExecutor(max_workers, 'fastpipes-dl')
         try:
+            futs = [ex.submit(fetch, r) for r in todo]
             for f in pbar(as_completed(futs), total=len(futs), quiet=quiet, comment='download'):
                 r = f.result(); mw.write(r); out[r['url']] = r
         except BaseException:
-            for f in futs: f.cancel()
+            fetch.stop()   # Ctrl-C: cut the downloads in flight instead of waiting for their deadlines
             raise
+        finally: ex.shutdown(wait=True, cancel_futures=True)
     write_manifest(dest, read_manifest(dest))
     res = L(out[r['url']] for r in rows)
     if not quiet: print(_summary(res))

@@ -406,3 +406,68 @@ def test_https_wrong_host_name(tmp_path, certs, monkeypatch):
         r, = download_images(srv.url('/a.jpg'), tmp_path, **FAST)
         assert r['status'] == 'error' and 'CERTIFICATE_VERIFY_FAILED' in r['reason'] and 'mismatch' in r['reason'], r
         assert srv.n_requests == 0
+
+def test_search_wait_budget_spans_pages(fake_ddgs, monkeypatch):
+    "`max_wait` bounds the waiting of the whole search, not of each page."
+    from ddgs.exceptions import RatelimitException
+    orig, failed = FakeDDGS.images, set()
+    def images(self, query, page=1, **kw):
+        if page not in failed: failed.add(page); raise RatelimitException('202 Ratelimit')
+        return orig(self, query, page=page, **kw)
+    monkeypatch.setattr(FakeDDGS, 'images', images)
+    waits = []
+    with pytest.raises(FastpipesError, match='failed on page 3') as e:
+        search_images('cat', max_images=500, backoff=1, max_wait=2.5, sleep=waits.append)
+    assert waits == [1, 1] and len(e.value.partial) == 200
+
+# ---------------------------------------------------------------- DNS and interruption
+
+def test_slow_dns_bounded_and_cached(tmp_path, monkeypatch):
+    "A resolver that never answers costs a URL its connect timeout, not the run; each host is looked up once."
+    release, calls, real = threading.Event(), [], fc.socket.getaddrinfo
+    def gai(host, port, *a, **k):
+        calls.append(host)
+        if host == 'stuck.example': release.wait(30)
+        return real('127.0.0.1' if host == 'loop.example' else host, port, *a, **k)
+    monkeypatch.setattr(fc.socket, 'getaddrinfo', gai)
+    try:
+        with LoopbackServer({f'/{i}.jpg': photo(i) for i in range(4)}) as srv:
+            port = srv.url().rsplit(':', 1)[1].strip('/')
+            urls = [f'http://stuck.example:{port}/{i}.jpg' for i in range(3)] + [f'http://loop.example:{port}/{i}.jpg' for i in range(4)]
+            rows = download_images(urls, tmp_path, **dict(FAST, connect_timeout=0.3))
+    finally: release.set()
+    assert [r['status'] for r in rows] == ['error'] * 3 + ['ok'] * 4
+    assert all(r['reason'] == "DNS lookup of 'stuck.example' took longer than 0.3 s" for r in rows[:3])
+    assert sorted(h for h in calls if h.endswith('.example')) == ['loop.example', 'stuck.example']
+
+def test_dns_failure_is_a_reason(tmp_path, monkeypatch):
+    import socket
+    def gai(host, *a, **k): raise socket.gaierror(-2, 'Name or service not known')
+    monkeypatch.setattr(fc.socket, 'getaddrinfo', gai)
+    r, = download_images('http://nowhere.invalid/a.jpg', tmp_path, **FAST)
+    assert r['status'] == 'error' and r['reason'].startswith("cannot resolve host 'nowhere.invalid'")
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='SIGINT')
+def test_ctrl_c_cuts_downloads_in_flight(tmp_path):
+    "SIGINT while every download hangs: the run stops at once (not after its 60 s timeouts), keeps what it saved, leaves no `.part`."
+    routes = {'/ok.jpg': JPG, **{f'/hang{i}.jpg': Route(JPG, chunk=100, chunk_delay=60) for i in range(4)}}
+    with LoopbackServer(routes, hang_max=90) as srv:
+        urls, ok_url = [dict(url=srv.url(p), label='x') for p in routes], srv.url('/ok.jpg')
+        (tmp_path/'urls.json').write_text(json.dumps(urls))
+        p = subprocess.Popen([sys.executable, '-c', (
+            "import json, sys; from fastpipes.crawl import download_images; "
+            "download_images(json.load(open(sys.argv[1])), sys.argv[2], read_timeout=60, deadline=120, allow_private=True, quiet=True)"),
+            str(tmp_path/'urls.json'), str(tmp_path/'d')], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            end = time.monotonic() + 60
+            while time.monotonic() < end and p.poll() is None and not (
+                    sum(srv.hits.get(f'/hang{i}.jpg', 0) for i in range(4)) == 4 and list((tmp_path/'d').rglob('*.part'))):
+                time.sleep(0.02)
+            assert p.poll() is None, p.communicate()
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=20)     # far less than the 60 s read timeout the downloads wait on
+        finally:
+            if p.poll() is None: p.kill(); p.wait()
+    assert p.returncode != 0 and b'KeyboardInterrupt' in err, err[-2000:]
+    assert not list((tmp_path/'d').rglob('*.part'))
+    assert [r['url'] for r in read_manifest(tmp_path/'d')] == [ok_url]
