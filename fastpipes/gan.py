@@ -154,6 +154,22 @@ class GANMonitor(Callback):
                       f"try a lower lr, more data or loss='wgan-gp'.")
         raise CancelFitException()
 
+# %% ../nbs/08_gan.ipynb #efe3bbe8
+class _Trainer(GANTrainer):
+    "fastai's `GANTrainer` without the warnings about shadowing the learner's `generator`, `critic` and `gen_mode`."
+    _own = ('generator', 'critic', 'gen_mode')
+    @property
+    def name(self): return 'gan_trainer'
+    def __setattr__(self, name, value):
+        if name in self._own: object.__setattr__(self, name, value)
+        else: super().__setattr__(name, value)
+
+def _quiet_trainer(learn:GANLearner)->GANLearner:
+    "Replace `learn`'s `GANTrainer` with an equivalent `_Trainer`."
+    t = learn.gan_trainer
+    learn.remove_cb(t)
+    return learn.add_cb(_Trainer(switch_eval=t.switch_eval, clip=t.clip, beta=t.gen_loss.beta, gen_first=t.gen_first, show_img=t.show_img))
+
 # %% ../nbs/08_gan.ipynb #c0a0e955
 class _Cycle:
     "Item `i` is image `i % len(images)` as a `TensorImage` in [-1, 1]."
@@ -206,6 +222,7 @@ def gan_learner(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`, s
                        switcher=switcher or r['switcher'](), switch_eval=False, gen_first=False, cbs=cbs,
                        opt_func=lambda ps, lr: Adam(ps, lr, mom=r['betas'][0], sqr_mom=r['betas'][1]),
                        lr=lr or r['lr'], **kwargs)
+    _quiet_trainer(learn)
     learn.metrics = mon.metrics()
     learn.recorder.train_metrics, learn.recorder.valid_metrics = True, False
     return learn
@@ -224,6 +241,7 @@ def generate(learn, # a `GANLearner` from `gan_learner`, or a generator from `lo
             )->torch.Tensor:
     "`n` generated images `(n, c, h, w)` in [0, 1]."
     g = _generator(learn)
+    if not isinstance(n, (int, np.integer)) or n < 1: raise FastpipesError(f"`n` must be a positive integer, not {n!r}.")
     dev = next(g.parameters()).device
     rng = torch.Generator(device='cpu').manual_seed(seed) if seed is not None else None
     z = torch.randn(n, g.nz, generator=rng).to(dev)
@@ -243,10 +261,12 @@ def show_samples(learn, # a `GANLearner` or a generator from `load_generator`
                 ):
     "A matplotlib `Figure` with a `nrows`×`ncols` grid of generated images."
     import matplotlib.pyplot as plt
-    x = generate(learn, nrows*ncols, seed=seed)
+    if not all(isinstance(k, (int, np.integer)) and k >= 1 for k in (nrows, ncols)):
+        raise FastpipesError(f"`nrows` and `ncols` must be positive integers, not {nrows!r} and {ncols!r}.")
+    x = generate(learn, nrows*ncols, seed=seed).numpy()
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols, nrows), squeeze=False)
     for img, ax in zip(x, axs.flat):
-        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap='gray', vmin=0, vmax=1)
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap='gray', vmin=0, vmax=1)
         ax.axis('off')
     if title: fig.suptitle(title)
     fig.tight_layout()

@@ -27,6 +27,27 @@ def test_generated_shapes_and_range(shape, c):
     assert x.shape == (5, c, *shape[-2:]) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() <= 1
 
+def test_default_is_six_noise_to_28px_digits(eights):
+    "The exam's setting: `(n, 6)` noise in, `(n, 1, 28, 28)` digits out, Adam with GAN momentum."
+    learn = gan_learner(eights)
+    xb, yb = learn.dls.one_batch()
+    assert xb.shape == (64, 6) and yb.shape == (64, 1, 28, 28)
+    assert learn.model.generator(torch.randn(5, 6)).shape == (5, 1, 28, 28)
+    assert learn.model.critic(yb).shape == (64,)
+    learn.create_opt()
+    assert learn.opt.hypers[0]['mom'] == 0.5 and learn.opt.hypers[0]['sqr_mom'] == 0.999
+
+@pytest.mark.parametrize('loss', ['bce', 'wgan-gp'])
+def test_fit_emits_no_warnings(eights, loss):
+    "fastai's `GANTrainer` warns about shadowing `generator`, `critic`, `gen_mode`; ours does not."
+    set_seed(0)
+    learn = gan_learner(eights, loss=loss, bs=16, epoch_size=32)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        _fit(learn, 1)
+    assert not [w for w in ws if 'shadowing' in str(w.message)], [str(w.message) for w in ws]
+    assert learn.gan_trainer.generator is learn.model.generator and learn.gan_trainer.gen_mode == learn.model.gen_mode
+
 def test_float_and_tensor_inputs(eights):
     for imgs in (eights/255., torch.tensor(eights), torch.tensor(eights).float(), eights.astype(np.float32)):
         learn = gan_learner(imgs, bs=8, epoch_size=16)
@@ -91,6 +112,25 @@ def test_show_samples(eights):
 def test_bad_input(images, kw, match):
     with pytest.raises(FastpipesError, match=match) as e: gan_learner(images, **kw)
     _one_sentence(e)
+
+@pytest.mark.parametrize('call,match', [
+    (lambda l: generate(l, 0), 'positive integer'),
+    (lambda l: generate(l, -3), 'positive integer'),
+    (lambda l: generate(nn.Linear(6, 6), 2), 'gan_learner'),
+    (lambda l: show_samples(l, 0, 4), 'positive integers'),
+    (lambda l: save_generator(nn.Linear(6, 6), 'x.pth'), 'gan_learner'),
+])
+def test_bad_sampling_calls(eights, call, match):
+    with pytest.raises(FastpipesError, match=match) as e: call(gan_learner(eights, bs=8, epoch_size=8))
+    _one_sentence(e)
+
+def test_digit_images_offline_download(tmp_path, monkeypatch):
+    "Offline, `download=True` fails with one sentence that says where to put the files."
+    import torchvision.datasets as tvd
+    def offline(*args, **kwargs): raise RuntimeError('Error downloading train-images-idx3-ubyte.gz')
+    monkeypatch.setattr(tvd, 'MNIST', offline)
+    with pytest.raises(FastpipesError, match='put its files in') as e: digit_images(tmp_path, 8, download=True)
+    assert str(tmp_path/'MNIST'/'raw') in str(e.value)
 
 def test_digit_images_local_first(tmp_path):
     raw = tmp_path/'MNIST'/'raw'; raw.mkdir(parents=True)
