@@ -20,8 +20,9 @@ import fastai.callback.schedule  # Learner.fit_one_cycle
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.data.block import CategoryBlock
-from fastai.learner import Learner
-from fastai.losses import MSELossFlat
+from fastai.callback.core import Callback, CancelFitException
+from fastai.learner import Learner, event
+
 from fastai.metrics import AvgMetric, Metric, accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.tabular.core import Categorify, FillMissing, Normalize, TabularPandas
@@ -30,24 +31,33 @@ from fastai.tabular.learner import TabularLearner, tabular_learner
 from .core import FastpipesError, set_seed
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'plain_opt', 'RegressionLearner', 'Tensors',
-           'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear',
-           'overparam_learner', 'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy',
-           'table_classifier', 'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
-           'show_reconstruction']
+__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'plain_opt', 'LeanLearner', 'RegressionLearner',
+           'FiniteLoss', 'Tensors', 'SliceDL', 'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay',
+           'lstsq_coefs', 'plot_fit', 'SumLinear', 'overparam_learner', 'line_data', 'fit_mle', 'iris_df',
+           'course_split', 'TrainAccuracy', 'NamedAccuracy', 'LeanTabularLearner', 'table_classifier', 'Standardize',
+           'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse', 'show_reconstruction']
 
 # %% ../nbs/06_tabular.ipynb #736bef37
 def _check_cols(df:pd.DataFrame, cols:list):
-    "Raise if `df` is not a DataFrame or lacks one of `cols`."
+    "Raise if `df` is not a DataFrame, lacks one of `cols` or holds one of them twice."
     if not isinstance(df, pd.DataFrame): raise FastpipesError(f"Expected a pandas DataFrame, got {type(df).__name__}.")
+    bad = [c for c in cols if not isinstance(c, (str, int, np.integer))]
+    if bad: raise FastpipesError(f"Column names must be strings (or numbers), got {bad}.")
     missing = [c for c in cols if c not in df.columns]
     if missing: raise FastpipesError(f"Column(s) {missing} not in the table; it has {list(df.columns)}.")
+    dup = sorted({str(c) for c in cols if (df.columns == c).sum() > 1})
+    if dup: raise FastpipesError(f"Column(s) {dup} appear more than once in the table; rename or drop the copies.")
+
+def _floats(a, what:str='the inputs')->np.ndarray:
+    "`a` as a float64 array, or a one-sentence error naming `what`."
+    try: return np.array(a, dtype=np.float64)
+    except (TypeError, ValueError) as e: raise FastpipesError(f"Expected numbers for {what}, got {type(a).__name__} ({e}).") from e
 
 def _numeric(df:pd.DataFrame, cols:list)->np.ndarray:
     "The columns `cols` of `df` as a float64 array (n, len(cols)), or a one-sentence error."
     _check_cols(df, cols)
     bad = [c for c in cols if not (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))]
-    if bad: raise FastpipesError(f"Column(s) {bad} are not numeric; a regression needs numbers (encode or drop them).")
+    if bad: raise FastpipesError(f"Column(s) {bad} are not numeric; this model needs numbers (encode or drop them).")
     a = df[cols].to_numpy(np.float64, copy=True)
     if len(a) == 0: raise FastpipesError("The table has no rows.")
     if not np.isfinite(a).all():
@@ -65,7 +75,7 @@ TRANSFORMS = {None: _identity, 'x': _identity, 'sqrt': torch.sqrt, 'exp(-x)': _n
 def _tfm_fn(transform)->Callable:
     "The function for `transform`: a name in `TRANSFORMS` or a callable."
     if callable(transform): return transform
-    if transform not in TRANSFORMS:
+    if not (transform is None or isinstance(transform, str)) or transform not in TRANSFORMS:
         raise FastpipesError(f"Unknown transform {transform!r}; use one of {[k for k in TRANSFORMS if k]} or a function.")
     return TRANSFORMS[transform]
 
@@ -74,10 +84,15 @@ def apply_transform(transform, # a name in `TRANSFORMS` or a function of a tenso
                     names:list|None=None, # column names, for the error message
                    )->torch.Tensor:
     "The transformed features `transform(x)`, checked to be finite."
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x)
+    x = torch.as_tensor(_floats(x).astype(np.float32) if not torch.is_tensor(x) else x)
     f = _tfm_fn(transform)
-    with np.errstate(all='ignore'): r = f(x)
-    r = r if torch.is_tensor(r) else torch.as_tensor(np.asarray(r), dtype=x.dtype)
+    try:
+        with np.errstate(all='ignore'): r = f(x)
+        r = r if torch.is_tensor(r) else torch.as_tensor(np.asarray(r, dtype=np.float64), dtype=x.dtype)
+    except Exception as e:  # a user's function: say which one failed, keep the cause
+        if not callable(transform) or isinstance(e, FastpipesError): raise
+        raise FastpipesError(f"The transform {_tfm_name(transform)} failed on a tensor of shape {tuple(x.shape)} "
+                             f"({type(e).__name__}: {e}); it must take and return a tensor, element-wise.") from e
     if r.shape != x.shape: raise FastpipesError(f"The transform changed the shape of the inputs from {tuple(x.shape)} to {tuple(r.shape)}; it must work element-wise.")
     bad = ~torch.isfinite(r)
     if bad.any():
@@ -130,7 +145,10 @@ def _whitener(F:torch.Tensor, center:bool, names:list)->tuple:
 def _known(kw:dict, names:list)->dict:
     bad = [k for k in kw if k not in names]
     if bad: raise FastpipesError(f"Unknown coefficient(s) {bad}; this model has {names}.")
-    return {k: float(v) for k, v in kw.items()}
+    out = {k: float(_floats(v, f'coefficient `{k}`')) if np.ndim(v) == 0 else v for k, v in kw.items()}
+    wrong = [k for k, v in out.items() if not isinstance(v, float) or not np.isfinite(v)]
+    if wrong: raise FastpipesError(f"Coefficient(s) {wrong} must be finite numbers.")
+    return out
 
 # %% ../nbs/06_tabular.ipynb #893090bd
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}
@@ -146,46 +164,95 @@ def _on(model:nn.Module, a)->torch.Tensor:
     "`a` as a float32 tensor on the device of `model`."
     return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=next(model.parameters()).device)
 
-class RegressionLearner(Learner):
+class LeanLearner(Learner):
+    "A `Learner` that sends each training-loop event only to the callbacks that handle it (same order, same result)."
+    def __call__(self, event_name):
+        for e in ([event_name] if isinstance(event_name, str) else event_name): self._call_one(e)
+    def _call_one(self, event_name):
+        cbs = tuple(self.cbs)
+        if self.__dict__.get('_ev_key') != cbs: self._ev_key, self._ev_cbs = cbs, {}
+        todo = self._ev_cbs.get(event_name)
+        if todo is None:
+            if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
+            todo = self._ev_cbs[event_name] = [cb for cb in self.cbs.sorted('order') if _handles(cb, event_name)]
+        for cb in todo: cb(event_name)
+    def __getstate__(self): return {k: v for k, v in super().__getstate__().items() if k not in ('_ev_key', '_ev_cbs')}
+
+def _handles(cb, event_name:str)->bool:
+    "Whether `cb` does anything on `event_name` (`after_fit` always: fastai resets `cb.run` then)."
+    return event_name == 'after_fit' or event_name in cb.__dict__ or hasattr(type(cb), event_name)
+
+class RegressionLearner(LeanLearner):
     "A `Learner` for a regression on named columns whose `predict` takes raw inputs."
     def predict(self, x, # a DataFrame with the input columns, or raw values (n,) / (n, p)
                )->np.ndarray:
         "Predictions for the raw inputs `x` (the transform is applied by the model)."
         if isinstance(x, pd.DataFrame): x = _numeric(x, self.x_names)
-        x = np.array(x, dtype=np.float64)
+        x = _floats(x)
+        if x.ndim > 2: raise FastpipesError(f"Expected inputs of shape (n,) or (n, {len(self.x_names)}), got {x.shape}.")
         x = x.reshape(-1, 1) if len(self.x_names) == 1 and x.ndim < 2 else np.atleast_2d(x)
         if x.shape[1] != len(self.x_names): raise FastpipesError(f"Expected {len(self.x_names)} input column(s) {self.x_names}, got {x.shape[1]}.")
         apply_transform(self.model.transform, x, self.x_names)
         with torch.no_grad(): return self.model.eval()(_on(self.model, x)).cpu().numpy()[:, 0].astype(np.float64)
 
+class FiniteLoss(Callback):
+    "Stop training at the first loss that is NaN or inf; `_fit` then raises a `FastpipesError`."
+    order = 1
+    def after_loss(self):
+        if not torch.isfinite(self.learn.loss_grad).all():
+            self.learn.diverged = (self.epoch, float(self.learn.loss_grad.detach().float().mean()))
+            raise CancelFitException()
+
+def _check_fit(epochs, lr):
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0: raise FastpipesError(f"`epochs` must be a whole number >= 0, got {epochs!r}.")
+    if not isinstance(lr, (int, float, np.number)) or not lr > 0: raise FastpipesError(f"`lr` must be a positive number, got {lr!r}.")
+
 def _fit(learn:Learner, epochs:int, quiet:bool, one_cycle:bool=False, lr=None)->Learner:
-    "Train `learn` for `epochs` (none when 0), without the progress table when `quiet`."
+    "Train `learn` for `epochs` (none when 0), without the progress table when `quiet`; a NaN/inf loss raises."
     if not epochs: return learn
+    learn.diverged = None
     with ExitStack() as st:
         if quiet: st.enter_context(learn.no_bar()); st.enter_context(learn.no_logging())
+        st.enter_context(learn.added_cbs(FiniteLoss()))
         (learn.fit_one_cycle if one_cycle else learn.fit)(epochs, lr)
+    if learn.diverged:
+        e, v = learn.diverged
+        raise FastpipesError(f"The training loss became {v} in epoch {e}; lower `lr` (now {lr or learn.lr}) or check the data for NaN/inf.")
     return learn
 
 class Tensors(TensorDataset):
     "A `TensorDataset` that fastai can empty when it exports a `Learner`."
     def new_empty(self): return Tensors(*[t[:0] for t in self.tensors])
 
+class SliceDL(DataLoader):
+    "A fastai `DataLoader` over `Tensors` that indexes each batch at once instead of collating it row by row."
+    def create_batches(self, samps):
+        ts = self.dataset.tensors
+        idx = torch.as_tensor(list(samps), dtype=torch.long)
+        if len(idx) == len(ts[0]) <= self.bs and not self.shuffle: yield ts; return  # the whole table, as is
+        stop = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
+        for i in range(0, stop, self.bs): yield tuple(t[idx[i:i+self.bs]] for t in ts)
+
 def _tensor_dls(x:np.ndarray, y:np.ndarray, bs:int|None, valid=None)->DataLoaders:
     "Full-batch (or `bs`) `DataLoaders` over tensors; the validation set is `valid` or the training set."
+    if bs is not None and (not isinstance(bs, (int, np.integer)) or bs < 1):
+        raise FastpipesError(f"`bs` must be a positive whole number or None (the whole table), got {bs!r}.")
     t = Tensors(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
     v = t if valid is None else Tensors(*[torch.as_tensor(a, dtype=torch.float32) for a in valid])
-    bs = bs or len(x)
-    return DataLoaders(DataLoader(t, bs=bs, shuffle=bs < len(x), drop_last=False, num_workers=0),
-                       DataLoader(v, bs=max(bs, len(v)), num_workers=0))
+    bs = min(bs or len(x), len(x))
+    return DataLoaders(SliceDL(t, bs=bs, shuffle=bs < len(x), drop_last=False, num_workers=0),
+                       SliceDL(v, bs=len(v), num_workers=0))
 
 def _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)->RegressionLearner:
     "Check the table, build the model with `model_fn(features)`, train and return the `RegressionLearner`."
     xs = listify(x)
     if not xs: raise FastpipesError("Give at least one input column `x`.")
+    _check_fit(epochs, lr)
     X, Y = _numeric(df, xs), _numeric(df, [y])
+    if len(X) < 2: raise FastpipesError(f"A regression needs at least two rows; the table has {len(X)}.")
     set_seed(seed)
     model = model_fn(X)
-    learn = RegressionLearner(_tensor_dls(X, Y, bs), model, loss_func=MSELossFlat(), opt_func=plain_opt(opt, mom),
+    learn = RegressionLearner(_tensor_dls(X, Y, bs), model, loss_func=nn.MSELoss(), opt_func=plain_opt(opt, mom),
                               lr=lr, **kwargs)
     learn.x_names, learn.y_name = xs, y
     return _fit(learn, epochs, quiet)
@@ -197,10 +264,10 @@ def regression_learner(df:pd.DataFrame, # the table
                        bias:bool=True, # fit an intercept `b0`
                        norm:bool=True, # whiten the transformed features inside the model (coefficients stay in user units)
                        opt:str='sgd', # 'sgd' or 'adam'
-                       lr:float=0.2, # learning rate
+                       lr:float=0.45, # learning rate (with `norm`, each full-batch step shrinks the error by |1-2·lr|)
                        mom:float=0., # momentum of SGD
-                       bs:int|None=None, # batch size; None: the whole table (one step per epoch)
-                       epochs:int=30, # epochs to train now (0: return it untrained)
+                       bs:int|None=None, # batch size; None: the whole table (one step per epoch); use a smaller `lr` with mini-batches
+                       epochs:int=10, # epochs to train now (0: return it untrained)
                        quiet:bool=False, # no progress bar nor per-epoch table
                        seed:int|None=42, # seed for the initial weights
                        **kwargs, # passed to `Learner`
@@ -211,13 +278,18 @@ def regression_learner(df:pd.DataFrame, # the table
         return LinearModel(X.shape[1], transform, bias, *(_whitener(F, bias, listify(x)) if norm else ()))
     return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)
 
+def _reg_model(learn:Learner)->nn.Module:
+    m = getattr(learn, 'model', None)
+    if not hasattr(m, 'coefs'): raise FastpipesError(f"Expected a learner from `regression_learner` or `overparam_learner`, got a learner whose model is `{type(m).__name__}`.")
+    return m
+
 def coefs(learn:Learner)->dict:
     "The named coefficients of a regression `learn`: `{'b0': intercept, 'b1': ..., ...}`."
-    return learn.model.coefs()
+    return _reg_model(learn).coefs()
 
 def set_coefs(learn:Learner, **kw)->Learner:
     "Set coefficients of a regression `learn` by name (`b0=3, b1=3`)."
-    learn.model.set_coefs(**kw)
+    _reg_model(learn).set_coefs(**kw)
     return learn
 
 # %% ../nbs/06_tabular.ipynb #f9e62413
@@ -307,6 +379,7 @@ def overparam_learner(df:pd.DataFrame, # the table
                       **kwargs, # passed to `Learner`
                      )->RegressionLearner:
     "A `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x`, e.g. the course's `α0 + β0 + (α1 + β1)x`."
+    if len(listify(x)) != 1: raise FastpipesError(f"`overparam_learner` takes one input column `x`, got {listify(x)}.")
     def model_fn(X):
         apply_transform(transform, X, [x])
         return SumLinear(intercepts, slopes, transform)
@@ -324,8 +397,29 @@ def line_data(n:int=100, # number of points
 
 # %% ../nbs/06_tabular.ipynb #875aa0b7
 def _as_params(init)->dict:
-    if isinstance(init, dict): return {k: float(v) for k, v in init.items()}
-    return {f'p{i}': float(v) for i, v in enumerate(np.atleast_1d(np.asarray(init, dtype=np.float64)))}
+    "`init` as an ordered dict name -> float."
+    d = dict(init) if isinstance(init, dict) else {f'p{i}': v for i, v in enumerate(np.atleast_1d(_floats(init, '`init`')).ravel())}
+    if not d: raise FastpipesError("`init` holds no parameters; give one starting value per parameter.")
+    bad = [k for k, v in d.items() if np.ndim(v) != 0 or not np.isfinite(_floats(v, f'parameter `{k}`'))]
+    if bad: raise FastpipesError(f"Starting value(s) of {bad} must be finite single numbers.")
+    return {k: float(v) for k, v in d.items()}
+
+def _mle_data(data)->torch.Tensor:
+    "The observations as a 1-d float64 tensor, checked."
+    a = _floats(data, 'the data')
+    if a.ndim != 1: raise FastpipesError(f"The data must be a 1-d array of observations, got shape {a.shape}.")
+    if a.size == 0: raise FastpipesError("No data to fit.")
+    if not np.isfinite(a).all(): raise FastpipesError(f"The data hold {int((~np.isfinite(a)).sum())} NaN or inf value(s); drop them first.")
+    return torch.as_tensor(a)
+
+def _nll(logpdf:Callable, x:torch.Tensor, params)->torch.Tensor:
+    "`-mean(logpdf(x, *params))`, or a one-sentence error when `logpdf` fails or returns no tensor."
+    try: r = logpdf(x, *params)
+    except Exception as e:  # the user's function: name it, keep the cause
+        raise FastpipesError(f"`logpdf` failed on the data ({type(e).__name__}: {e}); it must take `(x, *params)` as tensors and return a tensor.") from e
+    if not torch.is_tensor(r) or r.numel() == 0 or not r.requires_grad:
+        raise FastpipesError(f"`logpdf` must return a tensor computed from its parameters with torch functions, got {type(r).__name__}.")
+    return -r.mean()
 
 def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data point (tensors)
             data, # 1-d array of observations
@@ -337,13 +431,14 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
            )->tuple:
     "Maximum likelihood by gradient descent: the estimate (a float or a dict) and the history (a DataFrame)."
     p = _as_params(init)
+    if not isinstance(steps, (int, np.integer)) or steps < 0: raise FastpipesError(f"`steps` must be a whole number >= 0, got {steps!r}.")
+    _check_fit(0, lr)
     cons = [constraint]*len(p) if constraint is None or isinstance(constraint, str) else list(constraint)
     if len(cons) != len(p) or any(c not in (None, 'positive') for c in cons):
         raise FastpipesError(f"`constraint` must be None, 'positive' or one of those per parameter ({len(p)}).")
     pos = [c == 'positive' for c in cons]
     if any(v <= 0 for v, q in zip(p.values(), pos) if q): raise FastpipesError("A positive parameter must start above 0.")
-    x = torch.as_tensor(np.asarray(data, dtype=np.float64))
-    if x.numel() == 0: raise FastpipesError("No data to fit.")
+    x = _mle_data(data)
     theta = torch.tensor([np.log(v) if q else v for v, q in zip(p.values(), pos)], dtype=torch.float64, requires_grad=True)
     if opt not in _OPTS: raise FastpipesError(f"Unknown optimiser {opt!r}; use one of {sorted(_OPTS)}.")
     o = _OPTS[opt]([theta], lr=lr)
@@ -351,7 +446,7 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
     def values(t): return torch.where(mask, t.exp(), t)
     hist = []
     for i in range(steps):
-        nll = -logpdf(x, *values(theta)).mean()
+        nll = _nll(logpdf, x, values(theta))
         if not torch.isfinite(nll):
             raise FastpipesError(f"The negative log-likelihood became {nll.item()} at step {i}; use constraint='positive' or a smaller lr.")
         hist.append([nll.item(), *values(theta).tolist()])
@@ -396,13 +491,19 @@ def course_split(df:pd.DataFrame, # the table
     return pos[train].tolist(), pos[valid].tolist()
 
 class TrainAccuracy(Metric):
-    "Accuracy on the whole training set, in evaluation mode, at the end of each epoch."
+    "Accuracy on the whole training set, in evaluation mode, at the end of each epoch (the set is read once, as one batch)."
     def reset(self): self.learn = None
     def accumulate(self, learn): self.learn = learn
     @property
-    def value(self): return None if self.learn is None else _accuracy_on(self.learn, self.learn.dls.train)
+    def value(self): return None if self.learn is None else _accuracy_on(self.learn, self._batch(self.learn.dls.train))
     @property
     def name(self): return 'train_accuracy'
+    def _batch(self, dl):
+        "All of `dl`'s rows as one batch, kept until `dl` holds another dataset."
+        if getattr(self, '_ds', None) is not dl.dataset:
+            self._ds, self._b = dl.dataset, dl.new(bs=len(dl.dataset), shuffle=False, drop_last=False).one_batch()
+        return self._b
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_ds', '_b')}
 
 class NamedAccuracy(AvgMetric):
     "fastai's `accuracy` under another name in the per-epoch table."
@@ -411,16 +512,17 @@ class NamedAccuracy(AvgMetric):
     def name(self): return self._name
 
 @torch.no_grad()
-def _accuracy_on(learn:Learner, dl)->float:
-    "Accuracy of `learn.model` over all of `dl` (unshuffled, nothing dropped), in evaluation mode."
+def _accuracy_on(learn:Learner, b:tuple)->float:
+    "Accuracy of `learn.model` on the batch `b` (inputs then target), in evaluation mode."
     was = learn.model.training
     learn.model.eval()
-    n = ok = 0
-    for b in dl.new(shuffle=False, drop_last=False):
-        xb, yb = b[:learn.dls.n_inp], b[learn.dls.n_inp]
-        ok += (learn.model(*xb).argmax(-1) == yb.view(-1)).sum().item(); n += len(yb)
+    xb, yb = b[:learn.dls.n_inp], b[learn.dls.n_inp]
+    acc = (learn.model(*xb).argmax(-1) == yb.view(-1)).float().mean().item()
     learn.model.train(was)
-    return ok/max(n, 1)
+    return acc
+
+class LeanTabularLearner(LeanLearner, TabularLearner):
+    "fastai's `TabularLearner` with `LeanLearner`'s event dispatch."
 
 def _splits(df, y, split, valid_pct, seed)->tuple:
     "Training and test positions for `split`, checked."
@@ -431,8 +533,26 @@ def _splits(df, y, split, valid_pct, seed)->tuple:
     else: raise FastpipesError(f"Unknown split {split!r}; use 'course' or 'random'.")
     if not va or len(tr) < 2:
         raise FastpipesError(f"Only {len(df)} rows: a {valid_pct:.0%} split leaves {len(tr)} for training and {len(va)} for testing; give more rows or change `valid_pct`.")
-    if df[y].iloc[tr].nunique() < 2: raise FastpipesError(f"The training rows hold a single class of `{y}`; give more rows or another split.")
+    seen = set(df[y].iloc[tr])
+    if len(seen) < 2: raise FastpipesError(f"The training rows hold a single class of `{y}`; give more rows or another split.")
+    unseen = sorted({str(v) for v in df[y].iloc[va] if v not in seen})
+    if unseen: raise FastpipesError(f"The test rows hold class(es) {unseen[:5]}{'...' if len(unseen) > 5 else ''} of `{y}` that no training row has; "
+                                    f"give more rows per class, another `seed`, or use `regression_learner` for a numeric target.")
     return tr, va
+
+def _check_table(df:pd.DataFrame, y:str, xs:list, valid_pct:float):
+    "Raise on a table `table_classifier` cannot learn from."
+    _check_cols(df, [y] + xs)
+    if len(df) == 0: raise FastpipesError("The table has no rows.")
+    if y in xs: raise FastpipesError(f"`{y}` is both the class column and an input column; drop it from `x`.")
+    if not isinstance(valid_pct, (int, float, np.number)) or not 0 < valid_pct < 1:
+        raise FastpipesError(f"`valid_pct` must be between 0 and 1 (exclusive), got {valid_pct!r}.")
+    if df[y].isna().any(): raise FastpipesError(f"Column `{y}` has missing classes; drop those rows first.")
+    if df[y].nunique() < 2: raise FastpipesError(f"Column `{y}` has a single class ({df[y].iloc[0]!r}); a classifier needs at least two.")
+    empty = [c for c in xs if df[c].isna().all()]
+    if empty: raise FastpipesError(f"Column(s) {empty} hold no values at all; drop them.")
+    inf = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) and np.isinf(df[c].to_numpy(np.float64)).any()]
+    if inf: raise FastpipesError(f"Column(s) {inf} have infinite values; drop or clip those rows (missing values are filled).")
 
 def table_classifier(df:pd.DataFrame, # the table
                      y:str, # the class column
@@ -449,11 +569,11 @@ def table_classifier(df:pd.DataFrame, # the table
                     )->TabularLearner:
     "fastai's `tabular_learner` on `df` predicting `y`, trained, with train and test accuracy every epoch."
     _check_cols(df, [y] + listify(x))
-    if df[y].isna().any(): raise FastpipesError(f"Column `{y}` has missing classes; drop those rows first.")
-    if df[y].nunique() < 2: raise FastpipesError(f"Column `{y}` has a single class ({df[y].iloc[0]!r}); a classifier needs at least two.")
-    df = df.reset_index(drop=True) if not df.index.is_unique else df
     xs = listify(x) or [c for c in df.columns if c != y]
     if not xs: raise FastpipesError("The table has no input columns besides the class column.")
+    _check_table(df, y, xs, valid_pct)
+    _check_fit(epochs, lr)
+    df = df.reset_index(drop=True) if not df.index.is_unique else df
     conts = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     cats = [c for c in xs if c not in conts]
     set_seed(seed)
@@ -461,6 +581,7 @@ def table_classifier(df:pd.DataFrame, # the table
                        splits=_splits(df, y, split, valid_pct, seed))
     dls = to.dataloaders(bs=bs, num_workers=0)
     learn = tabular_learner(dls, layers=list(layers), metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
+    learn.__class__ = LeanTabularLearner  # fastai's own learner, with the lean event dispatch
     return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)
 
 # %% ../nbs/06_tabular.ipynb #8197ad9a
@@ -486,9 +607,18 @@ class AutoEncoder(nn.Module):
 def _table(X)->tuple:
     "`X` (DataFrame or array) as a float array and column names."
     if isinstance(X, pd.DataFrame): return _numeric(X, list(X.columns)), [str(c) for c in X.columns]
-    a = np.array(X, dtype=np.float64)
-    if a.ndim != 2 or not np.isfinite(a).all(): raise FastpipesError(f"Expected a finite 2-d table of numbers, got shape {a.shape}.")
+    a = _floats(X, 'the table')
+    if a.ndim != 2: raise FastpipesError(f"Expected a 2-d table of numbers (rows, columns), got shape {a.shape}.")
+    if a.size == 0: raise FastpipesError("The table has no rows.")
+    if not np.isfinite(a).all(): raise FastpipesError(f"The table has {int((~np.isfinite(a)).any(1).sum())} row(s) with NaN or inf; drop or fill them first.")
     return a, [f'x{i+1}' for i in range(a.shape[1])]
+
+def _rows_for(learn:Learner, X)->np.ndarray:
+    "The raw rows `X` checked against the columns `learn` was trained on."
+    a, _ = _table(X)
+    if not isinstance(getattr(learn, 'model', None), AutoEncoder): raise FastpipesError("Expected a learner from `autoencoder_learner`.")
+    if a.shape[1] != len(learn.x_names): raise FastpipesError(f"Expected {len(learn.x_names)} column(s) {learn.x_names}, got {a.shape[1]}.")
+    return a
 
 def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFrame's columns name the features
                         latent:int=2, # size of the code Z
@@ -505,28 +635,30 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
                        )->Learner:
     "A `Learner` for the course's autoencoder `p → latent → p` with the MSE between input and output."
     a, names = _table(X)
-    if not 0 < latent < a.shape[1]: raise FastpipesError(f"`latent` must be between 1 and {a.shape[1]-1} for {a.shape[1]} columns.")
+    if a.shape[1] < 2: raise FastpipesError(f"An autoencoder needs at least two columns; the table has {a.shape[1]}.")
+    if not isinstance(latent, (int, np.integer)) or not 0 < latent < a.shape[1]: raise FastpipesError(f"`latent` must be between 1 and {a.shape[1]-1} for {a.shape[1]} columns.")
     if len(a) < 2: raise FastpipesError("An autoencoder needs at least two rows.")
+    _check_fit(epochs, lr)
     mean, std = (a.mean(0), a.std(0)) if norm else (np.zeros(a.shape[1]), np.ones(a.shape[1]))
     if (std == 0).any(): raise FastpipesError("A column is constant; drop it before standardising.")
     set_seed(seed)
     model = AutoEncoder(a.shape[1], latent, linear, hidden, mean, std)
     target = (a - mean)/std
-    learn = Learner(_tensor_dls(a, target, bs, valid=(a, target)), model, loss_func=MSELossFlat(),
-                    opt_func=plain_opt(opt), lr=lr, **kwargs)
+    learn = LeanLearner(_tensor_dls(a, target, bs, valid=(a, target)), model, loss_func=nn.MSELoss(),
+                        opt_func=plain_opt(opt), lr=lr, **kwargs)
     learn.x_names = names
     return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)
 
 @torch.no_grad()
 def encode(learn:Learner, X)->np.ndarray:
     "The codes `Z` of the raw rows `X`."
-    a, _ = _table(X)
+    a = _rows_for(learn, X)
     return learn.model.eval().encode(_on(learn.model, a)).cpu().numpy()
 
 @torch.no_grad()
 def reconstruct(learn:Learner, X, raw:bool=True)->np.ndarray:
     "The reconstructions of the rows `X`, in raw units (or standardised with `raw=False`)."
-    a, _ = _table(X)
+    a = _rows_for(learn, X)
     m = learn.model.eval()
     r = m(_on(m, a))
     return (m.norm.decode(r) if raw else r).cpu().numpy()
@@ -534,6 +666,8 @@ def reconstruct(learn:Learner, X, raw:bool=True)->np.ndarray:
 def pca_mse(X, k:int=2, norm:bool=True)->float:
     "The mean squared error of the best rank-`k` affine reconstruction of `X` (PCA), the optimum of a linear autoencoder."
     a, _ = _table(X)
+    if not isinstance(k, (int, np.integer)) or not 0 < k <= min(a.shape): raise FastpipesError(f"`k` must be between 1 and {min(a.shape)} for a table of shape {a.shape}, got {k!r}.")
+    if norm and (a.std(0) == 0).any(): raise FastpipesError("A column is constant; drop it before standardising.")
     a = a - a.mean(0)
     if norm: a = a/a.std(0)
     s = np.linalg.svd(a, compute_uv=False)
@@ -546,8 +680,8 @@ def show_reconstruction(learn:Learner, # an autoencoder learner
                        ):
     "The course's heatmap of the first `n` rows of `[X, Z, X̂]` (standardised X), with dashed separators."
     import matplotlib.pyplot as plt
-    a, names = _table(X)
-    a = a[:n]
+    if not isinstance(n, (int, np.integer)) or n < 1: raise FastpipesError(f"`n` must be a whole number >= 1, got {n!r}.")
+    a, names = _rows_for(learn, X)[:n], learn.x_names
     with torch.no_grad(): xs = learn.model.norm(_on(learn.model, a)).cpu().numpy()
     z, xh = encode(learn, a), reconstruct(learn, a, raw=False)
     m = np.hstack([xs, z, xh])

@@ -27,7 +27,7 @@ def test_fit_equals_lstsq(kind, seed):
     close(coefs(learn), lstsq_coefs(df, x, y, tfm))
 
 
-@pytest.mark.parametrize('kw', [dict(opt='adam', lr=0.1, epochs=300), dict(mom=0.5)])
+@pytest.mark.parametrize('kw', [dict(opt='adam', lr=0.1, epochs=300), dict(mom=0.5, epochs=60)])
 def test_options_reach_lstsq(kw):
     df = free_fall(seed=3)
     close(coefs(regression_learner(df, 'h', 't', 'sqrt', quiet=True, **kw)), lstsq_coefs(df, 'h', 't', 'sqrt'))
