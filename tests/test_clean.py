@@ -246,3 +246,19 @@ def test_corrupt_bytes_get_a_reason(tmp_path, fmt):
         for _ in range(rng.integers(1, 6)): c[rng.integers(0, len(c))] = rng.integers(0, 256)
         (tmp_path/'x').write_bytes(bytes(c))
         assert verify_image(tmp_path/'x') in (None, *REASONS)
+
+@pytest.mark.parametrize('full', [False, True])
+def test_near_dups_across_decode_scales(tmp_path, full):
+    "Copies of one photo at sizes that JPEG's DCT scaling decodes at different scales (1/8, 1/4, 1/2, 1) are still found."
+    sizes = [(800, 600), (400, 300), (200, 150), (96, 72), (60, 48)]
+    for i,s in enumerate(sizes):
+        fn = tmp_path/('train' if i == 0 else 'test')/'cat'/f'{i}.jpg'; fn.parent.mkdir(parents=True, exist_ok=True)
+        photo(30, s).save(fn, quality=90 - 5*i)
+    (tmp_path/'train/dog').mkdir(); (tmp_path/'test/dog').mkdir()
+    for seed in range(31, 36):   # small pairs: 96×64 is decoded at 1/2 (48×32 if the scan size were 32), 90×60 in full
+        photo(seed, (96, 64)).save(tmp_path/'train/dog'/f's{seed}.jpg', quality=95)
+        photo(seed, (90, 60)).save(tmp_path/'test/dog'/f's{seed}.jpg', quality=80)
+    for i in range(4): photo(40+i, (400, 300)).save(tmp_path/'train'/'cat'/f'other{i}.jpg')
+    res = clean_images(tmp_path, full_decode=full, quiet=True)
+    assert res.counts == {'leak': len(sizes) - 1 + 5}
+    assert (tmp_path/'train/cat/0.jpg').exists() and len(list((tmp_path/'rejected'/'leak').iterdir())) == 9
