@@ -495,7 +495,9 @@ class TrainAccuracy(Metric):
     def reset(self): self.learn = None
     def accumulate(self, learn): self.learn = learn
     @property
-    def value(self): return None if self.learn is None else _accuracy_on(self.learn, self._batch(self.learn.dls.train))
+    def value(self):
+        dl = None if self.learn is None else self.learn.dls.train
+        return None if dl is None or not len(dl.dataset) else _accuracy_on(self.learn, self._batch(dl))  # none once exported
     @property
     def name(self): return 'train_accuracy'
     def _batch(self, dl):

@@ -233,3 +233,111 @@ def test_export_and_load(tmp_path):
     back = load_learner(tmp_path/'ff.pkl')
     assert coefs(back) == coefs(learn) and np.allclose(back.predict([4., 9.]), learn.predict([4., 9.]))
     with pytest.raises(FastpipesError, match='no data'): plot_fit(back)
+
+
+# ---- lean fit path
+
+def test_lean_learner_matches_fastai_learner():
+    "`LeanLearner`'s event dispatch gives exactly what fastai's `Learner` gives: same losses, same weights."
+    from fastai.learner import Learner
+    from fastpipes.tabular import RegressionLearner
+    df = free_fall(seed=6)
+    runs = []
+    for cls in (RegressionLearner, Learner):
+        learn = regression_learner(df, 'h', 't', 'sqrt', epochs=0, seed=3, bs=16, lr=0.05)
+        learn.__class__ = cls
+        with learn.no_bar(), learn.no_logging(): learn.fit(4)
+        runs.append((learn.recorder.losses, learn.recorder.values, learn.model.lin.weight.detach().clone()))
+    (l1, v1, w1), (l2, v2, w2) = runs
+    assert [float(a) for a in l1] == [float(b) for b in l2] and v1 == v2 and torch.equal(w1, w2)
+
+
+def test_lean_learner_follows_added_callbacks():
+    from fastai.callback.core import Callback
+    class Count(Callback):
+        def __init__(self): self.n = 0
+        def after_batch(self): self.n += 1
+    learn = regression_learner(free_fall(), 'h', 't', 'sqrt', epochs=2, quiet=True)
+    cb = Count()
+    with learn.added_cbs(cb), learn.no_bar(), learn.no_logging(): learn.fit(3)
+    assert cb.n == 6  # 3 training + 3 validation batches: the cache saw the new callback
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert cb.n == 6  # and forgot it once removed
+
+
+@pytest.mark.parametrize('bs,drop_last', [(7, False), (7, True), (100, False), (500, False)])
+def test_slice_dl_batches(bs, drop_last):
+    from fastpipes.tabular import SliceDL, Tensors
+    x = torch.arange(100.)[:, None]
+    dl = SliceDL(Tensors(x, 2*x), bs=bs, shuffle=bs < 100, drop_last=drop_last)
+    got = torch.cat([xb for xb, yb in dl])
+    assert all(torch.equal(yb, 2*xb) for xb, yb in dl)
+    n = 100 - 100 % bs if drop_last else 100
+    assert len(got) == n and len(set(got[:, 0].tolist())) == n
+    assert len(list(dl)) == len(dl)
+
+
+def test_diverging_fit_raises():
+    with pytest.raises(FastpipesError, match=r'loss became .* in epoch \d+; lower `lr`'):
+        regression_learner(free_fall(), 'h', 't', 'sqrt', norm=False, lr=5., quiet=True)
+
+
+def test_train_accuracy_is_whole_training_set(iris, tmp_path):
+    "The per-epoch train accuracy equals a fresh count over every training row."
+    learn = table_classifier(iris, 'species', epochs=3, quiet=True)
+    preds, targs = learn.get_preds(dl=learn.dls.train.new(shuffle=False, drop_last=False))
+    assert learn.recorder.values[-1][2] == pytest.approx((preds.argmax(1) == targs.view(-1)).float().mean().item())
+    from fastai.learner import load_learner
+    learn.export(tmp_path/'iris.pkl')  # the cached batch stays out of the pickle
+    back = load_learner(tmp_path/'iris.pkl')
+    assert not hasattr(back.metrics[0], '_b') and back.predict(iris.iloc[0])[1] == learn.predict(iris.iloc[0])[1]
+
+
+# ---- bad input: one sentence each
+
+ff = free_fall()
+
+@pytest.mark.parametrize('call,msg', [
+    (lambda: regression_learner(ff.iloc[:1], 'h', 't'), 'at least two rows'),
+    (lambda: regression_learner(ff.iloc[:0], 'h', 't'), 'no rows'),
+    (lambda: regression_learner(ff, 'h', 't', lr=-1), '`lr` must be a positive'),
+    (lambda: regression_learner(ff, 'h', 't', epochs=-1), '`epochs` must be'),
+    (lambda: regression_learner(ff, 'h', 't', bs=0), '`bs` must be'),
+    (lambda: regression_learner(ff, 'h', ['t']), 'Column names must be'),
+    (lambda: regression_learner(pd.concat([ff, ff], axis=1), 'h', 't'), 'more than once'),
+    (lambda: regression_learner(ff, 'h', 't', transform=['sqrt']), 'Unknown transform'),
+    (lambda: regression_learner(ff, 'h', 't', transform=lambda v: v.foo), r'transform <lambda> failed'),
+    (lambda: regression_learner(ff, 'h', 't', transform=lambda v: v.sum()), 'changed the shape'),
+    (lambda: regression_learner(ff, 'h', 't', epochs=1).predict(['a']), 'Expected numbers'),
+    (lambda: regression_learner(ff, 'h', 't', epochs=1).predict(np.ones((2, 2, 1))), 'shape'),
+    (lambda: set_coefs(regression_learner(ff, 'h', 't', epochs=0), b0='a'), 'Expected numbers'),
+    (lambda: set_coefs(regression_learner(ff, 'h', 't', epochs=0), b0=np.nan), 'finite'),
+    (lambda: overparam_learner(ff, ['h', 't'], 't'), 'one input column'),
+    (lambda: coefs(autoencoder_learner(iris_df()[IRIS_COLS[:4]], epochs=0)), 'Expected a learner from `regression_learner`'),
+    (lambda: fit_mle(exp_logpdf, [1., np.nan], 1.), 'NaN or inf'),
+    (lambda: fit_mle(exp_logpdf, ['a'], 1.), 'Expected numbers for the data'),
+    (lambda: fit_mle(exp_logpdf, [[1., 2.]], 1.), '1-d'),
+    (lambda: fit_mle(lambda x, l: x.foo, [1.], 1.), '`logpdf` failed'),
+    (lambda: fit_mle(lambda x, l: 1.0, [1.], 1.), '`logpdf` must return a tensor'),
+    (lambda: fit_mle(exp_logpdf, [1.], 'a'), 'Expected numbers for `init`'),
+    (lambda: fit_mle(exp_logpdf, [1.], []), 'no parameters'),
+    (lambda: fit_mle(exp_logpdf, [1.], 1., steps=-1), '`steps`'),
+    (lambda: fit_mle(exp_logpdf, [1.], 1., lr=0), '`lr`'),
+    (lambda: table_classifier(iris_df().iloc[:0], 'species'), 'no rows'),
+    (lambda: table_classifier(iris_df(), 'species', x=['species']), 'both the class column and an input'),
+    (lambda: table_classifier(iris_df(), 'species', valid_pct=1.5), '`valid_pct`'),
+    (lambda: table_classifier(iris_df().assign(sepal_length=np.nan), 'species'), 'no values at all'),
+    (lambda: table_classifier(iris_df().assign(sepal_length=np.inf), 'species'), 'infinite'),
+    (lambda: table_classifier(iris_df().assign(species=iris_df().sepal_length), 'species'), 'no training row has'),
+    (lambda: table_classifier(iris_df(), 'species', epochs=1.5), '`epochs`'),
+    (lambda: autoencoder_learner(np.array([['a', 'b'], ['c', 'd']])), 'Expected numbers for the table'),
+    (lambda: autoencoder_learner(iris_df()[['sepal_length']]), 'at least two columns'),
+    (lambda: autoencoder_learner(np.zeros((0, 4))), 'no rows'),
+    (lambda: encode(autoencoder_learner(iris_df()[IRIS_COLS[:4]], epochs=0), np.ones((2, 3))), 'Expected 4 column'),
+    (lambda: encode(regression_learner(ff, 'h', 't', epochs=0), np.ones((2, 1))), 'autoencoder_learner'),
+    (lambda: show_reconstruction(autoencoder_learner(iris_df()[IRIS_COLS[:4]], epochs=0), iris_df()[IRIS_COLS[:4]], n=0), '`n`'),
+    (lambda: pca_mse(iris_df()[IRIS_COLS[:4]], k=9), '`k`'),
+])
+def test_bad_input_is_one_sentence(call, msg):
+    with pytest.raises(FastpipesError, match=msg) as e: call()
+    assert '\n' not in str(e.value)
