@@ -188,6 +188,12 @@ class _Fetcher:
                  allow_private, user_agent, watchdog, chunk=1<<16):
         store_attr()
         self.sems, self.lock, self.resolve, self.stopping = {}, threading.Lock(), _Resolver(), threading.Event()
+        self.idle = defaultdict(list)   # (scheme, host, port) → kept-alive connections nobody uses now
+
+    def close(self):
+        "Close the idle kept-alive connections."
+        with self.lock: conns = [c for cs in self.idle.values() for c in cs]; self.idle.clear()
+        for c in conns: c.close()
 
     def stop(self):
         "Make every download in flight end at once (the run was interrupted)."
@@ -216,18 +222,40 @@ class _Fetcher:
             self.in_time(end)
             ips = self.resolve(u.hostname, port, self.allow_private, min(self.connect_timeout, end-time.monotonic()), self.stopping)
             with self.slot(u.hostname):
-                conn, sock = self.connect(u.scheme, u.hostname, port, ips, end)
+                key, conn, keep = (u.scheme, u.hostname, port), None, False
                 try:
-                    resp = self.request(conn, u)
+                    conn, sock, resp = self.open(key, ips, u, end)
                     if resp.status in _REDIRECTS:
                         loc = resp.getheader('Location')
                         if not loc: raise _Fail(f'http {resp.status} redirect without a Location')
                         url = urljoin(url, loc.strip()); continue
                     if resp.status != 200: raise _Fail(f'http {resp.status} {resp.reason}'.strip())
-                    return self.save(resp, sock, url, folder, part, end)
+                    res = self.save(resp, sock, url, folder, part, end)
+                    if resp.length == 0 and not resp.will_close: resp.close(); keep = True   # read to its announced end: reuse
+                    return res
                 except (OSError, http.client.HTTPException, ValueError) as e: raise _Fail(self.why(e, end)) from None
-                finally: self.watchdog.forget(sock); conn.close()
+                finally:
+                    if conn: self.release(key, conn, sock, keep)
         raise _Fail(f'more than {self.max_redirects} redirects')
+
+    def open(self, key, ips, u, end):
+        "Send the request for `u` on an idle connection to its host, else on a new one; `(connection, socket, response)`."
+        with self.lock: conn = self.idle[key].pop() if self.idle.get(key) else None
+        if conn:
+            sock = conn.sock; self.watchdog.watch(sock, end)
+            try: return conn, sock, self.request(conn, u, end)
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.NotConnected):   # the server closed it while it was idle
+                self.release(key, conn, sock, False)
+        conn = self.connect(u.scheme, u.hostname, port=key[2], ips=ips, end=end)
+        sock = conn.sock   # http.client lets go of it when the response says the connection closes
+        return conn, sock, self.request(conn, u, end)
+
+    def release(self, key, conn, sock, keep:bool):
+        "Keep `conn` for the next URL on its host, or close it."
+        self.watchdog.forget(sock)
+        if keep and conn.sock and not self.stopping.is_set():
+            with self.lock: self.idle[key].append(conn)
+        else: conn.close()
 
     def why(self, e:Exception, end:float)->str:
         if self.stopping.is_set(): return 'interrupted'
@@ -251,13 +279,16 @@ class _Fetcher:
         conn._create_connection = create
         try: conn.connect()
         except (OSError, http.client.HTTPException) as e: raise _Fail(self.why(e, end)) from None
+        conn.auto_open = 0   # never reconnect by itself: every connection goes through `create`
         self.watchdog.watch(conn.sock, end)
-        return conn, conn.sock
+        return conn
 
-    def request(self, conn, u):
+    def request(self, conn, u, end):
+        "Send GET `u` on `conn`; the response, its headers read."
+        conn.sock.settimeout(min(self.read_timeout, max(0.01, end - time.monotonic())))
         path = quote(u.path or '/', safe="/%:@!$&'()*+,;=-._~") + (f"?{quote(u.query, safe='/%:@!$&()*+,;=-._~?')}" if u.query else '')
         conn.request('GET', path, headers={'User-Agent': self.user_agent, 'Accept': 'image/*,*/*;q=0.5',
-                                           'Accept-Encoding': 'identity', 'Connection': 'close'})
+                                           'Accept-Encoding': 'identity'})
         return conn.getresponse()
 
     def save(self, resp, sock, url, folder, part, end):
@@ -363,7 +394,7 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
         except BaseException:
             fetch.stop()   # Ctrl-C: cut the downloads in flight instead of waiting for their deadlines
             raise
-        finally: ex.shutdown(wait=True, cancel_futures=True)
+        finally: ex.shutdown(wait=True, cancel_futures=True); fetch.close()
     write_manifest(dest, read_manifest(dest))
     res = L(out[r['url']] for r in rows)
     if not quiet: print(_summary(res))

@@ -29,7 +29,8 @@ class Route:
     headers:dict|None=None       # extra headers
     chunk:int=1<<16              # bytes written per chunk
     chunk_delay:float=0.0        # seconds between chunks: a trickling server
-    length:int|None=None         # Content-Length to claim instead of the real one
+    length:int|None=None         # Content-Length to claim instead of the real one (a short body then drops the connection)
+    drop:bool=False              # close the connection after answering without saying so (an idle keep-alive timing out)
     header_delay:float=0.0       # send 90 padding header lines this many seconds apart first: trickled headers
 
 def _as_route(r)->Route|None:
@@ -74,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
         if r.endless:
             self.send_header('Connection', 'close'); self.close_connection = True
         else: self.send_header('Content-Length', str(len(r.body) if r.length is None else r.length))
+        if r.drop or (r.length is not None and r.length != len(r.body)): self.close_connection = True
         self.end_headers()
         if head: return
         self._stream(r, srv)
@@ -135,7 +137,7 @@ class LoopbackServer:
         self.routes = {} if routes is None else routes
         self.hosts, self.port, self.same_port, self.first = hosts, port, same_port, first
         self.hang_max, self.endless_max, self.tls = hang_max, endless_max, tls
-        self.hits, self.max_conns = Counter(), Counter()
+        self.hits, self.max_conns, self.n_conns = Counter(), Counter(), Counter()
         self._conns, self._socks, self._threads = Counter(), set(), set()
         self._lock, self._stop = threading.Lock(), threading.Event()
         self.servers, self._serve_threads = [], []
@@ -205,7 +207,7 @@ class LoopbackServer:
     def _conn_open(self, h):
         ip = h.server.server_address[0]
         with self._lock:
-            self._socks.add(h.connection); self._conns[ip] += 1
+            self._socks.add(h.connection); self._conns[ip] += 1; self.n_conns[ip] += 1
             self.max_conns[ip] = max(self.max_conns[ip], self._conns[ip])
     def _conn_closed(self, h):
         with self._lock: self._socks.discard(h.connection); self._conns[h.server.server_address[0]] -= 1

@@ -471,3 +471,20 @@ def test_ctrl_c_cuts_downloads_in_flight(tmp_path):
     assert p.returncode != 0 and b'KeyboardInterrupt' in err, err[-2000:]
     assert not list((tmp_path/'d').rglob('*.part'))
     assert [r['url'] for r in read_manifest(tmp_path/'d')] == [ok_url]
+
+# ---------------------------------------------------------------- keep-alive
+
+def test_connections_kept_alive(tmp_path):
+    "Many URLs on one host go over at most `per_host` connections."
+    with LoopbackServer(lambda p: photo(int(p.strip('/').split('.')[0]))) as srv:
+        rows = download_images([srv.url(f'/{i}.jpg') for i in range(20)], tmp_path, **dict(FAST, per_host=2))
+        assert rows.attrgot('status') == ['ok'] * 20 and srv.n_requests == 20
+        assert srv.n_conns['127.0.0.1'] <= 2, srv.n_conns
+
+def test_kept_connection_closed_by_server(tmp_path):
+    "A kept connection the server dropped meanwhile is replaced: no failure, no request lost or repeated."
+    with LoopbackServer({'/a.jpg': Route(JPG, drop=True), '/b.png': PNG_RGB, '/c.jpg': Route(photo(3), drop=True), '/d.jpg': photo(4)}) as srv:
+        rows = download_images([srv.url(p) for p in ['/a.jpg', '/b.png', '/c.jpg', '/d.jpg']], tmp_path, **dict(FAST, per_host=1, max_workers=1))
+        assert rows.attrgot('status') == ['ok'] * 4, rows.attrgot('reason')
+        assert dict(srv.hits) == {'/a.jpg': 1, '/b.png': 1, '/c.jpg': 1, '/d.jpg': 1}
+        assert srv.n_conns['127.0.0.1'] == 3    # b reuses nothing (a was dropped), c reuses b's, d needs a new one
