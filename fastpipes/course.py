@@ -17,16 +17,15 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback, _inner_loop
 from fastai.callback.progress import ProgressCallback  # registers the progress bar and per-epoch table
 import fastai.callback.schedule  # Learner.fit_one_cycle, lr_find
-from fastai.learner import Learner
-from fastai.metrics import accuracy
+from fastai.learner import Learner, Metric, Recorder, CastToTensor
 from fastai.optimizer import OptimWrapper
 
 from .core import FastpipesError
 
 # %% auto #0
-__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseLearner', 'BCELogitsLoss', 'CELoss', 'NLLLoss',
-           'binary_accuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table', 'shift_flip', 'BatchAug',
-           'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
+__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseRecorder', 'CourseCast', 'CourseLearner', 'BCELogitsLoss',
+           'CELoss', 'NLLLoss', 'binary_accuracy', 'ItemAccuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table',
+           'shift_flip', 'BatchAug', 'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
 
 # %% ../nbs/07a_course.ipynb #4cc3a1c9
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
@@ -51,8 +50,36 @@ def _defines(cb, event_name:str)->bool:
     "Whether callback `cb` does something on `event_name`."
     return callable(getattr(type(cb), event_name, None)) or event_name in vars(cb)
 
+class CourseRecorder(Recorder):
+    "fastai's `Recorder` with a leaner `after_batch`: the same records, fewer look-ups per batch."
+    name = 'recorder'
+    def after_batch(self):
+        learn = self.learn
+        if not len(learn.yb): return
+        for met in (self._train_mets if learn.training else self._valid_mets): met.accumulate(learn)
+        if not learn.training: return
+        opt = learn.opt
+        self.lrs.append(opt.opt.param_groups[-1]['lr'] if isinstance(opt, OptimWrapper) else opt.hypers[-1]['lr'])
+        learn.smooth_loss = v = self.smooth_loss.value
+        self.losses.append(v)
+
+class CourseCast(CastToTensor):
+    "fastai's `CastToTensor`, which has nothing to do when the batch holds plain tensors."
+    name = 'cast_to_tensor'
+    def before_batch(self):
+        if any(type(o) is not torch.Tensor for o in (*self.learn.xb, *self.learn.yb)): super().before_batch()
+
+def _lean(cb):
+    "The lean twin of fastai's default callback `cb`, or `None`."
+    if type(cb) is Recorder: return CourseRecorder(cb.add_time, cb.train_metrics, cb.valid_metrics, cb.smooth_loss.beta)
+    if type(cb) is CastToTensor: return CourseCast()
+
 class CourseLearner(Learner):
     "A `Learner` that dispatches per-batch events only to the callbacks that handle them."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for cb in list(self.cbs):
+            if (new := _lean(cb)) is not None: self.remove_cb(cb); self.add_cb(new)
     def __call__(self, event_name):
         if isinstance(event_name, str): self._call_one(event_name)
         else: super().__call__(event_name)
@@ -65,6 +92,11 @@ class CourseLearner(Learner):
             if len(cache) > 256: cache.clear()   # callbacks come and go with each `fit(cbs=...)`: keep none alive
             cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
         for cb in cbs: cb(event_name)
+    def _set_device(self, b):
+        "Batches already on the model's device (like `TensorDL`'s) go through untouched; others as in fastai."
+        p = next(self.model.parameters(), None)
+        if p is not None and isinstance(b, tuple) and all(type(o) is torch.Tensor and o.device == p.device for o in b): return b
+        return super()._set_device(b)
 
 # %% ../nbs/07a_course.ipynb #c3a96a1b
 class BCELogitsLoss(nn.Module):
@@ -84,11 +116,30 @@ class NLLLoss(nn.NLLLoss):
     def decodes(self, x): return x.argmax(dim=-1)
 
 # %% ../nbs/07a_course.ipynb #bce8dd85
+def _right(inp:torch.Tensor, targ:torch.Tensor, binary:bool)->torch.Tensor:
+    "Per item, whether the prediction is right: `σ(inp) > 0.5` against 0/1 for one logit, else the argmax."
+    inp, targ = inp.detach(), targ.reshape(-1)
+    pred = torch.sigmoid(inp.reshape(-1)) > 0.5 if binary else inp.argmax(-1).reshape(-1)
+    if len(pred) != len(targ): raise FastpipesError(f"The model gives {len(pred)} predictions for {len(targ)} targets; check its number of outputs.")
+    return pred == (targ.bool() if binary else targ)
+
 def binary_accuracy(inp:torch.Tensor, # logits, one per item
                     targ:torch.Tensor, # 0/1 targets
                    )->torch.Tensor:
     "The course's accuracy of a sigmoid output: `mean(I(σ(inp) > 0.5) == targ)`."
-    return ((torch.sigmoid(inp.reshape(-1)) > 0.5) == targ.reshape(-1).bool()).float().mean()
+    return _right(inp, targ, True).float().mean()
+
+class ItemAccuracy(Metric):
+    "Accuracy over a whole epoch, from a count of right items per batch (argmax, or `σ(z) > 0.5` with `binary`)."
+    def __init__(self, binary:bool=False): self.binary = binary
+    def reset(self): self.right, self.count = 0, 0
+    def accumulate(self, learn):
+        right = _right(learn.pred, learn.yb[0], self.binary)
+        self.right += right.sum(); self.count += len(right)
+    @property
+    def value(self): return self.right/self.count if self.count else None
+    @property
+    def name(self): return 'binary_accuracy' if self.binary else 'accuracy'
 
 def mlp(sizes:tuple=(784, 64, 1), # layer widths, input first; the last is the number of logits
        )->nn.Sequential:
@@ -110,7 +161,7 @@ def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`
     binary = sizes[-1] == 1
     loss = BCELogitsLoss() if binary else CELoss()
     learn = CourseLearner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
-                    metrics=binary_accuracy if binary else accuracy, **kwargs)
+                          metrics=ItemAccuracy(binary), **kwargs)
     return show_train_metrics(learn)
 
 # %% ../nbs/07a_course.ipynb #1a85121f
@@ -260,7 +311,7 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
     model = course_cnn(kind, n_out, in_ch=c, size=h, bn=bn, dropout=dropout, xavier=xavier, log_softmax=nll)
     cbs = L(cbs) + ([BatchAug(shift=max(1, h//14), flip=c == 3)] if aug else [])
     learn = CourseLearner(dls, model, loss_func=NLLLoss() if nll else CELoss(), lr=lr,
-                    opt_func=course_opt(opt, mom, wd), metrics=accuracy, cbs=cbs, **kwargs)
+                    opt_func=course_opt(opt, mom, wd), metrics=ItemAccuracy(), cbs=cbs, **kwargs)
     return show_train_metrics(learn)
 
 # %% ../nbs/07a_course.ipynb #14409565
@@ -297,7 +348,7 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
         from fastpipes.datasets import pets_dls
         dls = pets_dls(path, size=size or pets_size(), bs=bs, download=download)
     learn = CourseLearner(dls, pets_model(pretrained), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'),
-                    lr=lr, metrics=binary_accuracy, **kwargs)
+                          lr=lr, metrics=ItemAccuracy(binary=True), **kwargs)
     return show_train_metrics(learn)
 
 # %% ../nbs/07a_course.ipynb #fad6f0d2

@@ -218,3 +218,48 @@ def test_explain_cam_agrees_with_grad_cam(pets_dir):
     hw = cams.shape[1]*cams.shape[2]
     assert torch.allclose(maps, torch.relu(cams)/hw, atol=1e-5)
     assert torch.allclose(probs.reshape(-1), torch.sigmoid(logits), atol=1e-6)
+
+# --- CourseLearner: the same training, records and events as fastai's Learner --------------------------------
+
+def test_course_learner_records_like_fastai():
+    from fastai.learner import Learner, Recorder
+    from fastpipes.course import CourseLearner, CourseRecorder, ItemAccuracy, BCELogitsLoss
+    res = {}
+    for cls in (Learner, CourseLearner):
+        set_seed(0)
+        x, y = sklearn_digits(digits=(0, 1))
+        dls = tensor_dls(x[:300], y[:300], x[300:], y[300:], bs=32, flat=True, scale=False)
+        learn = cls(dls, mlp((784, 16, 1)), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'), lr=3e-4,
+                    metrics=ItemAccuracy(binary=True))
+        learn.recorder.train_metrics = True
+        with learn.no_bar(), learn.no_logging(): learn.fit(2)
+        r = learn.recorder
+        assert isinstance(r, Recorder) and (type(r) is CourseRecorder) == (cls is CourseLearner)
+        res[cls] = r.metric_names, r.values, [float(v) for v in r.losses], r.lrs, r.iters, learn.smooth_loss
+    (n1, v1, l1, lr1, it1, s1), (n2, v2, l2, lr2, it2, s2) = res.values()
+    assert n1 == n2 and it1 == it2 and lr1 == lr2 and len(lr1) == 2*10
+    assert np.allclose(v1, v2) and np.allclose(l1, l2) and np.isclose(float(s1), float(s2))
+
+def test_course_learner_batches_and_casts():
+    from fastai.torch_core import TensorImage, TensorCategory
+    from fastpipes.course import CourseCast
+    learn = course_learner(digit_dls(n=16), 'mnist')
+    b = (torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    assert learn._set_device(b) is b                                           # already there: untouched
+    tb = (TensorImage(torch.zeros(2, 1, 28, 28)), TensorCategory(torch.zeros(2, dtype=torch.long)))
+    assert all(isinstance(o, torch.Tensor) for o in learn._set_device(tb))
+    cast = learn.cast_to_tensor
+    assert type(cast) is CourseCast
+    learn.xb, learn.yb = tb[:1], tb[1:]
+    cast.before_batch()
+    assert type(learn.xb[0]) is torch.Tensor and type(learn.yb[0]) is torch.Tensor   # subclasses cast, as in fastai
+
+def test_item_accuracy_counts_items():
+    from fastpipes.course import ItemAccuracy
+    from types import SimpleNamespace
+    m = ItemAccuracy(); m.reset()
+    m.accumulate(SimpleNamespace(pred=torch.eye(3)[[0, 1, 2, 0]], yb=(torch.tensor([0, 1, 0, 0]),)))   # 3 of 4
+    m.accumulate(SimpleNamespace(pred=torch.eye(3)[[2]], yb=(torch.tensor([1]),)))                      # 0 of 1
+    assert m.value == 3/5 and m.name == 'accuracy'
+    with pytest.raises(FastpipesError, match='predictions for'):
+        m.accumulate(SimpleNamespace(pred=torch.zeros(4, 3), yb=(torch.zeros(3, dtype=torch.long),)))
