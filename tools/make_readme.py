@@ -18,6 +18,7 @@ def _code(cell):
     if _HIDDEN.search(src): return ''
     out = ['```python', _DIRECTIVE.sub('', src).strip(), '```']
     for o in cell.get('outputs', []):
+        if o.get('name') == 'stderr': continue  # warnings from dependencies are not part of the example
         txt = _text(o.get('text') or o.get('data', {}).get('text/plain', ''))
         if txt.strip(): out += ['', '```', txt.rstrip(), '```']
     return '\n'.join(out)
