@@ -488,3 +488,20 @@ def test_kept_connection_closed_by_server(tmp_path):
         assert rows.attrgot('status') == ['ok'] * 4, rows.attrgot('reason')
         assert dict(srv.hits) == {'/a.jpg': 1, '/b.png': 1, '/c.jpg': 1, '/d.jpg': 1}
         assert srv.n_conns['127.0.0.1'] == 3    # b reuses nothing (a was dropped), c reuses b's, d needs a new one
+
+def test_tls_handshake_under_the_deadline(tmp_path):
+    "A server that trickles its TLS handshake, one byte every 0.1 s, is cut at the deadline (Python bounds a whole handshake by the socket timeout)."
+    import socket
+    srv, stop = socket.create_server(('127.0.0.1', 0)), threading.Event()
+    def serve():
+        c, _ = srv.accept()
+        with c:
+            c.sendall(b'\x16\x03\x03\x40\x00')      # a TLS record header announcing 16 KB
+            for _ in range(100):                     # 10 s at most, then the server gives up
+                if stop.wait(0.1): return
+                try: c.sendall(b'\x00')
+                except OSError: return
+    t = threading.Thread(target=serve, daemon=True); t.start()
+    try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, read_timeout=5, deadline=1.5))
+    finally: stop.set(); t.join(5); srv.close()
+    assert r['status'] == 'error' and r['reason'] == 'took longer than the 1.5 s deadline', r['reason']
