@@ -3,8 +3,8 @@
 A loopback server (`fastpipes.serve.LoopbackServer`, threaded) serves N JPEGs over H addresses 127.0.0.x, each
 response delayed server-side (100 ms by default: a slow web). Each side runs in its own child process, so its peak
 RSS is its own; the server lives in this parent process and is restarted per side so the connection counts are
-per side. Both sides run with their defaults (fastai: 8 threads, no per-host limit; fastpipes: 64 threads, at
-most 4 connections per host).
+per side. Both sides run with their defaults (fastai: 8 threads, no per-host limit, a new connection per URL;
+fastpipes: 64 threads, at most 4 connections per host, kept alive between URLs of one host).
 
     python bench/download.py [--n 1000] [--hosts 20] [--delay 0.1]
 """
@@ -48,7 +48,7 @@ def run_side(side:str, n:int, hosts:int, delay:float, bodies:list[bytes], tmp:Pa
                            capture_output=True, text=True, timeout=1800)
         if r.returncode: raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        res.update(files=sum(1 for p in dest.rglob('*.jpg')), requests=srv.n_requests,
+        res.update(files=sum(1 for p in dest.rglob('*.jpg')), requests=srv.n_requests, connections=sum(srv.n_conns.values()),
                    max_conns_per_host=max(srv.max_conns.values()))
     res['images_per_s'] = res['files'] / res['secs']
     return res
@@ -67,7 +67,7 @@ def main():
         for side in ('fastai', 'fastpipes'):
             res[side] = r = run_side(side, a.n, a.hosts, a.delay, bodies, Path(d))
             print(f"{side:10} {r['files']:5} files in {r['secs']:6.2f} s = {r['images_per_s']:7.1f} images/s | "
-                  f"max {r['max_conns_per_host']} connections per host | peak RSS {r['rss_peak_kb']/1024:6.0f} MB "
+                  f"{r['connections']} connections, at most {r['max_conns_per_host']} per host | peak RSS {r['rss_peak_kb']/1024:6.0f} MB "
                   f"(after imports {r['rss_import_kb']/1024:.0f} MB)")
     fa, fp = res['fastai'], res['fastpipes']
     print(f"ratio fastpipes/fastai: {fp['images_per_s']/fa['images_per_s']:.2f}x images/s "
