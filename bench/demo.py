@@ -80,18 +80,13 @@ def _child(side:str, **kw)->dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 def serve_same_images(tmp:Path, n_train:int, n_test:int, size:int, seed:int=42):
-    "The demo's images and broken bodies, as a started `LoopbackServer` and the URL list (written to `tmp/urls.json`)."
+    "The demo's images and bad bodies, as a started `LoopbackServer` and the URL list (written to `tmp/urls.json`)."
     from fastpipes.synth import make_marks
     from fastpipes.serve import LoopbackServer
-    from fastpipes.cli import _broken_routes
-    df = make_marks(tmp/'src', n_train, n_test, size, seed)
-    items = [(f'/{r.split}/{r.label}/{Path(r.file).name}', r) for r in df.itertuples()]
-    routes = {p: (tmp/'src'/r.file).read_bytes() for p,r in items}
-    broken = _broken_routes(next(iter(routes.values())))
-    srv = LoopbackServer({**routes, **broken}, hosts=2).start()
-    urls = [dict(url=srv.url(p, host=i % 2), label=r.label, split=r.split) for i,(p,r) in enumerate(items)]
-    urls += [dict(url=srv.url(p), label=items[i][1].label, split='train') for i,p in enumerate(broken)]
-    (tmp/'urls.json').write_text(json.dumps(urls))
+    from fastpipes.cli import _demo_routes, _demo_urls
+    routes, items = _demo_routes(make_marks(tmp/'src', n_train, n_test, size, seed), tmp/'src')
+    srv = LoopbackServer(routes, hosts=2).start()
+    (tmp/'urls.json').write_text(json.dumps(_demo_urls(srv, items)))
     return srv, tmp/'urls.json'
 
 def main():

@@ -5,7 +5,8 @@ A thin layer over the library: every option maps to a library argument."""
 
 # %% ../nbs/10_cli.ipynb #d9f73748
 from __future__ import annotations
-import argparse, json, os, sys, tempfile, time, traceback
+import argparse, json, os, sys, tempfile, time, traceback, warnings
+from itertools import zip_longest
 from pathlib import Path
 from .core import FastpipesError, atomic_write
 
@@ -134,6 +135,21 @@ def _summary(metrics:dict, counts, params:dict)->str:
     if 'pointing game' in metrics: s += f" The class activation maps point at the mark in {metrics['pointing game']:.1%} of the test images."
     return s
 
+def _mixed(items:list, labels:list, n:int=25)->list:
+    "Up to `n` of `items`, taken from each label in turn, so a grid shows every class."
+    groups = {}
+    for it,lbl in zip(items, labels): groups.setdefault(lbl, []).append(it)
+    return [x for row in zip_longest(*groups.values()) for x in row if x is not None][:n]
+
+def _cam_items(learn):
+    "What the report's CAM grid shows: validation files of every class in turn, else the validation `DataLoader`."
+    items = getattr(getattr(learn.dls, 'valid_ds', None), 'items', None)
+    if hasattr(items, 'columns') and {'file', 'label'} <= set(items.columns): files, labels = list(items['file']), list(items['label'])
+    elif items is not None: files = list(items); labels = [Path(f).parent.name if isinstance(f, (str, Path)) else '' for f in files]
+    else: return learn.dls.valid
+    ok = len(files) and all(isinstance(f, (str, Path)) and Path(f).is_file() for f in files)
+    return _mixed([Path(f) for f in files], labels) if ok else learn.dls.valid
+
 def write_run_report(learn, # a trained `Learner`
                      out:Path, # the run's folder: the report, metrics JSON and figures go here
                      data:Path|None=None, # the dataset folder (for counts, rejects and the manifest)
@@ -153,7 +169,7 @@ def write_run_report(learn, # a trained `Learner`
     hist = history(learn)
     figs = {'Training curve': curve_figure(hist, learn.recorder.losses),
             'Confusion matrix': confusion_figure(learn), 'Top losses': top_losses_figure(learn),
-            'Class activation maps': cam_grid(learn, cam_items if cam_items is not None else learn.dls.valid)}
+            'Class activation maps': cam_grid(learn, cam_items if cam_items is not None else _cam_items(learn))}
     fns = {t: _savefig(f, out/f"{t.lower().replace(' ', '_')}.png") for t,f in figs.items()}
     for f in figs.values(): plt.close(f)
     data = Path(data) if data is not None else None
@@ -303,16 +319,56 @@ def _cmd_demo(a):
     print(_report_line(a.out, metrics))
 
 # %% ../nbs/10_cli.ipynb #33f2e300
-DEMO = dict(n_train=150, n_test=50, size=64, epochs=6, bs=32)  # sized so the demo trains in about a minute on 2 cores
+def _pointing(learn, # a CAM-ready learner
+              files:list, # image files
+              boxes:list, # `(x0, y0, x1, y1)` per file, in pixels of the file
+              bs:int=64)->float:
+    "Pointing game of `learn`'s CAMs (predicted class) on `files`, whose objects lie in `boxes`."
+    import torch
+    from PIL import Image
+    from fastpipes.cam import cam_maps, pointing_game
+    if not len(files): raise FastpipesError("The pointing game needs at least one image with a box.")
+    hits, i = [], 0
+    for xb in learn.dls.test_dl(list(files), bs=bs, num_workers=0):
+        maps, probs = cam_maps(learn, xb)
+        H, W = xb[0].shape[-2:]
+        sizes = [Image.open(f).size for f in files[i:i+len(maps)]]
+        bx = [(x0*W/w, y0*H/h, x1*W/w, y1*H/h) for (w,h),(x0,y0,x1,y1) in zip(sizes, boxes[i:i+len(maps)])]
+        m = maps[torch.arange(len(maps)), probs.argmax(1)]
+        hits += pointing_game(m, bx, size=(H, W), tol=15*max(H, W)/224, reduce=False).tolist()
+        i += len(maps)
+    return sum(hits) / len(hits)
+
+# %% ../nbs/10_cli.ipynb #1ccf4ff6
+DEMO = dict(n_train=150, n_test=50, size=96, epochs=6, bs=32)  # sized so the demo runs in about two minutes on 2 cores
 
 def _broken_routes(jpeg:bytes)->dict:
-    "Bodies that a real crawl meets and cleaning must reject, keyed by path."
+    "Bodies that a real crawl meets, keyed by path: `jpeg` (the first training image) again, too small, cut short, and three that are no image."
+    import io
+    from PIL import Image
     from fastpipes.serve import Route
-    return {'/broken/page.jpg': Route(b'<!doctype html><html><body>Access denied</body></html>', content_type='image/jpeg'),
-            '/broken/truncated.jpg': Route(jpeg[:len(jpeg)//3]),
+    buf = io.BytesIO(); Image.open(io.BytesIO(jpeg)).convert('RGB').resize((20, 20)).save(buf, 'JPEG')
+    return {'/broken/copy.jpg': jpeg, '/broken/tiny.jpg': buf.getvalue(), '/broken/truncated.jpg': jpeg[:len(jpeg)//3],
+            '/broken/page.jpg': Route(b'<!doctype html><html><body>Access denied</body></html>', content_type='image/jpeg'),
             '/broken/empty.jpg': Route(b''),
             '/broken/gone.jpg': Route(b'not found', status=404, content_type='text/plain')}
 
+def _demo_routes(df, src:Path)->tuple[dict, list]:
+    "Routes serving the generated images of `df` (files under `src`) and the broken bodies; `(path, label, split, box)` per route."
+    routes, items = {}, []
+    for r in df.itertuples():
+        p = f'/{r.split}/{r.label}/{Path(r.file).name}'
+        routes[p] = (Path(src)/r.file).read_bytes()
+        items.append((p, r.label, r.split, (r.x0, r.y0, r.x1, r.y1)))
+    p0, label, split, _ = next(it for it in items if it[2] == 'train')
+    broken = _broken_routes(routes[p0])
+    return {**routes, **broken}, items + [(p, label, split, None) for p in broken]
+
+def _demo_urls(srv, items:list)->list[dict]:
+    "The URL dicts `download_images` takes, spread over the server's addresses."
+    return [dict(url=srv.url(p, host=i % srv.hosts), label=l, split=s) for i,(p,l,s,_) in enumerate(items)]
+
+# %% ../nbs/10_cli.ipynb #b0ee8e52
 def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and report
          n_train:int=DEMO['n_train'], # generated training images per class
          n_test:int=DEMO['n_test'], # generated test images per class
@@ -330,30 +386,23 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
     from fastpipes.core import read_manifest
     out = _out_dir(out); data = out/'data'
     with tempfile.TemporaryDirectory() as tmp:
-        df = make_marks(tmp, n_train, n_test, size, seed)
-        items = [(f'/{r.split}/{r.label}/{Path(r.file).name}', Path(tmp)/r.file, r) for r in df.itertuples()]
-        routes = {p: fn.read_bytes() for p,fn,_ in items}
-    routes.update(_broken_routes(next(iter(routes.values()))))
+        routes, items = _demo_routes(make_marks(tmp, n_train, n_test, size, seed), tmp)
     with LoopbackServer(routes, hosts=2) as srv:
-        urls = [dict(url=srv.url(p, host=i % 2), label=r.label, split=r.split) for i,(p,_,r) in enumerate(items)]
-        boxes = {u['url']: (r.x0, r.y0, r.x1, r.y1) for u,(_,_,r) in zip(urls, items)}
-        urls += [dict(url=srv.url(p), label=items[i % len(items)][2].label, split='train')
-                 for i,p in enumerate(_broken_routes(b'x'))]
+        urls = _demo_urls(srv, items)
         download_images(urls, data, allow_private=True, quiet=quiet)
     clean_images(data, quiet=quiet)
-    file_box = {data/r['file']: boxes[r['url']] for r in read_manifest(data)
-                if r.get('status') == 'ok' and r.get('file') and r['url'] in boxes and r.get('split') == 'test'}
-    def _pointing(learn):
-        from fastpipes.cam import pointing_game
-        fns = [f for f in file_box if f.exists()]
-        return {'pointing game': float(pointing_game(learn, fns, [file_box[f] for f in fns]))}
+    boxes = {u['url']: it[3] for u,it in zip(urls, items) if it[3] is not None and it[2] == 'test'}
+    kept = [(data/r['file'], boxes[r['url']]) for r in read_manifest(data)
+            if r.get('status') == 'ok' and r.get('file') and r['url'] in boxes and (data/r['file']).exists()]
+    def _pg(learn): return {'pointing game': _pointing(learn, [f for f,_ in kept], [b for _,b in kept])}
     params = dict(n_train=n_train, n_test=n_test, size=size, epochs=epochs, bs=bs, seed=seed, arch='resnet18', pretrained=False)
     _, metrics = fit_and_report(data, out, arch='resnet18', size=size, bs=bs, epochs=epochs, valid='test', pretrained=False,
                                 seed=seed, aug=False, quiet=quiet, title='fastpipes demo: two kinds of marks', params=params,
-                                summary=(f"{2*(n_train+n_test)} generated images (a ring or a cross at a random place on clutter) "
-                                         f"and {len(_broken_routes(b'x'))} broken bodies were served on 127.0.0.x, downloaded, "
-                                         "cleaned and trained on from scratch, with no network."),
-                                extra_fn=_pointing)
+                                summary=(f"{2*(n_train+n_test)} generated images (two kinds of marks at random places on clutter) "
+                                         f"and {len(items) - 2*(n_train+n_test)} bad ones (a copy, a tiny image, a truncated JPEG, "
+                                         "an HTML page, an empty body, a 404) were served on 127.0.0.x, downloaded, cleaned and "
+                                         "trained on from scratch, with no network."),
+                                extra_fn=_pg)
     return metrics
 
 # %% ../nbs/10_cli.ipynb #ea12e094
@@ -440,12 +489,13 @@ _COMMANDS = dict(crawl=_cmd_crawl, download=_cmd_download, clean=_cmd_clean, tra
 # %% ../nbs/10_cli.ipynb #7cda0a3f
 def _err(msg:str): print(f"fastpipes: error: {_one_line(msg)}", file=sys.stderr, flush=True)
 
-def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
-        )->int:
-    "Run the `fastpipes` command line; return the exit status (0 ok, 1 unexpected failure, 2 user error, 130 Ctrl-C)."
-    try: a = parser().parse_args(argv)
-    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-    os.environ.setdefault('MPLBACKEND', 'Agg')
+def _hide_foreign_warnings():
+    "Keep other packages' warnings (torch's deprecations, ...) off stderr, so an error stays one line; ours still show."
+    warnings.filterwarnings('ignore')
+    warnings.filterwarnings('default', module=r'fastpipes(\.|$)')
+
+def _run(a)->int:
+    "Run the parsed command `a`; its exit status."
     try:
         _COMMANDS[a.command](a)
         return 0
@@ -459,5 +509,15 @@ def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
         if a.debug: traceback.print_exc()
         _err(f"unexpected {type(e).__name__}: {e} (run again with --debug for the traceback, and please report it)")
         return 1
+
+def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
+        )->int:
+    "Run the `fastpipes` command line; return the exit status (0 ok, 1 unexpected failure, 2 user error, 130 Ctrl-C)."
+    try: a = parser().parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    with warnings.catch_warnings():
+        if not a.debug: _hide_foreign_warnings()
+        return _run(a)
 
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'fastpipes.cli': sys.exit(main())

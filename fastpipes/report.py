@@ -60,9 +60,11 @@ def thumb_uri(src, # an image file or a PIL image
     "A JPEG thumbnail `data:` URI of `src`, or a grey tile if it cannot be decoded."
     from PIL import Image, ImageOps
     try:
-        im = src if isinstance(src, Image.Image) else Image.open(src)
-        im = ImageOps.exif_transpose(im.copy() if isinstance(src, Image.Image) else im)
-        im.draft('RGB', (size, size))
+        if isinstance(src, Image.Image): im = ImageOps.exif_transpose(src.copy())
+        else:
+            with Image.open(src) as f:
+                f.draft('RGB', (size, size))  # JPEGs decode at a fraction of their size
+                im = ImageOps.exif_transpose(f)
         im = im.convert('RGB'); im.thumbnail((size, size))
     except Exception:  # anything that cannot be drawn becomes a labelled tile: it is a rejected file, not an error
         im = _placeholder(f"{label}: {_peek(src)}" if label else _peek(src), size)
@@ -238,10 +240,13 @@ def _figure(title:str, x)->str:
 def _section(title:str, body:str)->str: return f'<section><h2>{_e(title)}</h2>{body}</section>'
 
 # %% ../nbs/09_report.ipynb #0e2f8c77
+_METRIC_NAMES = {'n': 'validation images', 'loss': 'validation loss', 'error_rate': 'error rate', 'per_class': 'per-class accuracy'}
+
 def _metrics_section(metrics:dict)->str:
+    name = lambda k: _e(_METRIC_NAMES.get(k, k))
     flat = {k:v for k,v in metrics.items() if not isinstance(v, dict)}
-    cards = ''.join(f'<div class="card"><b>{_fmt(v)}</b><span>{_e(k)}</span></div>' for k,v in flat.items())
-    subs = ''.join(f'<div><h3>{_e(k)}</h3>{_kv_table(v)}</div>' for k,v in metrics.items() if isinstance(v, dict))
+    cards = ''.join(f'<div class="card"><b>{_fmt(v)}</b><span>{name(k)}</span></div>' for k,v in flat.items())
+    subs = ''.join(f'<div><h3>{name(k)}</h3>{_kv_table(v)}</div>' for k,v in metrics.items() if isinstance(v, dict))
     return f'<div class="cards">{cards}</div><div class="cols">{subs}</div>'
 
 def _rejected_section(rejected:dict, downloads=None, max_thumbs:int=12)->str:

@@ -254,15 +254,22 @@ def test_run_offline(tmp_path, monkeypatch, capsys):
     from fastpipes.serve import LoopbackServer
     src = make_data(tmp_path/'src', n_train=10, n_test=0, splits=('train',))
     routes = {f'/{c}/{f.name}': f.read_bytes() for c in ('red', 'blue') for f in sorted((src/'train'/c).glob('*.jpg'))}
-    routes['/red/page.jpg'] = b'<html>not an image</html>'
+    routes['/red/page.jpg'] = b'<html>not an image</html>'  # downloading refuses it: no file, a manifest row
+    routes['/red/cut.jpg'] = routes['/red/red0.jpg'][:300]     # downloading keeps it, cleaning rejects it
     with LoopbackServer(routes) as srv:
         def fake_search(query, max_images=200, **kw):
             return [dict(url=srv.url(p), title=p) for p in routes if p.startswith(f'/{query}/')][:max_images]
         monkeypatch.setattr(fastpipes.crawl, 'search_images', fake_search)
-        rc, o, e = run_main(capsys, 'run', 'red', 'blue', '--out', tmp_path/'run', '--n-train', '11', '--pause', '0',
+        rc, o, e = run_main(capsys, 'run', 'red', 'blue', '--out', tmp_path/'run', '--n-train', '12', '--pause', '0',
                             '--allow-private', '--valid', '0.25', *TINY)
     assert rc == 0, e[-3000:]
     out = tmp_path/'run'
     assert (out/'report.html').exists() and (out/'metrics.json').exists(), list(out.iterdir())
-    assert any((out/'data'/'rejected').rglob('*')), "the HTML body was not rejected"
+    from fastpipes.core import read_manifest
+    why = {urlsplit(r['url']).path: (r['status'], r['reason']) for r in read_manifest(out/'data')}
+    assert why['/red/page.jpg'][0] != 'ok' and 'HTML' in why['/red/page.jpg'][1], why['/red/page.jpg']
+    assert why['/red/cut.jpg'] == ('rejected', 'truncated'), why['/red/cut.jpg']
+    assert [p.parent.name for p in (out/'data'/'rejected').rglob('*.jpg')] == ['truncated']
+    page = (out/'report.html').read_text()
+    assert 'not an image: HTML' in page and 'truncated' in page, "the report does not say what was refused and why"
     assert str((out/'report.html').resolve()) in o
