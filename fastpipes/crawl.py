@@ -185,15 +185,31 @@ def _mb(n): return f'{n/_MB:g} MB'
 class _Fetcher:
     "Downloads one item (a manifest row) into `dest`, returning the finished row."
     def __init__(self, dest, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
-                 allow_private, user_agent, watchdog, chunk=1<<16):
+                 allow_private, user_agent, watchdog, max_idle=64, chunk=1<<16):
         store_attr()
         self.sems, self.lock, self.resolve, self.stopping = {}, threading.Lock(), _Resolver(), threading.Event()
-        self.idle = defaultdict(list)   # (scheme, host, port) → kept-alive connections nobody uses now
+        self.idle, self.n_idle = {}, 0   # (scheme, host, port) → kept-alive connections nobody uses now, oldest host first
 
     def close(self):
         "Close the idle kept-alive connections."
-        with self.lock: conns = [c for cs in self.idle.values() for c in cs]; self.idle.clear()
+        with self.lock: conns = [c for cs in self.idle.values() for c in cs]; self.idle.clear(); self.n_idle = 0
         for c in conns: c.close()
+
+    def take(self, key):
+        "An idle connection to `key`'s host, or `None`."
+        with self.lock:
+            if not self.idle.get(key): return None
+            self.n_idle -= 1; return self.idle[key].pop()
+
+    def keep(self, key, conn):
+        "Keep `conn` for the next URL on its host; close the least recently used idle ones beyond `max_idle`."
+        with self.lock:
+            self.idle[key] = self.idle.pop(key, []) + [conn]; self.n_idle += 1   # (re)inserted: now the newest host
+            old = []
+            while self.n_idle > self.max_idle:
+                k = next(iter(self.idle)); old.append(self.idle[k].pop(0)); self.n_idle -= 1
+                if not self.idle[k]: del self.idle[k]
+        for c in old: c.close()
 
     def stop(self):
         "Make every download in flight end at once (the run was interrupted)."
@@ -240,8 +256,7 @@ class _Fetcher:
 
     def open(self, key, ips, u, end):
         "Send the request for `u` on an idle connection to its host, else on a new one; `(connection, socket, response)`."
-        with self.lock: conn = self.idle[key].pop() if self.idle.get(key) else None
-        if conn:
+        if conn := self.take(key):
             sock = conn.sock; self.watchdog.watch(sock, end)
             try: return conn, sock, self.request(conn, u, end)
             except (ConnectionError, http.client.RemoteDisconnected, http.client.NotConnected):   # the server closed it while it was idle
@@ -254,7 +269,7 @@ class _Fetcher:
         "Keep `conn` for the next URL on its host, or close it."
         self.watchdog.forget(sock)
         if keep and conn.sock and not self.stopping.is_set():
-            with self.lock: self.idle[key].append(conn)
+            self.keep(key, conn)
         else: conn.close()
 
     def why(self, e:Exception, end:float)->str:
@@ -385,7 +400,7 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
     out = {r['url']: r for r in done}
     with _Watchdog() as wd, ManifestWriter(dest) as mw:
         fetch = _Fetcher(dest, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
-                         allow_private, user_agent, wd)
+                         allow_private, user_agent, wd, max_idle=max_workers)
         ex = ThreadPoolExecutor(max_workers, 'fastpipes-dl')
         try:
             futs = [ex.submit(fetch, r) for r in todo]

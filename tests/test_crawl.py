@@ -505,3 +505,13 @@ def test_tls_handshake_under_the_deadline(tmp_path):
     try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, read_timeout=5, deadline=1.5))
     finally: stop.set(); t.join(5); srv.close()
     assert r['status'] == 'error' and r['reason'] == 'took longer than the 1.5 s deadline', r['reason']
+
+def test_idle_connections_bounded(tmp_path):
+    "Idle kept-alive connections are capped (by `max_workers`): with one worker and three hosts in turn, none survives."
+    with LoopbackServer(lambda p: photo(int(p.strip('/').split('.')[0])), hosts=3) as srv:
+        urls = [srv.url(f'/{i}.jpg', host=i % 3) for i in range(9)]
+        rows = download_images(urls, tmp_path/'one', **dict(FAST, max_workers=1))
+        assert rows.attrgot('status') == ['ok'] * 9 and sum(srv.n_conns.values()) == 9
+        srv.n_conns.clear()
+        rows = download_images(urls, tmp_path/'three', **dict(FAST, max_workers=3, per_host=1))
+        assert rows.attrgot('status') == ['ok'] * 9 and sum(srv.n_conns.values()) == 3   # one per host, kept
