@@ -21,6 +21,7 @@ from fastai.learner import Learner, Metric, Recorder, CastToTensor
 from fastai.optimizer import OptimWrapper
 
 from .core import FastpipesError
+from .datasets import PETS_CLASSES
 
 # %% auto #0
 __all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseRecorder', 'CourseCast', 'CourseLearner', 'BCELogitsLoss',
@@ -28,6 +29,8 @@ __all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseRecorder', 'C
            'shift_flip', 'BatchAug', 'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
 
 # %% ../nbs/07a_course.ipynb #4cc3a1c9
+def _first_line(e:Exception)->str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
 _OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
 
 def course_opt(opt:str='sgd', # 'sgd' (with momentum), 'adam' or 'adamw'
@@ -149,6 +152,12 @@ def mlp(sizes:tuple=(784, 64, 1), # layer widths, input first; the last is the n
         layers += [(f'fc{i+1}', nn.Linear(a, b))] + ([(f'relu{i+1}', nn.ReLU())] if i < len(sizes)-2 else [])
     return nn.Sequential(OrderedDict(layers))
 
+def _input_shape(dls)->tuple:
+    "The shape of one model input of `dls` (without the batch)."
+    dl = dls.train
+    if getattr(dl, 'x', None) is None: return tuple(dls.one_batch()[0].shape[1:])
+    return (int(np.prod(dl.x.shape[1:])),) if dl.flat else tuple(dl.x.shape[1:])
+
 def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`)
                 sizes:tuple=(784, 64, 1), # layer widths; a last width of 1 means sigmoid + BCE
                 opt:str='adam', # 'sgd', 'adam' or 'adamw' (see `course_opt`)
@@ -158,6 +167,10 @@ def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`
                 **kwargs, # passed to `Learner`
                )->Learner:
     "A `Learner` for the course's MLP: one logit with `BCEWithLogitsLoss`, or `sizes[-1]` classes with cross-entropy."
+    shape = _input_shape(dls)
+    if shape != (sizes[0],):
+        raise FastpipesError(f"The MLP takes {sizes[0]} inputs but the batches hold items of shape {shape}: "
+                             f"use flat images (`flat=True`) and sizes starting with {int(np.prod(shape))}.")
     binary = sizes[-1] == 1
     loss = BCELogitsLoss() if binary else CELoss()
     learn = CourseLearner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
@@ -220,7 +233,10 @@ def course_cnn(kind:str='mnist', # one of `CNN_KINDS`
     size = size or (28 if kind == 'mnist' else 32)
     bn = (kind == 'deep') if bn is None else bn
     feats = nn.Sequential(OrderedDict(_features(kind, in_ch, bn)))
-    with torch.no_grad(): nf = feats.eval()(torch.zeros(1, in_ch, size, size)).shape[1]
+    try:
+        with torch.no_grad(): nf = feats.eval()(torch.zeros(1, in_ch, size, size)).shape[1]
+    except RuntimeError as e:
+        raise FastpipesError(f"Net {kind!r} cannot take {size}×{size} inputs, too small for its convolutions and pooling ({_first_line(e)}).") from None
     layers = list(feats.named_children()) + _head(kind, nf, n_out, dropout)
     if (kind == 'mnist') if log_softmax is None else log_softmax: layers.append(('log_softmax', nn.LogSoftmax(dim=1)))
     model = nn.Sequential(OrderedDict(layers)).train()
@@ -244,12 +260,14 @@ def layer_table(model:nn.Module, # any PyTorch model
         seen.add(m)
     seen = set()
     leaves = [m for m in model.modules() if not list(m.children())]
+    training = model.training
     try:
         hooks = [m.register_forward_hook(hook) for m in leaves]
         p = next(model.parameters(), None)
         x = torch.zeros(2, *input_shape, device=p.device if p is not None else None)
-        training = model.training
         with torch.no_grad(): model.eval()(x)
+    except RuntimeError as e:
+        raise FastpipesError(f"The model cannot take inputs of shape {tuple(input_shape)} ({_first_line(e)}).") from None
     finally:
         for h in hooks: h.remove()
         model.train(training)
@@ -284,11 +302,6 @@ class BatchAug(Callback):
         if self.training and self.x.ndim == 4: self.learn.xb = (shift_flip(self.x, self.shift, self.flip),)
 
 # %% ../nbs/07a_course.ipynb #db3e6ab4
-def _input_shape(dls)->tuple:
-    "The shape of one input image of `dls`."
-    x = getattr(dls.train, 'x', None)
-    return tuple(x.shape[1:]) if x is not None else tuple(dls.one_batch()[0].shape[1:])
-
 def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, ...)
                    kind:str='mnist', # one of `CNN_KINDS`
                    opt:str='sgd', # 'sgd' (with momentum `mom`), 'adam' or 'adamw'
@@ -305,7 +318,9 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
                    **kwargs, # passed to `Learner`
                   )->Learner:
     "A `Learner` that trains one of the course's CNNs with the course's setup and the given variants."
-    c, h, w = _input_shape(dls)
+    shape = _input_shape(dls)
+    if len(shape) != 3: raise FastpipesError(f"A CNN needs images (channels, height, width) but these batches hold items of shape {shape}; do not pass flat=True.")
+    c, h, w = shape
     n_out = n_out or getattr(dls, 'c', None) or 10
     nll = (kind == 'mnist') if nll is None else nll
     model = course_cnn(kind, n_out, in_ch=c, size=h, bn=bn, dropout=dropout, xavier=xavier, log_softmax=nll)
@@ -352,15 +367,19 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
     return show_train_metrics(learn)
 
 # %% ../nbs/07a_course.ipynb #fad6f0d2
+def _check_resnet(model:nn.Module)->nn.Module:
+    "`model` when it is a ResNet with a one-logit `fc` head, else a clear error."
+    if not (hasattr(model, 'layer4') and isinstance(getattr(model, 'fc', None), nn.Linear) and model.fc.out_features == 1):
+        raise FastpipesError("explain needs a ResNet with a one-logit `fc` head like pets_learner's; for other learners use fastpipes.cam.cam_grid.")
+    return model
+
 def _cam_of(learn:Learner, xb:torch.Tensor)->tuple:
     "Logits and class activation maps (towards class 1) of `learn`'s ResNet on the batch `xb`."
-    model = learn.model.eval()
-    feats = {}
-    h = model.layer4.register_forward_hook(lambda m, i, o: feats.setdefault('x', o))
-    try:
-        with torch.no_grad(): logits = model(xb).reshape(-1)
-    finally: h.remove()
-    return logits, torch.einsum('bchw,c->bhw', feats['x'], model.fc.weight[0].detach())
+    from fastai.callback.hook import hook_output
+    from fastpipes.cam import _eval_mode, _xb
+    model = _check_resnet(learn.model)
+    with _eval_mode(model), torch.no_grad(), hook_output(model.layer4) as h: logits = model(_xb(learn, xb)).reshape(-1)
+    return logits, torch.einsum('bchw,c->bhw', h.stored, model.fc.weight[0].detach())
 
 def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
     "A figure with the photo and the CAM over it."
@@ -368,7 +387,7 @@ def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
     fig, axs = plt.subplots(1, 2, figsize=figsize)
     axs[0].imshow(img); axs[1].imshow(img)
     h, w = img.shape[:2]
-    axs[1].imshow(cam, cmap='jet', alpha=0.5, extent=(0, w, h, 0), interpolation='bilinear')
+    axs[1].imshow(cam, cmap='jet', alpha=0.5, extent=(0, w, h, 0))
     for ax in axs: ax.axis('off')
     fig.suptitle(title)
     plt.close(fig)
@@ -380,13 +399,16 @@ def explain(learn:Learner, # a `pets_learner` (any ResNet with a `Linear(512, 1)
            )->dict:
     "The logit, the probability of dog, the decision and the CAM figure for one photo."
     from PIL import Image
-    if isinstance(image, Image.Image): image = image.convert('RGB')
-    dl = learn.dls.test_dl([image])
+    from fastpipes.cam import _items_dl, _plain, _to_hwc, _upsample
+    _check_resnet(learn.model)
+    if isinstance(image, np.ndarray): image = Image.fromarray(image)
+    dl = _items_dl(learn, [image], 1)           # fastpipes.cam's checks: a missing file is a clear error
     xb = dl.one_batch()[0]
     logits, cams = _cam_of(learn, xb)
     logit = logits[0].item(); prob = torch.sigmoid(logits[0]).item()
-    decision = learn.dls.vocab[int(prob > 0.5)] if len(getattr(learn.dls, 'vocab', [])) == 2 else ('dog' if prob > 0.5 else 'cat')
-    cam = (cams[0] if prob > 0.5 else -cams[0]).cpu().numpy()
-    img = dl.decode_batch((xb,))[0][0].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-    fig = _show_cam(img, cam, f"{decision}: P(dog) = {prob:.3f}, logit {logit:+.2f}", figsize)
-    return dict(logit=logit, prob=prob, decision=decision, cam=cam, figure=fig)
+    vocab = list(getattr(learn.dls, 'vocab', None) or PETS_CLASSES)
+    decision = vocab[int(prob > 0.5)] if len(vocab) == 2 else PETS_CLASSES[int(prob > 0.5)]
+    cam = cams[0] if prob > 0.5 else -cams[0]
+    img = _to_hwc(_plain(dl.decode((xb,))[0][0]).cpu())
+    fig = _show_cam(img, _upsample(cam[None], img.shape[:2])[0].cpu().numpy(), f"{decision}: P(dog) = {prob:.3f}, logit {logit:+.2f}", figsize)
+    return dict(logit=logit, prob=prob, decision=decision, cam=cam.cpu().numpy(), figure=fig)

@@ -312,6 +312,11 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
                device=None, # where batches go (default: the default device)
               )->DataLoaders:
     "Fast fastai `DataLoaders` (train shuffled, test as validation) over in-memory images."
+    for split, x, y in (('training', x_train, y_train), ('test', x_test, y_test)):
+        if len(x) != len(y): raise FastpipesError(f"The {split} set has {len(x)} images but {len(y)} labels.")
+        if not len(x): raise FastpipesError(f"The {split} set is empty.")
+        if np.ndim(x) not in (3, 4): raise FastpipesError(f"Images must be an array (n, h, w) or (n, c, h, w); the {split} set's has shape {np.shape(x)}.")
+    if bs < 1: raise FastpipesError(f"The batch size must be 1 or more (got {bs}).")
     xt, xv = _images(x_train), _images(x_test)
     yt, yv = (torch.from_numpy(np.asarray(o, dtype=np.int64)) for o in (y_train, y_test))
     stats = None
@@ -388,9 +393,10 @@ def pets_dls(path:Path|None=None, # the pets folder (see `pets_files`)
              seed:int=42, # seed of the random split
              aug:bool=False, # fastai's standard augmentations on the training set
              download:bool=False, # fetch with fastai when nothing is on disk
+             as_tensors:bool=False, # return `(x_train, y_train, x_valid, y_valid)` tensors instead (n×3×size×size floats)
              **kwargs, # passed to `DataBlock.dataloaders` (num_workers, device, ...)
             )->DataLoaders:
-    "Oxford-IIIT Pet as a cat-vs-dog fastai `DataLoaders`, ImageNet-normalized."
+    "Oxford-IIIT Pet as a cat-vs-dog fastai `DataLoaders` (or tensors), ImageNet-normalized."
     from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, Normalize, aug_transforms, imagenet_stats
     fs = pets_files(path, download)
     if len(fs) < 2: raise FastpipesError(f"Only {len(fs)} pet photo found; a train/valid split needs at least two.")
@@ -398,4 +404,13 @@ def pets_dls(path:Path|None=None, # the pets folder (see `pets_files`)
     db = DataBlock((ImageBlock, CategoryBlock(vocab=list(PETS_CLASSES))), get_y=pets_label,
                    splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=Resize(size), batch_tfms=tfms)
     kwargs.setdefault('num_workers', 0)
-    return db.dataloaders(fs, bs=bs, **kwargs)
+    dls = db.dataloaders(fs, bs=bs, **kwargs)
+    return _all_tensors(dls) if as_tensors else dls
+
+def _all_tensors(dls:DataLoaders)->tuple:
+    "Every image and label of `dls` as plain tensors, in order, with the validation transforms (no augmentation)."
+    res = []
+    for dl in (dls.test_dl(dls.train_ds.items, with_labels=True), dls.valid):
+        xs, ys = zip(*dl)
+        res += [torch.cat(xs).as_subclass(torch.Tensor), torch.cat(ys).as_subclass(torch.Tensor)]
+    return tuple(res)

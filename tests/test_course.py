@@ -263,3 +263,26 @@ def test_item_accuracy_counts_items():
     assert m.value == 3/5 and m.name == 'accuracy'
     with pytest.raises(FastpipesError, match='predictions for'):
         m.accumulate(SimpleNamespace(pred=torch.zeros(4, 3), yb=(torch.zeros(3, dtype=torch.long),)))
+
+# --- user errors ---------------------------------------------------------------------------------------------
+
+def test_shape_errors_are_clear():
+    with pytest.raises(FastpipesError, match='use flat images'): mlp_learner(digit_dls(n=16))
+    with pytest.raises(FastpipesError, match='sizes starting with 784'): mlp_learner(digit_dls(n=16, flat=True), sizes=(100, 1))
+    with pytest.raises(FastpipesError, match='do not pass flat=True'): course_learner(digit_dls(n=16, flat=True), 'mnist')
+    with pytest.raises(FastpipesError, match='too small'): course_cnn('deep', size=1)
+    with pytest.raises(FastpipesError, match='too small'): course_learner(digit_dls(n=16, size=10, ch=3), 'lenet')
+    with pytest.raises(FastpipesError, match=r'cannot take inputs of shape \(1, 28, 28\)'): layer_table(course_cnn('lenet'), (1, 28, 28))
+    m = course_cnn('lenet'); m.train()
+    with pytest.raises(FastpipesError): layer_table(m, (3, 20, 20))
+    assert m.training                                                        # mode restored after the error
+
+def test_explain_inputs_and_errors(pets_dir):
+    set_seed(0)
+    learn = pets_learner(pets_dls(pets_dir, size=64, bs=4, valid_pct=0.25), pretrained=False)
+    learn.model.train()
+    res = explain(learn, np.zeros((30, 40, 3), np.uint8))                    # a uint8 array
+    assert learn.model.training and 0 <= res['prob'] <= 1                   # the model's mode is restored
+    assert explain(learn, sorted((pets_dir/'images').iterdir())[0])['cam'].shape == (2, 2)
+    with pytest.raises(FastpipesError, match='does not exist'): explain(learn, pets_dir/'nope.jpg')
+    with pytest.raises(FastpipesError, match='one-logit'): explain(course_learner(digit_dls(n=16), 'mnist'), DIGITS[0][0])

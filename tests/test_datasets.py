@@ -11,7 +11,7 @@ from PIL import Image
 from fastpipes.core import FastpipesError
 from fastpipes.datasets import (load_idx, save_idx, sklearn_digits, load_csv, load_cifar_batch, mnist_arrays,
                                 mnist_dls, cifar10_arrays, cifar10_dls, pets_files, pets_label, pets_dls, tensor_dls,
-                                data_root, FASHION_CLASSES)
+                                data_root, FASHION_CLASSES, PETS_CLASSES)
 
 DIGITS = sklearn_digits()
 
@@ -259,3 +259,20 @@ def test_show_batch(tmp_path):
     assert [a.get_title() for a in fig.axes[:3]] == ['abcdefghij'[i] for i in y[:3]]
     write_cifar(tmp_path/'cifar-10-batches-py')
     assert len(cifar10_dls(tmp_path).show_batch(max_n=3).axes) == 8
+
+def test_tensor_dls_errors():
+    x, y = DIGITS
+    with pytest.raises(FastpipesError, match='training set has 10 images but 9 labels'): tensor_dls(x[:10], y[:9], x, y)
+    with pytest.raises(FastpipesError, match='test set is empty'): tensor_dls(x, y, x[:0], y[:0])
+    with pytest.raises(FastpipesError, match=r'shape \(10, 784\)'): tensor_dls(x[:10].reshape(10, -1), y[:10], x, y)
+    with pytest.raises(FastpipesError, match='batch size'): tensor_dls(x, y, x, y, bs=0)
+
+def test_pets_as_tensors(tmp_path):
+    write_pets(tmp_path/'images')
+    dls = pets_dls(tmp_path, size=24, valid_pct=0.25, seed=0)
+    xt, yt, xv, yv = pets_dls(tmp_path, size=24, valid_pct=0.25, seed=0, aug=True, as_tensors=True)
+    assert xt.shape == (6, 3, 24, 24) and xv.shape == (2, 3, 24, 24) and type(xt) is torch.Tensor
+    assert yt.tolist() == [PETS_CLASSES.index(pets_label(f)) for f in dls.train_ds.items]
+    assert yv.tolist() == [PETS_CLASSES.index(pets_label(f)) for f in dls.valid_ds.items]
+    assert torch.allclose(xv, torch.cat([b[0] for b in dls.valid]))          # what the validation set sees
+    assert -3 < float(xt.mean()) < 3                                          # ImageNet-normalized
