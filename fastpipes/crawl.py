@@ -415,9 +415,14 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
     if not quiet: print(_summary(res))
     return res
 
+def _short(s:str, n:int=70)->str: return s if len(s) <= n else s[:n-1] + '…'
+
 def _summary(rows)->str:
+    "One line: how many URLs were saved, skipped and failed, and the commonest reasons for failing."
     c = Counter(r['status'] for r in rows)
-    return f"{c['ok']} downloaded, {c['skipped']} already there, {c['error']} failed (reasons in the manifest)."
+    why = Counter(r['reason'] for r in rows if r['status'] == 'error').most_common(3)
+    top = '; most common: ' + ', '.join(f'{n}× {_short(w)}' for w,n in why) if why else ''
+    return f"{c['ok']} downloaded, {c['skipped']} already there, {c['error']} failed (reasons in the manifest{top})."
 
 # %% ../nbs/01_crawl.ipynb #1d85ff21
 def _queries(classes, test_classes=None)->dict:
