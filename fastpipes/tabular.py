@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 from fastcore.basics import listify
+from fastcore.foundation import L
 from fastai.callback.progress import ProgressCallback  # registers the per-epoch table
 import fastai.callback.schedule  # Learner.fit_one_cycle
 from fastai.data.core import DataLoaders
@@ -25,7 +26,7 @@ from fastai.learner import Learner, event
 
 from fastai.metrics import AvgMetric, Metric, accuracy
 from fastai.optimizer import OptimWrapper
-from fastai.tabular.core import Categorify, FillMissing, Normalize, TabularPandas
+from fastai.tabular.core import Categorify, FillMissing, Normalize, ReadTabBatch, TabDataLoader, TabularPandas
 from fastai.tabular.learner import TabularLearner, tabular_learner
 
 from .core import FastpipesError, set_seed
@@ -34,8 +35,9 @@ from .core import FastpipesError, set_seed
 __all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'plain_opt', 'LeanLearner', 'RegressionLearner',
            'FiniteLoss', 'Tensors', 'SliceDL', 'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay',
            'lstsq_coefs', 'plot_fit', 'SumLinear', 'overparam_learner', 'line_data', 'fit_mle', 'iris_df',
-           'course_split', 'TrainAccuracy', 'NamedAccuracy', 'LeanTabularLearner', 'table_classifier', 'Standardize',
-           'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse', 'show_reconstruction']
+           'course_split', 'TrainAccuracy', 'NamedAccuracy', 'LeanTabularLearner', 'ReadTensors', 'SliceTabDL',
+           'table_classifier', 'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
+           'show_reconstruction']
 
 # %% ../nbs/06_tabular.ipynb #736bef37
 def _check_cols(df:pd.DataFrame, cols:list):
@@ -444,15 +446,16 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
     o = _OPTS[opt]([theta], lr=lr)
     mask = torch.tensor(pos)
     def values(t): return torch.where(mask, t.exp(), t)
-    hist = []
+    hist = torch.empty(steps, len(p) + 1, dtype=torch.float64)
     for i in range(steps):
-        nll = _nll(logpdf, x, values(theta))
+        v = values(theta)
+        nll = _nll(logpdf, x, v)
         if not torch.isfinite(nll):
             raise FastpipesError(f"The negative log-likelihood became {nll.item()} at step {i}; use constraint='positive' or a smaller lr.")
-        hist.append([nll.item(), *values(theta).tolist()])
+        with torch.no_grad(): hist[i, 0], hist[i, 1:] = nll, v
         nll.backward(); o.step(); o.zero_grad()
     est = dict(zip(p, values(theta).detach().tolist()))
-    hist = pd.DataFrame(hist, columns=['nll', *p])
+    hist = pd.DataFrame(hist.numpy(), columns=['nll', *p])
     return (est[next(iter(p))] if not isinstance(init, dict) and len(p) == 1 else est), hist
 
 # %% ../nbs/06_tabular.ipynb #05b189b8
@@ -526,6 +529,21 @@ def _accuracy_on(learn:Learner, b:tuple)->float:
 class LeanTabularLearner(LeanLearner, TabularLearner):
     "fastai's `TabularLearner` with `LeanLearner`'s event dispatch."
 
+class ReadTensors(ReadTabBatch):
+    "`ReadTabBatch` that passes through batches already read as tensors (decoding unchanged)."
+    def encodes(self, to): return tuple(to) if isinstance(to, (tuple, list)) else super().encodes(to)
+
+class SliceTabDL(TabDataLoader):
+    "fastai's `TabDataLoader` that reads its table into tensors once and slices each batch out of them."
+    def __init__(self, dataset, bs=16, shuffle=False, after_batch=None, num_workers=0, **kwargs):
+        super().__init__(dataset, bs=bs, shuffle=shuffle, num_workers=num_workers,
+                         after_batch=L(ReadTensors(dataset)) if after_batch is None else after_batch, **kwargs)
+    def create_batch(self, b):
+        if getattr(self, '_src', None) is not self.dataset:  # what `ReadTabBatch` makes of the whole table
+            self._src, self._ts = self.dataset, ReadTabBatch.encodes(self.after_batch.fs[-1], self.dataset)
+        i = torch.as_tensor(b, dtype=torch.long)
+        return tuple(t[i] for t in self._ts)
+
 def _splits(df, y, split, valid_pct, seed)->tuple:
     "Training and test positions for `split`, checked."
     if split == 'course': tr, va = course_split(df, valid_pct, seed)
@@ -581,7 +599,7 @@ def table_classifier(df:pd.DataFrame, # the table
     set_seed(seed)
     to = TabularPandas(df, [Categorify, FillMissing, Normalize], cats, conts, y_names=y, y_block=CategoryBlock(),
                        splits=_splits(df, y, split, valid_pct, seed))
-    dls = to.dataloaders(bs=bs, num_workers=0)
+    dls = to.dataloaders(bs=bs, num_workers=0, dl_type=SliceTabDL)
     learn = tabular_learner(dls, layers=list(layers), metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
     learn.__class__ = LeanTabularLearner  # fastai's own learner, with the lean event dispatch
     return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)

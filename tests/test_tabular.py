@@ -341,3 +341,25 @@ ff = free_fall()
 def test_bad_input_is_one_sentence(call, msg):
     with pytest.raises(FastpipesError, match=msg) as e: call()
     assert '\n' not in str(e.value)
+
+
+def test_slice_tab_dl_gives_fastais_batches(iris):
+    "`SliceTabDL` hands out exactly the batches of fastai's `TabDataLoader` (categories, filled NaNs, targets)."
+    from fastai.data.block import CategoryBlock
+    from fastai.tabular.core import Categorify, FillMissing, Normalize, TabDataLoader, TabularPandas
+    from fastpipes.core import set_seed
+    from fastpipes.tabular import SliceTabDL
+    df = iris.assign(size=np.where(iris.petal_length > 4, 'big', 'small'))
+    df.loc[[3, 50], 'sepal_width'] = np.nan
+    to = TabularPandas(df, [Categorify, FillMissing, Normalize], ['size'], IRIS_COLS[:4], y_names='species',
+                       y_block=CategoryBlock(), splits=course_split(df))
+    out = []
+    for cls in (TabDataLoader, SliceTabDL):
+        set_seed(1)
+        dls = to.dataloaders(bs=16, num_workers=0, dl_type=cls)
+        set_seed(2)
+        out.append([b for dl in (dls.train, dls.valid, dls.test_dl(df.iloc[:20])) for b in dl])
+    assert len(out[0]) == len(out[1]) == 8 + 2 + 1
+    for a, b in zip(*out):
+        assert len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+    assert out[1][0][0].shape == (16, 2)  # size + sepal_width_na
