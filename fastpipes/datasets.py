@@ -20,8 +20,8 @@ from .core import FastpipesError
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR_CLASSES', 'PETS_CLASSES', 'load_idx', 'save_idx', 'sklearn_digits', 'load_csv',
-           'load_cifar_batch', 'data_root', 'mnist_arrays', 'cifar10_arrays', 'TensorDL', 'tensor_dls', 'mnist_dls',
-           'cifar10_dls', 'pets_label', 'pets_files', 'pets_dls']
+           'load_cifar_batch', 'load_image_folder', 'data_root', 'mnist_arrays', 'cifar10_arrays', 'TensorDL',
+           'tensor_dls', 'mnist_dls', 'cifar10_dls', 'pets_label', 'pets_files', 'pets_dls']
 
 # %% ../nbs/07_datasets.ipynb #06edfd70
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -144,11 +144,44 @@ def load_cifar_batch(path:Path, # a CIFAR python batch: `data_batch_1`, ..., `te
     return x.reshape(-1, 3, 32, 32), y
 
 # %% ../nbs/07_datasets.ipynb #b3477b40
+_IMG_EXTS = {'.jpg', '.jpeg', '.png'}
+
+def _label_of(name:str, classes:tuple)->int|None:
+    "The label of sub-folder `name`: its position in `classes`, or itself when it is a label number."
+    if name in classes: return classes.index(name)
+    return int(name) if name.isdigit() and int(name) < len(classes) else None
+
+def load_image_folder(path:Path, # a folder with one sub-folder of images per class
+                      classes:tuple, # class names in label order (sub-folders may also be named 0, 1, ...)
+                      shape:tuple=(28, 28), # `(h, w)` for grey images, `(3, h, w)` for colour ones
+                     )->tuple:
+    "Images and labels from a folder per class: `(uint8 (n,*shape), int64 (n,))`."
+    from PIL import Image
+    path = Path(path)
+    subs = sorted(d.name for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
+    bad = [d for d in subs if _label_of(d, classes) is None]
+    if not subs or bad:
+        raise FastpipesError(f"{path} needs one sub-folder per class named {classes[0]!r}, {classes[1]!r}, … or 0, 1, …; "
+                             f"{'it has ' + repr(bad[:3]) if bad else 'it has none'}.")
+    fns = [(fn, _label_of(d, classes)) for d in subs for fn in sorted((path/d).iterdir()) if fn.suffix.lower() in _IMG_EXTS]
+    rgb = len(shape) == 3
+    x = np.empty((len(fns), *shape[-2:], *((3,) if rgb else ())), np.uint8)
+    for i, (fn, _) in enumerate(fns):
+        try:
+            with Image.open(fn) as im: a = np.asarray(im.convert('RGB' if rgb else 'L'))
+        except (OSError, ValueError) as e: raise FastpipesError(f"{fn} is not a readable image ({e}).") from None
+        if a.shape[:2] != tuple(shape[-2:]):
+            raise FastpipesError(f"{fn} is {a.shape[1]}×{a.shape[0]} pixels; this dataset's images are {shape[-1]}×{shape[-2]}.")
+        x[i] = a
+    y = np.array([c for _, c in fns], dtype=np.int64)
+    return (np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if rgb else x), y
+
+# %% ../nbs/07_datasets.ipynb #f620b5b5
 def data_root()->Path:
     "Where datasets live by default: `$FASTPIPES_DATA`, else fastai's `~/.fastai/data`."
     return Path(os.environ.get('FASTPIPES_DATA', Path.home()/'.fastai'/'data')).expanduser()
 
-_MNIST = {'mnist': ('MNIST', 'mnist'), 'fashion': ('FashionMNIST', 'fashion-mnist')}
+_MNIST = {'mnist': ('MNIST', 'mnist', 'mnist_png'), 'fashion': ('FashionMNIST', 'fashion-mnist', 'fashion_mnist_png')}
 FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
@@ -178,6 +211,18 @@ def _csv_files(root:Path, name:str)->dict|None:
     res = {s: _find([root, root/_MNIST[name][0]], [rf'{stem}_{s}\.csv']) for s in ('train', 'test')}
     return res if all(res.values()) else None
 
+def _image_folders(root:Path, names:tuple)->tuple|None:
+    "The training and test folders of an image-folder dataset in `root` or `root/<one of names>`, or `None`."
+    for d in (root, *(root/n for n in names)):
+        trn = next((d/s for s in ('training', 'train') if (d/s).is_dir()), None)
+        tst = next((d/s for s in ('testing', 'test') if (d/s).is_dir()), None)
+        if trn and tst: return trn, tst
+    return None
+
+def _folder_arrays(dirs:tuple, classes:tuple, shape:tuple, keep:tuple|None)->tuple:
+    "`(x_train, y_train, x_test, y_test)` from the training and test image folders `dirs`."
+    return tuple(a for d in dirs for a in _keep_digits(*load_image_folder(d, classes, shape), keep))
+
 def _download_mnist(root:Path, name:str):
     "Fetch MNIST or FashionMNIST with torchvision into `root/<Name>/raw`."
     import torchvision.datasets as tvd
@@ -199,13 +244,16 @@ def mnist_arrays(path:Path|None=None, # folder with the idx files, torchvision's
     fs = _idx_files(root, name)
     if fs is None and (csvs := _csv_files(root, name)):
         return (*_keep_digits(*load_csv(csvs['train']), digits), *_keep_digits(*load_csv(csvs['test']), digits))
+    if fs is None and (dirs := _image_folders(root, _MNIST[name][::2])):
+        return _folder_arrays(dirs, FASHION_CLASSES if fashion else tuple(map(str, range(10))), (28, 28), digits)
     if fs is None and download:
         _download_mnist(root, name); fs = _idx_files(root, name)
     if fs is None:
-        tv, stem = _MNIST[name]
+        tv, stem, _ = _MNIST[name]
         raise FastpipesError(f"No {tv} files under {root}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                              f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or not) in {root/tv/'raw'}, "
-                             f"or {stem}_train.csv and {stem}_test.csv in {root}, or pass download=True when online.")
+                             f"or {stem}_train.csv and {stem}_test.csv in {root}, or training/ and testing/ folders of PNGs "
+                             f"with one sub-folder per class, or pass download=True when online.")
     res = []
     for split in ('train', 'test'):
         x, y = load_idx(fs[split, 'images']), load_idx(fs[split, 'labels']).astype(np.int64)
@@ -223,6 +271,8 @@ def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`,
     root = Path(path) if path is not None else data_root()
     def _dir(): return next((d for d in (root/'cifar-10-batches-py', root) if (d/'test_batch').is_file()), None)
     d = _dir()
+    if d is None and (dirs := _image_folders(root, ('cifar10', 'CIFAR10'))):
+        return _folder_arrays(dirs, CIFAR_CLASSES, (3, 32, 32), classes)
     if d is None and download:
         import torchvision.datasets as tvd
         try: tvd.CIFAR10(root, train=True, download=True)
@@ -231,7 +281,8 @@ def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`,
         d = _dir()
     if d is None:
         raise FastpipesError(f"No CIFAR-10 under {root}: put data_batch_1 … data_batch_5 and test_batch in "
-                             f"{root/'cifar-10-batches-py'}, or pass download=True when online.")
+                             f"{root/'cifar-10-batches-py'}, or train/ and test/ folders of PNGs with one sub-folder per "
+                             f"class in {root/'cifar10'}, or pass download=True when online.")
     trn = [load_cifar_batch(fn, trusted) for fn in sorted(d.glob('data_batch_[0-9]*'))]
     if not trn: raise FastpipesError(f"{d} has test_batch but no data_batch_1 … data_batch_5.")
     xt, yt = np.concatenate([o[0] for o in trn]), np.concatenate([o[1] for o in trn])
@@ -362,7 +413,6 @@ def cifar10_dls(path:Path|None=None, # folder holding `cifar-10-batches-py/`
 
 # %% ../nbs/07_datasets.ipynb #ba6ac0e1
 PETS_CLASSES = ('cat', 'dog')
-_IMG_EXTS = {'.jpg', '.jpeg', '.png'}
 
 def pets_label(fn:Path)->str:
     "'cat' when the file name starts with an upper-case letter, else 'dog'."

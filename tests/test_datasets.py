@@ -11,7 +11,7 @@ from PIL import Image
 from fastpipes.core import FastpipesError
 from fastpipes.datasets import (load_idx, save_idx, sklearn_digits, load_csv, load_cifar_batch, mnist_arrays,
                                 mnist_dls, cifar10_arrays, cifar10_dls, pets_files, pets_label, pets_dls, tensor_dls,
-                                data_root, FASHION_CLASSES, PETS_CLASSES)
+                                data_root, FASHION_CLASSES, PETS_CLASSES, CIFAR_CLASSES, load_image_folder)
 
 DIGITS = sklearn_digits()
 
@@ -276,3 +276,46 @@ def test_pets_as_tensors(tmp_path):
     assert yv.tolist() == [PETS_CLASSES.index(pets_label(f)) for f in dls.valid_ds.items]
     assert torch.allclose(xv, torch.cat([b[0] for b in dls.valid]))          # what the validation set sees
     assert -3 < float(xt.mean()) < 3                                          # ImageNet-normalized
+
+# --- image folders (fastai's mnist_png / cifar10) ------------------------------------------------------------
+
+def write_folder(d:Path, x, y, names=None, split_at=None):
+    "Images `x` as PNGs in `d/training/<label>/` then `d/testing/<label>/` (from `split_at` on)."
+    for i, (a, c) in enumerate(zip(x, y)):
+        split = 'training' if split_at is None or i < split_at else 'testing'
+        sub = d/split/(names[c] if names else str(c)); sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a if a.ndim == 2 else a.transpose(1, 2, 0)).save(sub/f'{i:03d}.png')
+
+def test_mnist_png_folders(tmp_path):
+    x, y = DIGITS
+    write_folder(tmp_path/'mnist_png', x[:30], y[:30], split_at=20)
+    xt, yt, xv, yv = mnist_arrays(tmp_path)
+    order = sorted(range(20), key=lambda i: (str(y[i]), i))
+    assert np.array_equal(xt, x[order]) and np.array_equal(yt, y[order]) and len(xv) == 10
+    assert set(mnist_arrays(tmp_path, digits=(3,))[1].tolist()) == {3}
+    write_mnist(tmp_path/'MNIST'/'raw')                     # idx files win over image folders
+    assert len(mnist_arrays(tmp_path)[0]) == 40
+
+def test_cifar_folders_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8), np.arange(12) % 10
+    write_folder(tmp_path/'cifar10', x, y, names=CIFAR_CLASSES, split_at=8)
+    for split in ('training', 'testing'): (tmp_path/'cifar10'/split).rename(tmp_path/'cifar10'/split.replace('ing', ''))
+    xt, yt, xv, yv = cifar10_arrays(tmp_path)
+    order = sorted(range(8), key=lambda i: (CIFAR_CLASSES[y[i]], i))
+    assert np.array_equal(xt, x[order]) and np.array_equal(yt, y[order]) and xv.shape == (4, 3, 32, 32)
+    assert cifar10_dls(tmp_path, classes=(0, 1), bs=2).vocab == ('airplane', 'automobile')
+
+def test_image_folder_errors(tmp_path):
+    x, y = DIGITS
+    write_folder(tmp_path, x[:4], y[:4])
+    classes = tuple(map(str, range(10)))
+    (tmp_path/'training'/'zebra').mkdir()
+    with pytest.raises(FastpipesError, match="one sub-folder per class.*zebra"): load_image_folder(tmp_path/'training', classes)
+    (tmp_path/'training'/'zebra').rmdir()
+    (tmp_path/'training'/'1'/'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    with pytest.raises(FastpipesError, match='not a readable image'): load_image_folder(tmp_path/'training', classes)
+    (tmp_path/'training'/'1'/'bad.png').unlink()
+    Image.new('L', (30, 28)).save(tmp_path/'training'/'1'/'big.png')
+    with pytest.raises(FastpipesError, match='30×28 pixels'): load_image_folder(tmp_path/'training', classes)
+    with pytest.raises(FastpipesError, match='none'): load_image_folder(tmp_path/'nothing', classes)
