@@ -515,3 +515,11 @@ def test_idle_connections_bounded(tmp_path):
         srv.n_conns.clear()
         rows = download_images(urls, tmp_path/'three', **dict(FAST, max_workers=3, per_host=1))
         assert rows.attrgot('status') == ['ok'] * 9 and sum(srv.n_conns.values()) == 3   # one per host, kept
+
+def test_https_kept_alive(tmp_path, certs, monkeypatch):
+    "HTTPS connections are reused too: one TLS handshake for many URLs on one host."
+    monkeypatch.setenv('SSL_CERT_FILE', str(certs/'good.pem'))
+    with LoopbackServer(lambda p: photo(int(p.strip('/').split('.')[0])), tls=_tls(certs, 'good')) as srv:
+        rows = download_images([srv.url(f'/{i}.jpg') for i in range(8)], tmp_path, **dict(FAST, per_host=1))
+        assert rows.attrgot('status') == ['ok'] * 8 and srv.n_requests == 8
+        assert srv.n_conns['127.0.0.1'] == 1
