@@ -262,3 +262,15 @@ def test_near_dups_across_decode_scales(tmp_path, full):
     res = clean_images(tmp_path, full_decode=full, quiet=True)
     assert res.counts == {'leak': len(sizes) - 1 + 5}
     assert (tmp_path/'train/cat/0.jpg').exists() and len(list((tmp_path/'rejected'/'leak').iterdir())) == 9
+
+def test_keeper_and_part_files(tmp_path):
+    "Among equal copies the one needing no conversion, then the larger file, is kept; unfinished downloads are left alone."
+    d = tmp_path/'train'/'cat'; d.mkdir(parents=True)
+    photo(50, (200, 150)).save(d/'a-low.jpg', quality=60); photo(50, (200, 150)).save(d/'b-high.jpg', quality=95)
+    photo(51).save(d/'c.webp', lossless=True); photo(51).save(d/'d.png')
+    (d/'e.part').write_bytes(b'half a download')
+    res = clean_images(tmp_path, quiet=True)
+    assert dict(zip(res.files.file, res.files.reason.fillna('ok'))) == {
+        'train/cat/a-low.jpg': 'near-duplicate', 'train/cat/b-high.jpg': 'ok', 'train/cat/c.webp': 'duplicate', 'train/cat/d.png': 'ok'}
+    assert (d/'e.part').read_bytes() == b'half a download'
+    assert sorted(p.name for p in d.iterdir()) == ['b-high.jpg', 'd.png', 'e.part']
