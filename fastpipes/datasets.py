@@ -423,12 +423,12 @@ def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the
               )->L:
     "The pet photos under `path` (default: fastai's `oxford-iiit-pet`), sorted."
     root = Path(path) if path is not None else data_root()/'oxford-iiit-pet'
-    def _files(): return L(sorted(p for d in (root/'images', root) if d.is_dir()
+    def _files(): return L(sorted(p for d in (root/'images', root, root/'oxford-iiit-pet'/'images') if d.is_dir()
                                   for p in d.iterdir() if p.suffix.lower() in _IMG_EXTS))
     fs = _files()
-    if not fs and download:
+    if not fs and download:   # into `root` itself when it is named like fastai's folder, else into `root/oxford-iiit-pet`
         from fastai.data.external import untar_data, URLs
-        try: root = untar_data(URLs.PETS)
+        try: untar_data(URLs.PETS, data=root.parent if root.name == 'oxford-iiit-pet' else root)
         except OSError as e: raise FastpipesError(f"Could not download the pets ({e}); put the photos in {root/'images'}.") from None
         fs = _files()
     if not fs:

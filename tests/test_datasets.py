@@ -319,3 +319,44 @@ def test_image_folder_errors(tmp_path):
     Image.new('L', (30, 28)).save(tmp_path/'training'/'1'/'big.png')
     with pytest.raises(FastpipesError, match='30×28 pixels'): load_image_folder(tmp_path/'training', classes)
     with pytest.raises(FastpipesError, match='none'): load_image_folder(tmp_path/'nothing', classes)
+
+# --- the download code paths, offline: torchvision / fastai replaced at their boundary ------------------------
+
+def test_mnist_download_path(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+    calls = []
+    class FakeMNIST:
+        def __init__(self, root, train=True, download=False):
+            calls.append((Path(root), train, download))
+            if train: write_mnist(Path(root)/type(self).__name__.replace('Fake', '')/'raw', gz=False)
+    monkeypatch.setattr(tvd, 'MNIST', FakeMNIST)
+    with pytest.raises(FastpipesError, match='download=True'): mnist_arrays(tmp_path)   # never without asking
+    assert calls == []
+    xt, yt, xv, yv = mnist_arrays(tmp_path, download=True)
+    assert calls == [(tmp_path, True, True), (tmp_path, False, True)] and xt.shape == (40, 28, 28)
+    mnist_arrays(tmp_path, download=True); assert len(calls) == 2                        # on disk now: no download
+
+def test_cifar_download_path(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+    calls = []
+    class FakeCIFAR10:
+        def __init__(self, root, train=True, download=False):
+            calls.append(Path(root)); write_cifar(Path(root)/'cifar-10-batches-py')
+    monkeypatch.setattr(tvd, 'CIFAR10', FakeCIFAR10)
+    assert cifar10_arrays(tmp_path, download=True)[0].shape == (60, 3, 32, 32) and calls == [tmp_path]
+    cifar10_arrays(tmp_path, download=True); assert len(calls) == 1
+
+@pytest.mark.parametrize('named', [True, False])
+def test_pets_download_path(tmp_path, monkeypatch, named):
+    import fastai.data.external as fde
+    calls = []
+    def fake_untar(url, data=None, **kw):
+        calls.append((url, Path(data))); write_pets(Path(data)/'oxford-iiit-pet'/'images')
+        return Path(data)/'oxford-iiit-pet'
+    monkeypatch.setattr(fde, 'untar_data', fake_untar)
+    root = tmp_path/('oxford-iiit-pet' if named else 'mypets')
+    assert len(pets_files(root, download=True)) == len(PETS)
+    assert calls == [(fde.URLs.PETS, tmp_path if named else root)]
+    assert len(pets_files(root)) == len(PETS)                                          # found again without a download
+    monkeypatch.setenv('FASTPIPES_DATA', str(tmp_path/'data'))
+    pets_files(download=True); assert calls[-1][1] == tmp_path/'data'                  # the default root: $FASTPIPES_DATA
