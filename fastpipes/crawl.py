@@ -364,6 +364,10 @@ def _round_robin(rows:list[dict])->list[dict]:
     for r in rows: by_host[urlsplit(r['url']).hostname].append(r)
     return [r for grp in zip_longest(*by_host.values()) for r in grp if r is not None]
 
+def _why_done(row:dict)->str:
+    "The reason a URL settled by an earlier run is skipped."
+    return 'already downloaded' if row['status'] == 'ok' else f"{row['status']} by an earlier run: {row.get('reason')}"
+
 def _done(row:dict|None, dest:Path)->bool:
     "Whether a manifest row says its URL needs no fetching: saved and still on disk, or settled by cleaning."
     if not row or row.get('status') in (None, 'error'): return False
@@ -394,7 +398,7 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
         r['_folder'] = _folder(r)
         if not inside(dest/r['_folder'], dest): raise FastpipesError(f"Label {r['label']!r} would write outside {dest}.")
     old = {r.get('url'): r for r in read_manifest(dest)}
-    done = [dict(old[r['url']], status='skipped', reason='already downloaded') for r in rows if _done(old.get(r['url']), dest)]
+    done = [dict(old[r['url']], status='skipped', reason=_why_done(old[r['url']])) for r in rows if _done(old.get(r['url']), dest)]
     skip = {r['url'] for r in done}
     todo = _round_robin([r for r in rows if r['url'] not in skip])
     out = {r['url']: r for r in done}

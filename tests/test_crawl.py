@@ -523,3 +523,14 @@ def test_https_kept_alive(tmp_path, certs, monkeypatch):
         rows = download_images([srv.url(f'/{i}.jpg') for i in range(8)], tmp_path, **dict(FAST, per_host=1))
         assert rows.attrgot('status') == ['ok'] * 8 and srv.n_requests == 8
         assert srv.n_conns['127.0.0.1'] == 1
+
+def test_settled_urls_say_why(tmp_path):
+    "URLs the cleaner rejected or the crawl skipped are not fetched again, and say why."
+    from fastpipes.core import new_row, write_manifest
+    with LoopbackServer({'/a.jpg': JPG, '/b.jpg': photo(5), '/c.jpg': photo(6)}) as srv:
+        write_manifest(tmp_path, [new_row(url=srv.url('/a.jpg'), status='rejected', reason='near-duplicate', file='rejected/near-duplicate/x.jpg'),
+                                  new_row(url=srv.url('/b.jpg'), status='skipped', reason="found for more than one label: 'a', 'b'")])
+        rows = download_images([srv.url(p) for p in ['/a.jpg', '/b.jpg', '/c.jpg']], tmp_path, **FAST)
+        assert srv.hits == {'/c.jpg': 1}
+    assert rows.attrgot('reason') == ['rejected by an earlier run: near-duplicate',
+                                      "skipped by an earlier run: found for more than one label: 'a', 'b'", None]
