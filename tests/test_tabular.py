@@ -363,3 +363,12 @@ def test_slice_tab_dl_gives_fastais_batches(iris):
     for a, b in zip(*out):
         assert len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
     assert out[1][0][0].shape == (16, 2)  # size + sepal_width_na
+
+
+def test_regression_prints_per_epoch_table(capsys):
+    learn = regression_learner(free_fall(), 'h', 't', 'sqrt')
+    out = capsys.readouterr().out
+    assert 'train_loss' in out and 'valid_loss' in out
+    rows = [l.split() for l in out.splitlines() if l.split() and l.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(10))
+    assert float(rows[-1][2]) == pytest.approx(learn.recorder.values[-1][1], abs=1e-6)
