@@ -162,7 +162,8 @@ class _Resolver:
     def __init__(self): self.cache, self.lock = {}, threading.Lock()
     def _run(self, fut, host, port):
         try: fut.set_result(_lookup(host, port))
-        except _Fail as e: fut.set_exception(e)
+        except Exception as e:   # recorded for every URL of the host, never lost in this thread
+            fut.set_exception(e if isinstance(e, _Fail) else _Fail(f'cannot resolve host {host!r}: {type(e).__name__}: {e}'))
     def __call__(self, host:str, port:int, allow_private:bool, timeout:float, stop:threading.Event|None=None)->list[str]:
         with self.lock:
             fut = self.cache.get((host, port))
