@@ -560,6 +560,11 @@ def _splits(df, y, split, valid_pct, seed)->tuple:
                                     f"give more rows per class, another `seed`, or use `regression_learner` for a numeric target.")
     return tr, va
 
+def _check_missing(df:pd.DataFrame, conts:list, tr:list, va:list):
+    "Raise if a numeric column has missing values among the test rows only (fastai fills what training saw)."
+    bad = [c for c in conts if df[c].iloc[va].isna().any() and not df[c].iloc[tr].isna().any()]
+    if bad: raise FastpipesError(f"Column(s) {bad} have missing values only among the test rows, which fastai cannot fill; fill or drop those rows.")
+
 def _check_table(df:pd.DataFrame, y:str, xs:list, valid_pct:float):
     "Raise on a table `table_classifier` cannot learn from."
     _check_cols(df, [y] + xs)
@@ -597,8 +602,10 @@ def table_classifier(df:pd.DataFrame, # the table
     conts = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     cats = [c for c in xs if c not in conts]
     set_seed(seed)
+    tr, va = _splits(df, y, split, valid_pct, seed)
+    _check_missing(df, conts, tr, va)
     to = TabularPandas(df, [Categorify, FillMissing, Normalize], cats, conts, y_names=y, y_block=CategoryBlock(),
-                       splits=_splits(df, y, split, valid_pct, seed))
+                       splits=(tr, va))
     dls = to.dataloaders(bs=bs, num_workers=0, dl_type=SliceTabDL)
     learn = tabular_learner(dls, layers=list(layers), metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
     learn.__class__ = LeanTabularLearner  # fastai's own learner, with the lean event dispatch

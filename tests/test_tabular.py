@@ -330,6 +330,8 @@ ff = free_fall()
     (lambda: table_classifier(iris_df().assign(sepal_length=np.inf), 'species'), 'infinite'),
     (lambda: table_classifier(iris_df().assign(species=iris_df().sepal_length), 'species'), 'no training row has'),
     (lambda: table_classifier(iris_df(), 'species', epochs=1.5), '`epochs`'),
+    (lambda: table_classifier(iris_df().assign(sepal_length=lambda d: d.sepal_length.where(d.index != course_split(d)[1][0])),
+                              'species'), 'missing values only among the test rows'),
     (lambda: autoencoder_learner(np.array([['a', 'b'], ['c', 'd']])), 'Expected numbers for the table'),
     (lambda: autoencoder_learner(iris_df()[['sepal_length']]), 'at least two columns'),
     (lambda: autoencoder_learner(np.zeros((0, 4))), 'no rows'),
