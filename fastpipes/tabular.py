@@ -219,7 +219,7 @@ def _fit(learn:Learner, epochs:int, quiet:bool, one_cycle:bool=False, lr=None)->
         (learn.fit_one_cycle if one_cycle else learn.fit)(epochs, lr)
     if learn.diverged:
         e, v = learn.diverged
-        raise FastpipesError(f"The training loss became {v} in epoch {e}; lower `lr` (now {lr or learn.lr}) or check the data for NaN/inf.")
+        raise FastpipesError(f"The loss became {v} in epoch {e}; lower `lr` (now {lr or learn.lr}) or check the data for NaN/inf.")
     return learn
 
 class Tensors(TensorDataset):
