@@ -383,6 +383,15 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
     return DataLoaders(trn, val, device=device)
 
 # %% ../nbs/07_datasets.ipynb #9e3f5c46
+def _class_ids(keep, names:tuple)->tuple|None:
+    "The class indices in `keep`, given as indices or names of `names`."
+    if keep is None: return None
+    keep = [keep] if isinstance(keep, (int, str, np.integer)) else list(keep)
+    ids = [names.index(k) if k in names else k for k in keep]
+    bad = [k for k in ids if not (isinstance(k, (int, np.integer)) and 0 <= k < len(names))]
+    if bad or not ids: raise FastpipesError(f"Unknown classes {bad or keep}: use indices 0–{len(names)-1} or names such as {names[0]!r}.")
+    return tuple(sorted(set(int(k) for k in ids)))
+
 def _relabel(arrs:tuple, keep:tuple|None, names:tuple)->tuple:
     "Labels of `arrs` mapped to positions in `keep`, and the matching class names."
     if keep is None: return arrs, names
@@ -392,22 +401,24 @@ def _relabel(arrs:tuple, keep:tuple|None, names:tuple)->tuple:
 
 def mnist_dls(path:Path|None=None, # folder with the files (see `mnist_arrays`)
               fashion:bool=False, # FashionMNIST instead of MNIST
-              digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)`
+              digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)` or `('Sneaker', 'Bag')`
               download:bool=False, # download with torchvision when nothing is on disk
               **kwargs, # passed to `tensor_dls`: bs, flat, scale, norm, as_tensors, device
              )->DataLoaders:
     "MNIST or FashionMNIST as fastai `DataLoaders` (or tensors with `as_tensors=True`)."
-    arrs = mnist_arrays(path, fashion=fashion, digits=digits, download=download)
-    arrs, vocab = _relabel(arrs, digits, FASHION_CLASSES if fashion else tuple(map(str, range(10))))
+    names = FASHION_CLASSES if fashion else tuple(map(str, range(10)))
+    digits = _class_ids(digits, names)
+    arrs, vocab = _relabel(mnist_arrays(path, fashion=fashion, digits=digits, download=download), digits, names)
     return tensor_dls(*arrs, vocab=vocab, **kwargs)
 
 def cifar10_dls(path:Path|None=None, # folder holding `cifar-10-batches-py/`
-                classes:tuple|None=None, # keep only these class indices
+                classes:tuple|None=None, # keep only these classes: indices or names, e.g. `('cat', 'dog')`
                 download:bool=False, # download with torchvision when nothing is on disk
                 trusted:bool=False, # load the pickles with plain `pickle`
                 **kwargs, # passed to `tensor_dls`: bs, flat, scale, norm, as_tensors, device
                )->DataLoaders:
     "CIFAR-10 as fastai `DataLoaders` (or tensors with `as_tensors=True`)."
+    classes = _class_ids(classes, CIFAR_CLASSES)
     arrs, vocab = _relabel(cifar10_arrays(path, classes, download, trusted), classes, CIFAR_CLASSES)
     return tensor_dls(*arrs, vocab=vocab, **kwargs)
 

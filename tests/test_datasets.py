@@ -360,3 +360,11 @@ def test_pets_download_path(tmp_path, monkeypatch, named):
     assert len(pets_files(root)) == len(PETS)                                          # found again without a download
     monkeypatch.setenv('FASTPIPES_DATA', str(tmp_path/'data'))
     pets_files(download=True); assert calls[-1][1] == tmp_path/'data'                  # the default root: $FASTPIPES_DATA
+
+def test_classes_by_index_or_name(tmp_path):
+    write_mnist(tmp_path/'FashionMNIST'/'raw', n=100)
+    dls = mnist_dls(tmp_path, fashion=True, digits=('Bag', 'Sneaker'), bs=4)
+    assert dls.vocab == ('Sneaker', 'Bag') and set(dls.train.y.tolist()) <= {0, 1}
+    assert mnist_dls(tmp_path, fashion=True, digits=7, bs=4).vocab == ('Sneaker',)
+    for bad in [(0, 10), ('Hat',), (-1,), ()]:
+        with pytest.raises(FastpipesError, match='Unknown classes'): mnist_dls(tmp_path, fashion=True, digits=bad)
