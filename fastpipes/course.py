@@ -6,6 +6,7 @@ variant as an argument, a ResNet18 that tells cats from dogs and explains one ph
 # %% ../nbs/07a_course.ipynb #ee228af2
 from __future__ import annotations
 from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -39,9 +40,12 @@ def course_opt(opt:str='sgd', # 'sgd' (with momentum), 'adam' or 'adamw'
               ):
     "An `opt_func` for `Learner` that wraps the plain PyTorch optimizer the course uses."
     if opt not in _OPTS: raise FastpipesError(f"Unknown optimizer {opt!r}; use one of {sorted(_OPTS)}.")
+    return partial(_course_opt, opt=opt, mom=mom, wd=wd)   # a partial, so `learn.export()` can pickle it
+
+def _course_opt(params, lr=1e-3, opt='sgd', mom=0.9, wd=0., **_):
+    "The torch optimizer `opt` over `params`, wrapped for fastai."
     kw = dict(momentum=mom) if opt == 'sgd' else {}
-    def opt_func(params, lr=1e-3, **_): return OptimWrapper(params, _OPTS[opt], lr=lr, weight_decay=wd, **kw)
-    return opt_func
+    return OptimWrapper(params, _OPTS[opt], lr=lr, weight_decay=wd, **kw)
 
 def show_train_metrics(learn:Learner)->Learner:
     "Make `learn` record and print its metrics on the training batches as well as on the validation set."

@@ -21,7 +21,7 @@ from .core import FastpipesError
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR_CLASSES', 'PETS_CLASSES', 'load_idx', 'save_idx', 'sklearn_digits', 'load_csv',
            'load_cifar_batch', 'load_image_folder', 'data_root', 'mnist_arrays', 'cifar10_arrays', 'TensorDL',
-           'tensor_dls', 'mnist_dls', 'cifar10_dls', 'pets_label', 'pets_files', 'pets_dls']
+           'TensorDLs', 'tensor_dls', 'mnist_dls', 'cifar10_dls', 'pets_label', 'pets_files', 'pets_dls']
 
 # %% ../nbs/07_datasets.ipynb #06edfd70
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -347,6 +347,11 @@ class TensorDL(DataLoader):
                   scale=self.scale, stats=self.stats, vocab=self.vocab, device=self.device)
         return type(self)(**{**kw, **kwargs})
 
+class TensorDLs(DataLoaders):
+    "`DataLoaders` of `TensorDL`s, whose `new_empty` (used by `Learner.export`) keeps their settings but no data."
+    def new_empty(self):
+        return type(self)(*[dl.new(x=dl.x[:0], y=dl.y[:0]) for dl in self.loaders], path=self.path, device=self.device)
+
 def _images(x:np.ndarray)->torch.Tensor:
     "uint8 images (n,h,w) or (n,c,h,w) as a (n,c,h,w) tensor."
     t = torch.from_numpy(np.ascontiguousarray(x))
@@ -380,7 +385,7 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
     if device is None:
         from fastai.torch_core import default_device
         device = default_device()
-    return DataLoaders(trn, val, device=device)
+    return TensorDLs(trn, val, device=device)
 
 # %% ../nbs/07_datasets.ipynb #9e3f5c46
 def _class_ids(keep, names:tuple)->tuple|None:

@@ -286,3 +286,18 @@ def test_explain_inputs_and_errors(pets_dir):
     assert explain(learn, sorted((pets_dir/'images').iterdir())[0])['cam'].shape == (2, 2)
     with pytest.raises(FastpipesError, match='does not exist'): explain(learn, pets_dir/'nope.jpg')
     with pytest.raises(FastpipesError, match='one-logit'): explain(course_learner(digit_dls(n=16), 'mnist'), DIGITS[0][0])
+
+def test_export_and_load(tmp_path):
+    from fastai.learner import load_learner
+    set_seed(0)
+    learn = course_learner(digit_dls(n=32), 'mnist', opt='adam', lr=1e-3, aug=True)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    learn.export(tmp_path/'cnn.pkl')
+    new = load_learner(tmp_path/'cnn.pkl')
+    xb = learn.dls.valid.one_batch()[0]
+    learn.model.eval(); new.model.eval()
+    assert torch.allclose(learn.model(xb), new.model(xb))
+    assert type(new.recorder).__name__ == 'CourseRecorder'
+    new.dls = learn.dls
+    with new.no_bar(), new.no_logging(): new.fit(1)                         # the loaded learner trains again
+    assert isinstance(new.opt.opt, torch.optim.Adam)
