@@ -60,10 +60,12 @@ def _defines(cb, event_name:str)->bool:
 class CourseRecorder(Recorder):
     "fastai's `Recorder` with a leaner `after_batch`: the same records, fewer look-ups per batch."
     name = 'recorder'
+    def before_train(self): super().before_train(); self._mets = self._train_mets        # built once per pass,
+    def before_validate(self): super().before_validate(); self._mets = self._valid_mets  # not once per batch
     def after_batch(self):
         learn = self.learn
         if not len(learn.yb): return
-        for met in (self._train_mets if learn.training else self._valid_mets): met.accumulate(learn)
+        for met in self._mets: met.accumulate(learn)
         if not learn.training: return
         opt = learn.opt
         self.lrs.append(opt.opt.param_groups[-1]['lr'] if isinstance(opt, OptimWrapper) else opt.hypers[-1]['lr'])
