@@ -140,7 +140,8 @@ def binary_accuracy(inp:torch.Tensor, # logits, one per item
 
 class ItemAccuracy(Metric):
     "Accuracy over a whole epoch, from a count of right items per batch (argmax, or `σ(z) > 0.5` with `binary`)."
-    def __init__(self, binary:bool=False): self.binary = binary
+    def __init__(self, binary:bool=False, # one logit per item (`σ(z) > 0.5`) rather than one score per class
+                ): self.binary = binary
     def reset(self): self.right, self.count = 0, 0
     def accumulate(self, learn):
         right = _right(learn.pred, learn.yb[0], self.binary)
