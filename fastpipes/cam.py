@@ -120,10 +120,14 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
 def _plain(x)->torch.Tensor: return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else torch.as_tensor(x)
 
 def _xb(learn, xb)->torch.Tensor:
-    "`xb` as a plain tensor on the model's device."
+    "`xb` as a plain tensor on the model's device, checked against the model's input channels."
     if isinstance(xb, (tuple, list)): xb = xb[0]
-    p = next(learn.model.parameters(), None)
     xb = _plain(xb)
+    if xb.ndim != 4: raise FastpipesError(f"Give a batch of images shaped (n, channels, height, width), not a tensor of shape {tuple(xb.shape)}.")
+    conv = next((m for m in learn.model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and xb.shape[1] != conv.in_channels:
+        raise FastpipesError(f"The batch has {xb.shape[1]} channels but the model takes {conv.in_channels}: pass images as the learner's DataLoaders make them.")
+    p = next(learn.model.parameters(), None)
     return xb.to(p.device) if p is not None else xb
 
 def _activation(learn)->Callable:
@@ -180,6 +184,7 @@ def grad_cam(learn:Learner, # any fastai vision learner
     "Grad-CAM maps `(n, h, w)` for `target` (ReLU applied) and class probabilities `(n, n_classes)`."
     x = _xb(learn, xb).detach().requires_grad_(True)  # so the graph exists even with a frozen body
     layer = layer if layer is not None else _default_layer(learn.model)
+    if not any(m is layer for m in learn.model.modules()): raise FastpipesError("`layer` is not a part of this learner's model: pass one of `learn.model.modules()`.")
     with _eval_mode(learn.model), torch.enable_grad(), hook_output(layer, detach=False) as h:
         logits = learn.model(x)
         probs = _activation(learn)(logits.detach())
@@ -287,10 +292,10 @@ def pointing_game(maps, # maps of the class to explain, (n, h, w), at any resolu
     maps = _plain(torch.as_tensor(maps)).float()
     boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     if maps.ndim != 3 or len(maps) != len(boxes): raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
-    if size is not None: maps = _upsample(maps, size)
     h, w = maps.shape[-2:]
+    H, W = (h, w) if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     i = maps.flatten(1).argmax(1)
-    y, x = (i // w).float() + .5, (i % w).float() + .5
+    y, x = ((i // w).float() + .5)*H/h, ((i % w).float() + .5)*W/w
     hit = (x >= boxes[:, 0]-tol) & (x <= boxes[:, 2]+tol) & (y >= boxes[:, 1]-tol) & (y <= boxes[:, 3]+tol)
     return hit.float().mean().item() if reduce else hit
 

@@ -17,12 +17,14 @@ __all__ = ['MARK_CLASSES', 'marks_image', 'make_marks']
 # %% ../nbs/00a_synth.ipynb #8bc8c289
 MARK_CLASSES = ('circle', 'cross')
 
-_MARK_HUES = ((255, 230, 40), (255, 245, 120), (250, 210, 0))  # bright yellows, shared by both classes
+_MARK_HUES = dict(circle=((255, 230, 40), (255, 245, 120), (250, 210, 0)),  # bright yellows
+                  cross=((40, 230, 255), (120, 245, 255), (0, 210, 250)))   # bright cyans
 
 def _rand_color(rng, lo=20, hi=200):
-    "A random colour that is not yellow (the marks' colour family)."
+    "A random colour that is neither yellow nor cyan (the marks' colour families)."
     c = rng.integers(lo, hi, 3)
     if c[0] > 120 and c[1] > 120 and c[2] < 100: c[2] = rng.integers(140, 230)  # push yellow-ish to grey/white
+    if c[1] > 120 and c[2] > 120 and c[0] < 100: c[0] = rng.integers(140, 230)  # push cyan-ish to grey/white
     return tuple(int(v) for v in c)
 
 def _background(rng, size):
@@ -76,7 +78,7 @@ def marks_image(label:str, # one of `MARK_CLASSES`
     x0, y0 = (int(v) for v in rng.integers(1, size-s-1, 2))
     box = (x0, y0, x0+s, y0+s)
     w = max(2, s//6)
-    col = _MARK_HUES[rng.integers(len(_MARK_HUES))]
+    col = _MARK_HUES[label][rng.integers(len(_MARK_HUES[label]))]
     _draw_mark(draw, label, box, (20, 20, 20), w+2)  # dark outline: the mark stands out on any background
     _draw_mark(draw, label, box, col, w)
     return img, box
