@@ -12,19 +12,18 @@ from PIL import Image, ImageDraw, ImageFilter
 from .core import FastpipesError, atomic_write, pbar
 
 # %% auto #0
-__all__ = ['MARK_CLASSES', 'marks_image', 'make_marks']
+__all__ = ['MARK_CLASSES', 'BLANK', 'marks_image', 'make_marks']
 
 # %% ../nbs/00a_synth.ipynb #8bc8c289
 MARK_CLASSES = ('circle', 'cross')
 
-_MARK_HUES = dict(circle=((255, 230, 40), (255, 245, 120), (250, 210, 0)),  # bright yellows
-                  cross=((40, 230, 255), (120, 245, 255), (0, 210, 250)))   # bright cyans
+BLANK = 'none'
+_MARK_HUES = ((255, 230, 40), (255, 245, 120), (250, 210, 0))  # bright yellows, shared by both classes
 
 def _rand_color(rng, lo=20, hi=200):
-    "A random colour that is neither yellow nor cyan (the marks' colour families)."
+    "A random colour that is not yellow (the marks' colour family)."
     c = rng.integers(lo, hi, 3)
     if c[0] > 120 and c[1] > 120 and c[2] < 100: c[2] = rng.integers(140, 230)  # push yellow-ish to grey/white
-    if c[1] > 120 and c[2] > 120 and c[0] < 100: c[0] = rng.integers(140, 230)  # push cyan-ish to grey/white
     return tuple(int(v) for v in c)
 
 def _background(rng, size):
@@ -56,29 +55,32 @@ def _draw_mark(draw, label, box, col, w):
         draw.line([(x0, y0), (x1, y1)], fill=col, width=w)
         draw.line([(x0, y1), (x1, y0)], fill=col, width=w)
 
-def _check_label(label):
-    if label not in MARK_CLASSES: raise FastpipesError(f"Unknown mark {label!r}: use one of {', '.join(MARK_CLASSES)}.")
+_LABELS = (*MARK_CLASSES, BLANK)
 
-def marks_image(label:str, # one of `MARK_CLASSES`
+def _check_label(label):
+    if label not in _LABELS: raise FastpipesError(f"Unknown mark {label!r}: use one of {', '.join(_LABELS)}.")
+
+def marks_image(label:str, # one of `MARK_CLASSES`, or `BLANK` for no mark
                 size:int=128, # side of the square image in pixels
                 seed:int=0, # same seed, same image
                 mark_frac:float=0.22, # mean side of the mark as a fraction of `size`
                 clutter:int=12, # number of distractor shapes, lines and blobs
                )->tuple:
-    "A cluttered RGB image with one mark of kind `label`, and the mark's box `(x0,y0,x1,y1)`."
+    "A cluttered RGB image with one mark of kind `label`, and the mark's box `(x0,y0,x1,y1)` (None for `BLANK`)."
     _check_label(label)
     if size < 32: raise FastpipesError(f"size={size} is too small for a visible mark: use 32 pixels or more.")
-    rng = np.random.default_rng([int(seed), MARK_CLASSES.index(label)])
+    rng = np.random.default_rng([int(seed), _LABELS.index(label)])
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     _clutter(draw, rng, size, clutter)
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, .8)))
     draw = ImageDraw.Draw(img)
+    if label == BLANK: return img, None
     s = int(round(size*mark_frac*rng.uniform(.8, 1.2)))
     x0, y0 = (int(v) for v in rng.integers(1, size-s-1, 2))
     box = (x0, y0, x0+s, y0+s)
     w = max(2, s//6)
-    col = _MARK_HUES[label][rng.integers(len(_MARK_HUES[label]))]
+    col = _MARK_HUES[rng.integers(len(_MARK_HUES))]
     _draw_mark(draw, label, box, (20, 20, 20), w+2)  # dark outline: the mark stands out on any background
     _draw_mark(draw, label, box, col, w)
     return img, box
@@ -95,16 +97,21 @@ def make_marks(dest:Path, # folder to write (created)
                n_test:int=50, # test images per class
                size:int=128, # image side in pixels
                seed:int=42, # the dataset is a function of the seed
+               classes=MARK_CLASSES, # labels to write: `MARK_CLASSES`, optionally with `BLANK` (boxes left empty)
                quiet:bool=True, # hide the progress bar
                **kwargs, # passed to `marks_image` (e.g. `mark_frac`, `clutter`)
               )->pd.DataFrame:
     "Write a two-class marks dataset to `dest/{train,test}/<label>/*.jpg` and `dest/boxes.csv`; return the table."
     if n_train < 0 or n_test < 0 or n_train + n_test == 0: raise FastpipesError("Ask for at least one image: n_train and n_test must be >= 0 and not both 0.")
+    classes = tuple(classes)
+    for c in classes: _check_label(c)
+    if len(set(classes)) < 2 or len(set(classes)) != len(classes): raise FastpipesError(f"Give two or more different classes, not {classes}.")
     dest = Path(dest)
-    jobs = [(sp, lbl, i) for sp, n in (('train', n_train), ('test', n_test)) for lbl in MARK_CLASSES for i in range(n)]
+    jobs = [(sp, lbl, i) for sp, n in (('train', n_train), ('test', n_test)) for lbl in classes for i in range(n)]
     rows = []
     for sp, lbl, i in pbar(jobs, quiet=quiet, comment='marks'):
-        img, (x0, y0, x1, y1) = marks_image(lbl, size=size, seed=_split_seed(seed, sp, i), **kwargs)
+        img, box = marks_image(lbl, size=size, seed=_split_seed(seed, sp, i), **kwargs)
+        x0, y0, x1, y1 = box if box is not None else (None,)*4
         fn = Path(sp)/lbl/f'{lbl}_{i:05d}.jpg'
         buf = _jpeg(img)
         atomic_write(dest/fn, buf)
