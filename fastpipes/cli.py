@@ -129,7 +129,8 @@ def _summary(metrics:dict, counts, params:dict)->str:
     s = f"A {params.get('arch', 'model')} trained for {params.get('epochs', '?')} epochs"
     if counts is not None and len(counts):
         classes = [str(c) for c in counts.index if c != 'total']
-        s += f" on {int(counts.loc['total'].sum())} images of {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+        splits = ', '.join(f"{int(counts.loc['total', c])} {c}" for c in counts.columns)
+        s += f" on {int(counts.loc['total'].sum())} images ({splits}) of {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
     s += '.'
     if 'accuracy' in metrics: s += f" Validation accuracy {metrics['accuracy']:.1%}."
     if 'pointing game' in metrics: s += f" The class activation maps point at the mark in {metrics['pointing game']:.1%} of the test images."
