@@ -194,6 +194,7 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
                    seed:int=42, # seed of the split and the training
                    aug:bool=True, # fastai's `aug_transforms`
                    lr:float|None=None, # learning rate (default: the library's)
+                   mixup:bool=False, # train with fastai's `MixUp` (blended pairs of images and labels)
                    quiet:bool=False, # no progress bars
                    title:str='fastpipes run', summary:str|None=None, params:dict|None=None, extra_fn=None):
     "Train a CAM-ready classifier on `data`, save it to `out/model` and write the report; return `(learn, metrics)`."
@@ -204,11 +205,14 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
     resolve_arch(arch)
     dls = image_dls(data, size=size, bs=bs, seed=seed, aug=aug, num_workers=0, **_valid_kw(valid))
     kw = {} if lr is None else dict(lr=lr)
+    if mixup:
+        from fastai.callback.mixup import MixUp
+        kw['cbs'] = [MixUp()]
     learn = train_classifier(dls, arch=arch, epochs=epochs, pretrained=pretrained, cam=True, seed=seed, quiet=quiet, **kw)
     save_classifier(learn, out/'model')
     extra = extra_fn(learn) if extra_fn else None
     params = params or dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, valid=valid,
-                            pretrained=pretrained, seed=seed, aug=aug, lr=lr)
+                            pretrained=pretrained, seed=seed, aug=aug, lr=lr, mixup=mixup)
     metrics = write_run_report(learn, out, data, params=params, extra=extra, title=title, summary=summary, quiet=quiet)
     return learn, metrics
 
@@ -397,9 +401,9 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
     kept = [(data/r['file'], boxes[r['url']]) for r in read_manifest(data)
             if r.get('status') == 'ok' and r.get('file') and r['url'] in boxes and (data/r['file']).exists()]
     def _pg(learn): return {'pointing game': _pointing(learn, [f for f,_ in kept], [b for _,b in kept])}
-    params = dict(n_train=n_train, n_test=n_test, size=size, epochs=epochs, bs=bs, lr=lr, seed=seed, arch='resnet18', pretrained=False, aug=True)
+    params = dict(n_train=n_train, n_test=n_test, size=size, epochs=epochs, bs=bs, lr=lr, seed=seed, arch='resnet18', pretrained=False, aug=True, mixup=True)
     _, metrics = fit_and_report(data, out, arch='resnet18', size=size, bs=bs, epochs=epochs, valid='test', pretrained=False,
-                                seed=seed, aug=True, lr=lr, quiet=quiet, title='fastpipes demo: two kinds of marks', params=params,
+                                seed=seed, aug=True, lr=lr, mixup=True, quiet=quiet, title='fastpipes demo: two kinds of marks', params=params,
                                 summary=(f"{2*(n_train+n_test)} generated images (two kinds of marks at random places on clutter) "
                                          f"and {len(items) - 2*(n_train+n_test)} bad ones (a copy, a tiny image, a truncated JPEG, "
                                          "an HTML page, an empty body, a 404) were served on 127.0.0.x, downloaded, cleaned and "

@@ -5,7 +5,9 @@ from pathlib import Path
 from fastai.vision.all import ImageDataLoaders, Normalize, imagenet_stats, get_image_files, aug_transforms
 from fastpipes.core import FastpipesError
 from fastpipes.data import image_dls
-from fastpipes.synth import make_marks, MARK_CLASSES, BLANK
+from fastpipes.synth import make_marks, MARK_CLASSES
+from fastpipes.train import train_classifier
+from fastai.callback.mixup import MixUp
 from fastpipes.cam import (build_learner, cam_maps, grad_cam, cam_grid, pointing_game, deletion_auc, insertion_auc,
                            average_drop, increase_in_confidence, to_cam_learner, _upsample)
 
@@ -130,23 +132,22 @@ def test_cam_grid_errors(marks, tmp_path):
     with pytest.raises(FastpipesError, match='not a class'): cam_grid(learn, target='square')
     with pytest.raises(FastpipesError, match='not an image file'): cam_grid(learn, [tmp_path/'x.jpg', tmp_path/'y.jpg'])
 
-# The one expensive test: a short from-scratch training on generated marks must localise them. Blank images (no
-# mark) form a third class, so that each mark needs evidence of its own (see `fastpipes.synth`).
-SIZE, N_TRAIN, N_TEST, EPOCHS = 96, 120, 40, 5
+# The one expensive test: the demo's recipe (`fastpipes demo`: two kinds of marks at 192 px, so the maps are 6x6;
+# a resnet18 from scratch, 8 epochs with augmentation and `MixUp`; about three minutes on two cores), with another
+# seed, must localise the marks.
+SIZE, N_TRAIN, N_TEST, EPOCHS, CELLS = 192, 150, 50, 8, 6
 
 def _chance(bx, size, n=200, seed=0):
-    "Pointing game of maps whose maximum falls in a random cell of the 3x3 grid: the level a map must beat."
+    "Pointing game of maps whose maximum falls in a random cell: the level a map must beat."
     g = torch.Generator().manual_seed(seed)
-    return np.mean([pointing_game(torch.rand(len(bx), 3, 3, generator=g), bx, size=size) for _ in range(n)])
+    return np.mean([pointing_game(torch.rand(len(bx), CELLS, CELLS, generator=g), bx, size=size) for _ in range(n)])
 
 @pytest.mark.slow
 def test_localisation_pointing_game(tmp_path):
     torch.set_num_threads(2)
-    df = make_marks(tmp_path, n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=0, classes=(*MARK_CLASSES, BLANK))
-    dls = image_dls(tmp_path, size=SIZE, bs=32, aug=False, num_workers=0, seed=0)
-    torch.manual_seed(0)
-    learn = build_learner(dls, 'resnet18', pretrained=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(EPOCHS, 2e-3)
+    df = make_marks(tmp_path, n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=0)
+    dls = image_dls(tmp_path, size=SIZE, bs=16, aug=True, num_workers=0, seed=0)
+    learn = train_classifier(dls, 'resnet18', epochs=EPOCHS, pretrained=False, lr=2e-3, quiet=True, seed=0, cbs=[MixUp()])
     maps, ok, xs, ys = [], [], [], []
     for xb, yb in learn.dls.valid:
         yb = yb.as_subclass(torch.Tensor)
@@ -159,7 +160,7 @@ def test_localisation_pointing_game(tmp_path):
     assert acc >= 0.95, acc
     pg, chance = pointing_game(maps[marked], bxs[marked], size=SIZE), _chance(bxs[marked], SIZE)
     print(f"accuracy {acc:.3f}, pointing game {pg:.3f} (chance {chance:.3f})")
-    assert pg >= 0.7 and pg >= chance + 0.3, (pg, chance)
+    assert pg >= 0.9 and pg >= chance + 0.5, (pg, chance)
     # the metrics agree that the map is informative: deleting the salient pixels first hurts more than inserting them helps
     i = torch.nonzero(torch.as_tensor(marked)).flatten()[::4]
     assert deletion_auc(learn, xs[i], maps[i], target=ys[i].tolist(), steps=8) < insertion_auc(learn, xs[i], maps[i], target=ys[i].tolist(), steps=8)
