@@ -345,7 +345,7 @@ def _pointing(learn, # a CAM-ready learner
     return sum(hits) / len(hits)
 
 # %% ../nbs/10_cli.ipynb #1ccf4ff6
-DEMO = dict(n_train=150, n_test=50, size=192, epochs=8, bs=16, lr=2e-3)  # about three minutes on 2 idle cores
+DEMO = dict(n_train=150, n_test=50, size=192, epochs=8, bs=16, lr=2e-3)  # about two and a half minutes on 2 idle cores
 
 def _broken_routes(jpeg:bytes)->dict:
     "Bodies that a real crawl meets, keyed by path: `jpeg` (the first training image) again, too small, cut short, and three that are no image."

@@ -14,6 +14,7 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: F401 (patches Learner)
 from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches Learner.no_bar)
+from fastai.callback.channelslast import ChannelsLast
 from fastai.data.core import Datasets, DataLoaders, TfmdDL
 from fastai.data.transforms import Categorize, ColReader, ToTensor, IntToFloatTensor, Normalize
 from fastai.interpret import ClassificationInterpretation
@@ -85,6 +86,10 @@ def _fit(learn, epochs, lr, freeze_epochs, pretrained, **kwargs):
         learn._fp_phase = 'train'; learn.unfreeze()
         learn.fit_one_cycle(epochs, lr, **kwargs)
 
+def _on_cpu(dls)->bool:
+    dev = getattr(dls, 'device', None)
+    return dev is None or torch.device(dev).type == 'cpu'
+
 def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      arch:str='resnet34', # architecture name ('resnet18', 'resnet34', 'resnet50', ...) or a callable
                      epochs:int=5, # epochs with every layer training (after the frozen ones)
@@ -96,13 +101,15 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
+                     channels_last:bool|None=None, # train in channels-last memory format; None: on the CPU only
                      **kwargs, # passed to `fastpipes.cam.build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with `fine_tune`; return the `Learner`."
     _check_train_args(dls, epochs, freeze_epochs, lr)
+    if channels_last is None: channels_last = _on_cpu(dls)
     set_seed(seed)
     learn = build_learner(dls, arch, pretrained=pretrained, cam=cam, metrics=list(listify(metrics)),
-                          cbs=[TrainHistory(), *listify(cbs)], **kwargs)
+                          cbs=[TrainHistory(), *([ChannelsLast()] if channels_last else []), *listify(cbs)], **kwargs)
     learn.fastpipes = dict(arch=arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch)),
                            cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
@@ -153,10 +160,11 @@ def _labelled_dl(learn, folder, bs=None):
 def _scores(probs, targs, vocab)->dict:
     n = len(targs)
     pred = probs.argmax(1)
-    ok = (pred == targs).float()
+    ok = pred == targs
     loss = -torch.log(probs[torch.arange(n), targs].clamp_min(1e-12)).mean()
-    per = {str(v): (float(ok[targs == i].mean()) if (targs == i).any() else None) for i,v in enumerate(vocab)}
-    return dict(n=n, loss=float(loss), accuracy=float(ok.mean()), error_rate=float(1-ok.mean()), per_class=per)
+    def frac(m): return int(m.sum()) / len(m) if len(m) else float('nan')   # 39/40 reads 0.975, not 0.9750000238
+    per = {str(v): (frac(ok[targs == i]) if (targs == i).any() else None) for i,v in enumerate(vocab)}
+    return dict(n=n, loss=float(loss), accuracy=frac(ok), error_rate=frac(~ok), per_class=per)
 
 def _valid(learn):
     "The validation `DataLoader`; a loaded classifier has none."
@@ -195,13 +203,14 @@ def class_accuracy(learn:Learner, dl_or_folder=None, bs:int|None=None)->pd.DataF
 
 # %% ../nbs/05_train.ipynb #ae1d0063
 def _interp(learn, dl=None):
+    "fastai's `ClassificationInterpretation` on `dl`, without `from_learner`'s pass for the losses (the confusion matrix makes its own)."
     if isinstance(dl, (str, Path)): dl = _labelled_dl(learn, Path(dl))  # fastai's Interpretation needs labels in the dl
-    with _quiet(learn, True): return ClassificationInterpretation.from_learner(learn, dl=dl if dl is not None else _valid(learn))
+    return ClassificationInterpretation(learn, dl if dl is not None else _valid(learn), losses=None)
 
 def confusion_figure(learn:Learner, dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
                      normalize:bool=False, figsize=(4,4), **kwargs)->plt.Figure:
     "The confusion matrix of `learn` on `dl` as a matplotlib `Figure`."
-    _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
+    with _quiet(learn, True): _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
     return plt.gcf()
 
 def top_losses_figure(learn:Learner, k:int=9, # number of images shown
@@ -297,8 +306,10 @@ def _read_weights(folder:Path, meta:dict)->dict:
     if not fn.is_file(): raise FastpipesError(f"`{folder}` holds no `{WEIGHTS}`; save the classifier again.")
     if sha256_file(fn) != meta['sha256']:
         raise FastpipesError(f"`{fn}` does not match the checksum in `{META}`: the file is corrupt or was replaced.")
+    # Whatever the bytes, the weights-only unpickler runs no code; a foreign or corrupt file makes it raise one of
+    # many types (UnpicklingError, IndexError, KeyError, UnicodeDecodeError, ... on random bytes), so all are caught.
     try: sd = torch.load(fn, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+    except Exception as e:
         raise FastpipesError(f"`{fn}` is not a file of weights that can be loaded safely ({type(e).__name__}).") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FastpipesError(f"`{fn}` does not hold a state dict of tensors.")

@@ -1,5 +1,5 @@
 "Training, evaluation, pickle-free save/load and batched prediction on tiny generated images (CPU, no downloads)."
-import json, os, pickle, urllib.error
+import json, os, pickle, random, urllib.error
 import numpy as np, pytest, torch
 from pathlib import Path
 import matplotlib.pyplot as plt
@@ -123,14 +123,17 @@ def _fix_sha(folder, **changes):
     meta.update(sha256=sha256_file(folder/'weights.pth'), **changes)
     fn.write_text(json.dumps(meta))
 
+# Random bytes with a valid checksum: these seeds make torch's weights-only unpickler raise UnpicklingError,
+# IndexError, KeyError and UnicodeDecodeError in turn (each must become the same one-line error).
 @pytest.mark.parametrize('case,msg', [
-    ('random_weights', 'safely'), ('checksum', 'checksum'), ('no_weights', 'weights.pth'), ('not_json', 'JSON'),
+    *[(f'random_weights_{s}', 'safely') for s in (0, 2, 20, 195)], ('checksum', 'checksum'), ('no_weights', 'weights.pth'), ('not_json', 'JSON'),
     ('missing_keys', 'lacks'), ('foreign_json', 'format'), ('other_arch', 'do not fit'), ('other_vocab', 'do not fit'),
     ('missing', 'does not exist'), ('no_meta', 'classifier.json'), ('bad_size', 'describes the data'),
 ])
 def test_load_refuses(saved, tmp_path, case, msg):
     p = _copy(saved, tmp_path/'m') if case != 'missing' else tmp_path/'nope'
-    if case == 'random_weights': (p/'weights.pth').write_bytes(os.urandom(4096)); _fix_sha(p)
+    if case.startswith('random_weights'):
+        (p/'weights.pth').write_bytes(random.Random(int(case.rsplit('_', 1)[1])).randbytes(4096)); _fix_sha(p)
     elif case == 'checksum': (p/'weights.pth').write_bytes(os.urandom(4096))
     elif case == 'no_weights': (p/'weights.pth').unlink()
     elif case == 'not_json': (p/'classifier.json').write_bytes(os.urandom(64))
