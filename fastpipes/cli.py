@@ -324,20 +324,23 @@ def _cmd_demo(a):
     print(_report_line(a.out, metrics))
 
 # %% ../nbs/10_cli.ipynb #33f2e300
+def _image_size(fn)->tuple[int, int]:
+    from PIL import Image
+    with Image.open(fn) as im: return im.size
+
 def _pointing(learn, # a CAM-ready learner
               files:list, # image files
               boxes:list, # `(x0, y0, x1, y1)` per file, in pixels of the file
               bs:int=64)->float:
     "Pointing game of `learn`'s CAMs (predicted class) on `files`, whose objects lie in `boxes`."
     import torch
-    from PIL import Image
     from fastpipes.cam import cam_maps, pointing_game
     if not len(files): raise FastpipesError("The pointing game needs at least one image with a box.")
     hits, i = [], 0
     for xb in learn.dls.test_dl(list(files), bs=bs, num_workers=0):
         maps, probs = cam_maps(learn, xb)
         H, W = xb[0].shape[-2:]
-        sizes = [Image.open(f).size for f in files[i:i+len(maps)]]
+        sizes = [_image_size(f) for f in files[i:i+len(maps)]]
         bx = [(x0*W/w, y0*H/h, x1*W/w, y1*H/h) for (w,h),(x0,y0,x1,y1) in zip(sizes, boxes[i:i+len(maps)])]
         m = maps[torch.arange(len(maps)), probs.argmax(1)]
         hits += pointing_game(m, bx, size=(H, W), reduce=False).tolist()
@@ -498,7 +501,7 @@ def _err(msg:str): print(f"fastpipes: error: {_one_line(msg)}", file=sys.stderr,
 def _hide_foreign_warnings():
     "Keep other packages' warnings (torch's deprecations, ...) off stderr, so an error stays one line; ours still show."
     warnings.filterwarnings('ignore')
-    warnings.filterwarnings('default', module=r'fastpipes(\.|$)')
+    warnings.filterwarnings('default', module=r'(fastpipes(\.|$)|__main__$)')   # `python -m fastpipes.cli` runs as __main__
 
 def _run(a)->int:
     "Run the parsed command `a`; its exit status."
