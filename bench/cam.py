@@ -100,7 +100,8 @@ def main():
     from fastcore.basics import first
     from fastpipes.synth import make_marks
     from fastpipes.data import image_dls
-    from fastpipes.cam import build_learner, cam_maps, grad_cam, _upsample
+    from fastpipes.train import build_learner
+    from fastpipes.cam import cam_maps, grad_cam, _upsample
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

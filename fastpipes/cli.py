@@ -199,7 +199,7 @@ def fit_and_report(data:Path, # dataset folder: `<split>/<label>/` or `<label>/`
                    title:str='fastpipes run', summary:str|None=None, params:dict|None=None, extra_fn=None):
     "Train a CAM-ready classifier on `data`, save it to `out/model` and write the report; return `(learn, metrics)`."
     data, out = _in_dir(data), _out_dir(out)
-    from fastpipes.cam import resolve_arch
+    from fastpipes.train import resolve_arch
     from fastpipes.data import image_dls
     from fastpipes.train import train_classifier, save_classifier
     resolve_arch(arch)

@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #95984c24
 from __future__ import annotations
-import hashlib, json, os, random, re, threading, unicodedata
+import hashlib, json, os, random, re, threading, time, unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'FIELDS', 'FastpipesError', 'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file',
-           'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter', 'set_seed', 'pbar']
+__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'FastpipesError', 'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file',
+           'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed',
+           'pbar', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
@@ -115,6 +117,47 @@ class ManifestWriter:
         with self.lock: self.f.write(line); self.f.flush()
     def __exit__(self, *exc): self.f.close()
 
+# %% ../nbs/00_core.ipynb #4ac9577b
+LOCK = '.fastpipes.lock'
+_held, _held_lock = {}, threading.Lock()  # folder → how many times this process holds it
+
+def _try_lock(fd)->bool:
+    try:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError: return False
+    except ImportError:  # Windows
+        import msvcrt
+        try: msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError: return False
+    return True
+
+@contextmanager
+def dataset_lock(dest:Path, # the dataset folder (created if missing)
+                 wait:float=0, # seconds to wait for another run to finish before giving up
+                ):
+    "Hold `dest`'s lock for one run: a second run at the same time waits `wait` seconds, then raises `FastpipesError`."
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    key, fd, held = str(dest.resolve()), None, False
+    with _held_lock:
+        if key in _held: _held[key] += 1; held = True
+    try:
+        if not held:
+            fd = os.open(dest/LOCK, os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o644)
+            deadline = time.monotonic() + max(0., wait)
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise FastpipesError(f"The folder `{dest}` is in use by another fastpipes run; wait for it to finish, then run again.")
+                time.sleep(0.05)
+            with _held_lock: _held[key] = 1; held = True
+        yield dest
+    finally:
+        if held:
+            with _held_lock:
+                _held[key] -= 1
+                if not _held[key]: del _held[key]
+        if fd is not None: os.close(fd)
+
 # %% ../nbs/00_core.ipynb #ae8b2657
 def set_seed(seed:int|None, reproducible:bool=False):
     "Seed `random`, NumPy and torch (all threads of it) with `seed`; `None` does nothing."
@@ -130,3 +173,14 @@ def pbar(it:Iterable, total:int|None=None, quiet:bool=False, comment:str='')->It
     pb = progress_bar(it, total=total, leave=False)
     if comment: pb.comment = comment
     return iter(pb)
+
+# %% ../nbs/00_core.ipynb #15368dd3
+@contextmanager
+def eval_mode(model, # a `torch.nn.Module`
+             ):
+    "Put every module of `model` in eval mode while inside; afterwards each gets its own mode back."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m,was in modes: m.training = was

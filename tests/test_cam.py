@@ -8,8 +8,9 @@ from fastpipes.data import image_dls
 from fastpipes.synth import make_marks, MARK_CLASSES
 from fastpipes.train import train_classifier
 from fastai.callback.mixup import MixUp
-from fastpipes.cam import (build_learner, cam_maps, grad_cam, cam_grid, pointing_game, deletion_auc, insertion_auc,
-                           average_drop, increase_in_confidence, to_cam_learner, _upsample)
+from fastpipes.train import build_learner, to_cam_learner
+from fastpipes.cam import (cam_maps, grad_cam, cam_grid, pointing_game, deletion_auc, insertion_auc,
+                           average_drop, increase_in_confidence, _upsample)
 
 torch.set_num_threads(1)
 
