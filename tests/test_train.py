@@ -172,3 +172,33 @@ def test_bool_vocab_round_trip(ds, tmp_path):
     fns = sorted(pets.iterdir())
     assert torch.allclose(_probs(l, fns), _probs(l2, fns), atol=1e-5)
     assert set(predict(l2, fns).label) <= {False, True}
+
+def _nested(depth): return '[' * depth + ']' * depth
+
+# A crafted classifier.json is data: each bad field is one sentence naming it, before anything is built.
+@pytest.mark.parametrize('change,msg', [
+    (dict(model_kwargs={'weights': 'DEFAULT'}), 'model_kwargs'), (dict(model_kwargs={'lin_ftrs': [10**9]}), 'model_kwargs'),
+    (dict(size=0), 'size'), (dict(size=100000), 'size'), (dict(size=[32, -1]), 'size'),
+    (dict(normalize={'mean': [0.5]*3, 'std': [0, 1, 1]}), 'normalize'), (dict(normalize={'mean': [0.5], 'std': [1]}), 'normalize'),
+    (dict(cam='no'), 'cam'), (dict(arch='os.system'), 'arch'), (dict(arch=['resnet18']), 'arch'),
+    (dict(vocab=['a', 'a']), 'vocab'), (dict(vocab=[{'a': 1}, 'b']), 'vocab'), (dict(resize_method='exec'), 'resize_method'),
+    (dict(url='https://example.com/evil.pth'), 'unknown keys'), (dict(pretrained='yes'), 'pretrained'),
+])
+def test_load_validates_every_field(saved, tmp_path, monkeypatch, change, msg):
+    def no_net(*a, **k): raise AssertionError("a download was attempted")
+    import torchvision.models._api as tv_api, timm.models._builder as timm_builder
+    for mod, name in ((torch.hub, 'load_state_dict_from_url'), (torch.hub, 'download_url_to_file'),
+                      (tv_api, 'load_state_dict_from_url'), (timm_builder, 'load_pretrained')):
+        monkeypatch.setattr(mod, name, no_net)
+    real_load = torch.load
+    def safe_load(*a, **k):
+        assert k.get('weights_only') is True, "an unpickling load was attempted"
+        return real_load(*a, **k)
+    monkeypatch.setattr(torch, 'load', safe_load)
+    p = _copy(saved, tmp_path/'m'); _fix_sha(p, **change)
+    with pytest.raises(FastpipesError, match=msg) as e: load_classifier(p)
+    assert '\n' not in str(e.value)
+
+def test_load_refuses_deep_json(saved, tmp_path):
+    p = _copy(saved, tmp_path/'m'); (p/'classifier.json').write_text(_nested(100_000))
+    with pytest.raises(FastpipesError, match='JSON'): load_classifier(p)
