@@ -6,13 +6,21 @@ import pytest
 from PIL import Image
 
 import fastpipes.crawl as fc
-from fastpipes.core import FastpipesError, inside, read_manifest, safe_name, sha256_file, short_hash
+from fastpipes.core import LOCK, FastpipesError, inside, read_manifest, safe_name, sha256_file, short_hash
 from fastpipes.crawl import crawl, download_images, search_images
 from fastpipes.serve import LoopbackServer, Route
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP = 256 << 10  # a small size cap keeps the endless body test fast
+META = ('manifest.jsonl', LOCK)  # the files fastpipes keeps beside the images
 FAST = dict(connect_timeout=1, read_timeout=1, deadline=2.5, max_bytes=CAP, allow_private=True, quiet=True)
+
+PROXY_VARS = [v for k in ('http', 'https', 'all', 'no') for v in (f'{k}_proxy', f'{k.upper()}_PROXY')]
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch):
+    "Tests talk to loopback servers directly, whatever proxies the machine running them sets."
+    for v in PROXY_VARS: monkeypatch.delenv(v, raising=False)
 
 # ---------------------------------------------------------------- payloads
 
@@ -100,7 +108,7 @@ def test_hostile_case(hostile, path):
 
 def test_hostile_files(hostile):
     _, rows, dest = hostile
-    files = [p for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+    files = [p for p in dest.rglob('*') if p.is_file() and p.name not in META]
     assert sorted(p.name for p in files) == sorted(Path(r['file']).name for r in rows.values() if r['status'] == 'ok')
     assert not list(dest.rglob('*.part'))
     assert max(p.stat().st_size for p in files) <= CAP
@@ -120,7 +128,7 @@ def test_no_part_file_over_cap_while_streaming(tmp_path):
     def watch():
         while not stop.is_set():
             for p in tmp_path.rglob('*'):
-                try: biggest[0] = max(biggest[0], p.stat().st_size if p.is_file() and p.name != 'manifest.jsonl' else 0)
+                try: biggest[0] = max(biggest[0], p.stat().st_size if p.is_file() and p.name not in META else 0)
                 except FileNotFoundError: pass
     with LoopbackServer({'/e.png': Route(PNG_RGB, endless=True, chunk=4096, chunk_delay=0.002)}) as srv:
         t = threading.Thread(target=watch); t.start()
@@ -146,7 +154,7 @@ def test_private_refused(tmp_path):
                                tmp_path, **dict(FAST, allow_private=False))
         assert srv.n_requests == 0
     assert all(r['status'] == 'error' and r['reason'].startswith('refused private/loopback/reserved address') for r in rows)
-    assert not [p for p in tmp_path.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+    assert not [p for p in tmp_path.rglob('*') if p.is_file() and p.name not in META]
 
 def test_redirect_to_private_refused_at_the_hop(tmp_path, monkeypatch):
     "Every hop is checked: pretend 127.0.0.1 is public and 127.0.0.2 is not."
@@ -209,7 +217,7 @@ def _child(urls_file, dest):
         str(urls_file), str(dest)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 def _state(dest):
-    files = sorted((p.relative_to(dest).as_posix(), sha256_file(p)) for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl')
+    files = sorted((p.relative_to(dest).as_posix(), sha256_file(p)) for p in dest.rglob('*') if p.is_file() and p.name not in META)
     return files, sorted(json.dumps(r, sort_keys=True) for r in read_manifest(dest))
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='SIGKILL')
@@ -490,7 +498,7 @@ def test_kept_connection_closed_by_server(tmp_path):
         assert srv.n_conns['127.0.0.1'] == 3    # b reuses nothing (a was dropped), c reuses b's, d needs a new one
 
 def test_tls_handshake_under_the_deadline(tmp_path):
-    "A server that trickles its TLS handshake, one byte every 0.1 s, is cut at the deadline (Python bounds a whole handshake by the socket timeout)."
+    "A server that trickles its TLS handshake, one byte every 0.1 s, is cut at the deadline (httpx bounds a handshake by the connect timeout, 5 s here)."
     import socket
     srv, stop = socket.create_server(('127.0.0.1', 0)), threading.Event()
     def serve():
@@ -502,7 +510,7 @@ def test_tls_handshake_under_the_deadline(tmp_path):
                 try: c.sendall(b'\x00')
                 except OSError: return
     t = threading.Thread(target=serve, daemon=True); t.start()
-    try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, read_timeout=5, deadline=1.5))
+    try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, connect_timeout=5, read_timeout=5, deadline=1.5))
     finally: stop.set(); t.join(5); srv.close()
     assert r['status'] == 'error' and r['reason'] == 'took longer than the 1.5 s deadline', r['reason']
 
