@@ -218,7 +218,7 @@ class LoopbackServer:
     def _conn_closed(self, h):
         with self._lock: self._socks.discard(h.connection); self._conns[h.server.server_address[0]] -= 1
 
-# %% ../nbs/01a_serve.ipynb #9613e2d3
+# %% ../nbs/01a_serve.ipynb #f49aefa8
 class _ProxyHandler(socketserver.StreamRequestHandler):
     timeout = 30
     def handle(self):
