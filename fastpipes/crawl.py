@@ -387,8 +387,9 @@ class _Fetcher:
         async def body():
             nonlocal got
             try:
-                async for b in resp.aiter_raw():
-                    got += len(b); yield b
+                async with contextlib.aclosing(resp.aiter_raw()) as raw:
+                    async for b in raw:
+                        got += len(b); yield b
             except httpcore.RemoteProtocolError:
                 if size is not None and got < size: raise _Fail(f'body ended early: {got} of {size} bytes') from None
                 raise
@@ -450,14 +451,21 @@ def _shards(rows:list[dict], k:int)->list[list[dict]]:
         groups[where[h]].append(r)
     return [g for g in groups if g]
 
+def _close(loop:asyncio.AbstractEventLoop):
+    "Close `loop` once the tasks a run leaves behind (async generators being closed) have ended."
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    for _ in range(5):
+        if not (tasks := asyncio.all_tasks(loop)): break
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+
 def _run(make:Callable, rows:list[dict], loops:int)->Iterator[dict]:
     "Fetch `rows` on up to `loops` event loops, each in a thread of its own with the fetcher `make(n_loops)` and its share of the hosts; yield each finished row."
     q, errors, runs = queue.Queue(), [], []
     def go(loop, main):
         try: loop.run_until_complete(main)
         except BaseException as e: errors.append(e)   # re-raised below, in the caller's thread
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens()); loop.close(); q.put(_DONE)
+        finally: _close(loop); q.put(_DONE)
     groups = _shards(rows, loops)
     for g in groups:   # a loop in a thread of its own also stays clear of a notebook's running loop
         loop = asyncio.new_event_loop()
