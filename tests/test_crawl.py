@@ -794,3 +794,18 @@ def test_concurrent_runs_on_one_folder(tmp_path):
     m = read_manifest(tmp_path/'d')
     assert len(m) == 40 and all(r['status'] == 'ok' for r in m)
     assert len((tmp_path/'d'/'manifest.jsonl').read_text().splitlines()) == 40
+
+def test_connects_to_the_checked_address(tmp_path, monkeypatch):
+    "DNS rebinding: a name is looked up once per run and the connection goes to that checked address, never to a later answer."
+    calls, real = [], fc.socket.getaddrinfo
+    def gai(host, port, *a, **k):
+        if host != 'rebind.example': return real(host, port, *a, **k)
+        calls.append(host)
+        return real('127.0.0.1' if len(calls) == 1 else '127.0.0.2', port, *a, **k)   # public first, private after
+    monkeypatch.setattr(fc.socket, 'getaddrinfo', gai)
+    monkeypatch.setattr(fc, '_public', lambda ip: ip == '127.0.0.1')
+    with LoopbackServer(lambda p: photo(len(p)), hosts=2) as srv:
+        port = srv.url().rsplit(':', 1)[1].strip('/')
+        rows = download_images([f'http://rebind.example:{port}/{i}.jpg' for i in range(6)], tmp_path, **dict(FAST, allow_private=False, per_host=2))
+        assert rows.attrgot('status') == ['ok'] * 6, rows.attrgot('reason')
+        assert calls == ['rebind.example'] and set(srv.n_conns) == {'127.0.0.1'}
