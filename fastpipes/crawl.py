@@ -460,16 +460,16 @@ def _close(loop:asyncio.AbstractEventLoop):
     loop.close()
 
 def _run(make:Callable, rows:list[dict], loops:int)->Iterator[dict]:
-    "Fetch `rows` on up to `loops` event loops, each in a thread of its own with the fetcher `make(n_loops)` and its share of the hosts; yield each finished row."
+    "Fetch `rows` on up to `loops` event loops, each in a thread of its own with the fetcher `make(n_loops, i)` and its share of the hosts; yield each finished row."
     q, errors, runs = queue.Queue(), [], []
     def go(loop, main):
         try: loop.run_until_complete(main)
         except BaseException as e: errors.append(e)   # re-raised below, in the caller's thread
         finally: _close(loop); q.put(_DONE)
     groups = _shards(rows, loops)
-    for g in groups:   # a loop in a thread of its own also stays clear of a notebook's running loop
+    for i,g in enumerate(groups):   # a loop in a thread of its own also stays clear of a notebook's running loop
         loop = asyncio.new_event_loop()
-        main = loop.create_task(make(len(groups)).run(g, q.put))
+        main = loop.create_task(make(len(groups), i).run(g, q.put))
         t = threading.Thread(target=go, args=(loop, main), daemon=True, name='fastpipes-download'); t.start()
         runs.append((loop, main, t))
     left = len(runs)
@@ -529,8 +529,8 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
         skip = {r['url'] for r in done}
         todo = [r for r in rows if r['url'] not in skip]
         out = {r['url']: r for r in done}
-        make = lambda k: _Fetcher(dest, -(-max_workers//k), per_host, connect_timeout, read_timeout, deadline, max_bytes,
-                                  max_redirects, allow_private, user_agent, proxy)   # k loops share the `max_workers` slots
+        make = lambda k, i: _Fetcher(dest, max_workers//k + (i < max_workers % k), per_host, connect_timeout, read_timeout,
+                                     deadline, max_bytes, max_redirects, allow_private, user_agent, proxy)   # k loops share the slots
         with ManifestWriter(dest) as mw:
             for r in pbar(_run(make, todo, min(_LOOPS, max_workers)), total=len(todo), quiet=quiet, comment='download'):
                 mw.write(r); out[r['url']] = r
