@@ -220,8 +220,10 @@ class _Backend(httpcore.AsyncNetworkBackend):
         err = None
         for ip in await self.resolve(host, port, timeout):
             try: return await self.inner.connect_tcp(ip, port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e: err = e
-        raise err
+            except httpcore.ConnectTimeout: raise
+            except httpcore.ConnectError as e: err = e
+        while err.__cause__ or err.__context__: err = err.__cause__ or err.__context__   # what the system said, under anyio's wrapping
+        raise _Fail(f'cannot connect: {err}')
     async def sleep(self, seconds): await self.inner.sleep(seconds)
 
 # %% ../nbs/01_crawl.ipynb #7dfca05e
