@@ -275,17 +275,20 @@ def _host(url:str)->str:
     try: return urlsplit(url).hostname or ''
     except ValueError: return ''
 
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
+
 def _create(part:Path):
-    "`part` opened for writing as a new file: a file or link already there is removed, never followed."
-    part.unlink(missing_ok=True)
-    return open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0), 0o644), 'wb')
+    "`part` opened for writing as a new file: a file or link already there (a killed run's, or planted) is removed, never followed."
+    try: return open(os.open(part, _NEW, 0o644), 'wb')
+    except FileExistsError: part.unlink()
+    return open(os.open(part, _NEW, 0o644), 'wb')
 
 class _Fetcher:
     "Downloads items (manifest rows) into `dest` on an asyncio loop; `run` settles each as one finished row."
     def __init__(self, dest, max_workers, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
                  allow_private, user_agent, proxy, chunk=1<<16):
         store_attr()
-        self.resolve, self.clients, self.ctx = _Resolver(allow_private), OrderedDict(), httpx.create_ssl_context()
+        self.resolve, self.clients, self.ctx, self.made = _Resolver(allow_private), OrderedDict(), httpx.create_ssl_context(), set()
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
         self.env = urllib.request.getproxies_environment()
         self.headers = {'User-Agent': user_agent, 'Accept': 'image/*,*/*;q=0.5', 'Accept-Encoding': 'identity'}
@@ -400,7 +403,7 @@ class _Fetcher:
             while len(head) < 64 and (b := await anext(chunks, b'')): head += b
             ext, why = sniff(head)
             if why: raise _Fail(why + (f" (served as {resp.headers.get('Content-Type')})" if 'image' in (resp.headers.get('Content-Type') or '') else ''))
-            folder.mkdir(parents=True, exist_ok=True)
+            if folder not in self.made: folder.mkdir(parents=True, exist_ok=True); self.made.add(folder)
             sha, n, b = hashlib.sha256(), 0, head
             with _create(part) as f:
                 while b:
