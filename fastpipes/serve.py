@@ -5,7 +5,7 @@ redirect loops and endless streams, on one or many 127.0.0.x addresses."""
 
 # %% ../nbs/01a_serve.ipynb #3559aa57
 from __future__ import annotations
-import socket, ssl, threading, time
+import select, socket, socketserver, ssl, threading, time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +13,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 # %% auto #0
-__all__ = ['Route', 'LoopbackServer']
+__all__ = ['Route', 'LoopbackServer', 'LoopbackProxy']
 
 # %% ../nbs/01a_serve.ipynb #543e4f28
 @dataclass
@@ -32,6 +32,8 @@ class Route:
     length:int|None=None         # Content-Length to claim instead of the real one (a short body then drops the connection)
     drop:bool=False              # close the connection after answering without saying so (an idle keep-alive timing out)
     header_delay:float=0.0       # send 90 padding header lines this many seconds apart first: trickled headers
+    reason:str|None=None         # the status line's text instead of the standard one (e.g. with escape sequences)
+    raw:bytes|None=None          # send these bytes instead of an HTTP response, then close (a garbage status line)
 
 def _as_route(r)->Route|None:
     if r is None or isinstance(r, Route): return r
@@ -67,7 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
         if r.hang:
             srv._stop.wait(srv.hang_max)
             return self._drop()
-        self.send_response(r.status)
+        if r.raw is not None:
+            try: self.wfile.write(r.raw); self.wfile.flush()
+            except OSError: pass
+            return self._drop()
+        self.send_response(r.status, r.reason)
         self.send_header('Content-Type', r.content_type)
         if r.redirect is not None: self.send_header('Location', r.redirect)
         for k,v in (r.headers or {}).items(): self.send_header(k, v)
@@ -211,3 +217,87 @@ class LoopbackServer:
             self.max_conns[ip] = max(self.max_conns[ip], self._conns[ip])
     def _conn_closed(self, h):
         with self._lock: self._socks.discard(h.connection); self._conns[h.server.server_address[0]] -= 1
+
+# %% ../nbs/01a_serve.ipynb #f49aefa8
+class _ProxyHandler(socketserver.StreamRequestHandler):
+    timeout = 30
+    def handle(self):
+        while not self.server.owner._stop.is_set():
+            line = self.rfile.readline(8192)
+            if not line.strip(): return
+            head = [line]
+            while (h := self.rfile.readline(8192)) not in (b'\r\n', b'\n', b''): head.append(h)
+            method, target, _ = line.decode('latin-1').split(' ', 2)
+            self.server.owner._seen(method, target)
+            if method == 'CONNECT': return self._tunnel(target)
+            if not self._forward(method, target, head[1:]): return
+
+    def _upstream(self, host, port):
+        if self.server.owner.refuse: raise OSError('refused by the proxy')
+        return socket.create_connection((host, int(port)), timeout=10)
+
+    def _tunnel(self, target):
+        "CONNECT host:port: answer 200, then copy bytes both ways until one side closes."
+        host, port = target.rsplit(':', 1)
+        try: up = self._upstream(host.strip('[]'), port)
+        except OSError: return self.wfile.write(b'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n')
+        with up:
+            self.wfile.write(b'HTTP/1.1 200 Connection established\r\n\r\n'); self.wfile.flush()
+            socks = [self.connection, up]
+            while not self.server.owner._stop.is_set():
+                ready, _, _ = select.select(socks, [], [], 0.1)
+                for s in ready:
+                    data = s.recv(1 << 16)
+                    if not data: return
+                    (up if s is self.connection else self.connection).sendall(data)
+
+    def _forward(self, method, target, headers)->bool:
+        "An absolute-form request: send it on to its host over a new connection, copy the answer back; False to close."
+        u = urlsplit(target)
+        length = 0
+        for h in headers:
+            k, _, v = h.decode('latin-1').partition(':')
+            if k.strip().lower() == 'content-length': length = int(v)
+        body = self.rfile.read(length) if length else b''
+        keep = [h for h in headers if h.split(b':')[0].strip().lower() not in (b'connection', b'proxy-connection', b'proxy-authorization')]
+        path = (u.path or '/') + (f'?{u.query}' if u.query else '')
+        try: up = self._upstream(u.hostname, u.port or 80)
+        except OSError:
+            self.wfile.write(b'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n'); return True
+        with up:
+            up.sendall(f'{method} {path} HTTP/1.1\r\n'.encode() + b''.join(keep) + b'Connection: close\r\n\r\n' + body)
+            while data := up.recv(1 << 16): self.wfile.write(data)
+        return False   # the answer may have no length: close, so the client sees where it ends
+
+class _ProxyServer(socketserver.ThreadingTCPServer):
+    daemon_threads = allow_reuse_address = True
+    def __init__(self, addr, owner): self.owner = owner; super().__init__(addr, _ProxyHandler)
+    def handle_error(self, request, client_address): pass
+
+class LoopbackProxy:
+    "An HTTP proxy on a loopback address (absolute-form requests and CONNECT tunnels) that records every request, as a context manager."
+    def __init__(self,
+                 host:str='127.0.0.1', # address to listen on
+                 refuse:bool=False, # answer 502 to everything (a proxy that cannot reach the target)
+                ):
+        self.host, self.refuse, self.requests = host, refuse, []
+        self._lock, self._stop, self.server, self._thread = threading.Lock(), threading.Event(), None, None
+
+    @property
+    def url(self)->str: return f'http://{self.host}:{self.server.server_address[1]}'
+
+    def _seen(self, method, target):
+        with self._lock: self.requests.append((method, target))
+
+    def start(self):
+        self._stop.clear()
+        self.server = _ProxyServer((self.host, 0), self)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
+        self._thread.start(); return self
+
+    def close(self):
+        self._stop.set(); self.server.shutdown(); self.server.server_close(); self._thread.join(5)
+
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.close()
+

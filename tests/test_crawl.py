@@ -6,13 +6,21 @@ import pytest
 from PIL import Image
 
 import fastpipes.crawl as fc
-from fastpipes.core import FastpipesError, inside, read_manifest, safe_name, sha256_file, short_hash
+from fastpipes.core import LOCK, FastpipesError, inside, read_manifest, safe_name, sha256_file, short_hash
 from fastpipes.crawl import crawl, download_images, search_images
-from fastpipes.serve import LoopbackServer, Route
+from fastpipes.serve import LoopbackProxy, LoopbackServer, Route
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP = 256 << 10  # a small size cap keeps the endless body test fast
+META = ('manifest.jsonl', LOCK)  # the files fastpipes keeps beside the images
 FAST = dict(connect_timeout=1, read_timeout=1, deadline=2.5, max_bytes=CAP, allow_private=True, quiet=True)
+
+PROXY_VARS = [v for k in ('http', 'https', 'all', 'no') for v in (f'{k}_proxy', f'{k.upper()}_PROXY')]
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch):
+    "Tests talk to loopback servers directly, whatever proxies the machine running them sets."
+    for v in PROXY_VARS: monkeypatch.delenv(v, raising=False)
 
 # ---------------------------------------------------------------- payloads
 
@@ -100,7 +108,7 @@ def test_hostile_case(hostile, path):
 
 def test_hostile_files(hostile):
     _, rows, dest = hostile
-    files = [p for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+    files = [p for p in dest.rglob('*') if p.is_file() and p.name not in META]
     assert sorted(p.name for p in files) == sorted(Path(r['file']).name for r in rows.values() if r['status'] == 'ok')
     assert not list(dest.rglob('*.part'))
     assert max(p.stat().st_size for p in files) <= CAP
@@ -120,7 +128,7 @@ def test_no_part_file_over_cap_while_streaming(tmp_path):
     def watch():
         while not stop.is_set():
             for p in tmp_path.rglob('*'):
-                try: biggest[0] = max(biggest[0], p.stat().st_size if p.is_file() and p.name != 'manifest.jsonl' else 0)
+                try: biggest[0] = max(biggest[0], p.stat().st_size if p.is_file() and p.name not in META else 0)
                 except FileNotFoundError: pass
     with LoopbackServer({'/e.png': Route(PNG_RGB, endless=True, chunk=4096, chunk_delay=0.002)}) as srv:
         t = threading.Thread(target=watch); t.start()
@@ -146,7 +154,7 @@ def test_private_refused(tmp_path):
                                tmp_path, **dict(FAST, allow_private=False))
         assert srv.n_requests == 0
     assert all(r['status'] == 'error' and r['reason'].startswith('refused private/loopback/reserved address') for r in rows)
-    assert not [p for p in tmp_path.rglob('*') if p.is_file() and p.name != 'manifest.jsonl']
+    assert not [p for p in tmp_path.rglob('*') if p.is_file() and p.name not in META]
 
 def test_redirect_to_private_refused_at_the_hop(tmp_path, monkeypatch):
     "Every hop is checked: pretend 127.0.0.1 is public and 127.0.0.2 is not."
@@ -209,7 +217,7 @@ def _child(urls_file, dest):
         str(urls_file), str(dest)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 def _state(dest):
-    files = sorted((p.relative_to(dest).as_posix(), sha256_file(p)) for p in dest.rglob('*') if p.is_file() and p.name != 'manifest.jsonl')
+    files = sorted((p.relative_to(dest).as_posix(), sha256_file(p)) for p in dest.rglob('*') if p.is_file() and p.name not in META)
     return files, sorted(json.dumps(r, sort_keys=True) for r in read_manifest(dest))
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='SIGKILL')
@@ -490,7 +498,7 @@ def test_kept_connection_closed_by_server(tmp_path):
         assert srv.n_conns['127.0.0.1'] == 3    # b reuses nothing (a was dropped), c reuses b's, d needs a new one
 
 def test_tls_handshake_under_the_deadline(tmp_path):
-    "A server that trickles its TLS handshake, one byte every 0.1 s, is cut at the deadline (Python bounds a whole handshake by the socket timeout)."
+    "A server that trickles its TLS handshake, one byte every 0.1 s, is cut at the deadline (httpx bounds a handshake by the connect timeout, 5 s here)."
     import socket
     srv, stop = socket.create_server(('127.0.0.1', 0)), threading.Event()
     def serve():
@@ -502,7 +510,7 @@ def test_tls_handshake_under_the_deadline(tmp_path):
                 try: c.sendall(b'\x00')
                 except OSError: return
     t = threading.Thread(target=serve, daemon=True); t.start()
-    try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, read_timeout=5, deadline=1.5))
+    try: r, = download_images(f'https://127.0.0.1:{srv.getsockname()[1]}/a.jpg', tmp_path, **dict(FAST, connect_timeout=5, read_timeout=5, deadline=1.5))
     finally: stop.set(); t.join(5); srv.close()
     assert r['status'] == 'error' and r['reason'] == 'took longer than the 1.5 s deadline', r['reason']
 
@@ -534,3 +542,270 @@ def test_settled_urls_say_why(tmp_path):
         assert srv.hits == {'/c.jpg': 1}
     assert rows.attrgot('reason') == ['rejected by an earlier run: near-duplicate',
                                       "skipped by an earlier run: found for more than one label: 'a', 'b'", None]
+
+# ---------------------------------------------------------------- failures of one URL are that URL's row
+
+def test_malformed_urls_from_a_file(tmp_path):
+    "A URL that does not parse (the attack run's `http://[::1/x.jpg`) is its row; the good URLs around it are saved."
+    with LoopbackServer({'/a.jpg': JPG, '/b.png': PNG_RGB}) as srv:
+        bad = ['http://[::1/x.jpg', 'http://[fe80::1%zz/x.jpg', 'http://127.0.0.1:0x50/x.jpg', 'http://a b.example/x.jpg', 'http://\x00/x.jpg', 'https://[::1]:99999/']
+        (tmp_path/'urls.txt').write_text('\n'.join([srv.url('/a.jpg'), *bad, srv.url('/b.png')]) + '\n')
+        urls = [l for l in (tmp_path/'urls.txt').read_text().splitlines() if l.strip()]
+        rows = download_images(urls, tmp_path/'d', **FAST)
+    assert rows.attrgot('status') == ['ok'] + ['error'] * len(bad) + ['ok'], rows.attrgot('reason')
+    assert rows[1]['reason'] == 'bad URL: Invalid IPv6 URL' and all(r['reason'] for r in rows[1:-1])
+    assert len(read_manifest(tmp_path/'d')) == len(urls)
+
+def test_malformed_urls_from_a_cached_search(tmp_path, monkeypatch):
+    "A bad URL kept in `searches.json` no longer ends every later crawl."
+    with LoopbackServer(lambda p: photo(len(p))) as srv:
+        good = [dict(url=srv.url(f'/{i}.jpg'), query='cat') for i in range(3)]
+        (tmp_path/'searches.json').write_text(json.dumps({'cat': dict(max_images=10, results=[dict(url='http://[::1/x.jpg', query='cat'), *good])}))
+        rows = crawl(['cat'], tmp_path, n_train=4, search=lambda *a, **k: pytest.fail('searched again'), **FAST)
+    assert sorted(rows.attrgot('status')) == ['error', 'ok', 'ok', 'ok']
+    assert [r['reason'] for r in rows if r['status'] == 'error'] == ['bad URL: Invalid IPv6 URL']
+
+def test_file_system_failure_is_a_row(tmp_path):
+    "A label folder that cannot be made (a file has its name) fails that label's URLs only."
+    (tmp_path/'train').mkdir(parents=True); (tmp_path/'train'/'blocked').write_text('a file')
+    with LoopbackServer(lambda p: photo(len(p))) as srv:
+        rows = download_images([dict(url=srv.url('/1.jpg'), label='blocked', split='train'),
+                                dict(url=srv.url('/22.jpg'), label='fine', split='train')], tmp_path, **FAST)
+    assert rows.attrgot('status') == ['error', 'ok']
+    assert rows[0]['reason'].startswith(('FileExistsError', 'NotADirectoryError')), rows[0]['reason']
+
+def test_part_link_not_followed(tmp_path):
+    "A symlink planted at a `.part` path is removed, never written through: its target stays as it was."
+    target = tmp_path/'precious.txt'; target.write_text('keep me')
+    with LoopbackServer({'/a.jpg': JPG}) as srv:
+        url = srv.url('/a.jpg')
+        (tmp_path/'d'/'x').mkdir(parents=True)
+        (tmp_path/'d'/'x'/f'{short_hash(url)}.part').symlink_to(target)
+        r, = download_images(dict(url=url, label='x'), tmp_path/'d', **FAST)
+    assert r['status'] == 'ok' and target.read_text() == 'keep me'
+    assert (tmp_path/'d'/r['file']).read_bytes() == JPG and not list((tmp_path/'d').rglob('*.part'))
+
+FD_CHILD = r'''
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from fastpipes.crawl import download_images
+rows = download_images(json.load(open(sys.argv[1])), sys.argv[2], connect_timeout=2, read_timeout=2, deadline=5, allow_private=True, quiet=True)
+print(json.dumps([[r['url'], r['status'], r['reason']] for r in rows]))
+'''
+
+def test_garbage_status_under_a_descriptor_limit(tmp_path):
+    "Under 256 file descriptors: 300 garbage status lines and 100 failed TLS handshakes among 60 good URLs leak no socket: the 60 are saved."
+    routes = {**{f'/g{i}.jpg': Route(raw=b'HTTP/1.1 ???\r\n\r\n') for i in range(300)}, **{f'/ok{i}.jpg': photo(i % 7) for i in range(60)}}
+    with LoopbackServer(routes, hosts=4) as srv:
+        urls = [srv.url(p, host=i % 4) for i,p in enumerate(routes)]
+        urls += [srv.url(f'/tls{i}.jpg', host=i % 4).replace('http://', 'https://') for i in range(100)]   # TLS to a plain HTTP server
+        (tmp_path/'urls.json').write_text(json.dumps(urls))
+        p = subprocess.run([sys.executable, '-c', FD_CHILD, str(tmp_path/'urls.json'), str(tmp_path/'d')], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    ok = [u for u,s,_ in rows if s == 'ok']
+    assert len(ok) == 60 and all('/ok' in u for u in ok)
+    assert not [why for _,s,why in rows if s != 'ok' and 'Too many open files' in why]
+    assert all(why.startswith('RemoteProtocolError') for u,s,why in rows if '/g' in u), {why for u,s,why in rows if '/g' in u}
+    assert all(why.startswith('ConnectError') for u,s,why in rows if '/tls' in u), {why for u,s,why in rows if '/tls' in u}
+
+def test_per_host_waits_do_not_use_the_deadline(tmp_path):
+    "12 URLs on one host, each served in 0.5 s, 2 at a time, 1.5 s deadline: the ones waiting their turn do not time out."
+    with LoopbackServer(lambda p: Route(photo(int(p.strip('/').split('.')[0])), delay=0.5)) as srv:
+        rows = download_images([srv.url(f'/{i}.jpg') for i in range(12)], tmp_path, **dict(FAST, per_host=2, deadline=1.5))
+        assert rows.attrgot('status') == ['ok'] * 12, rows.attrgot('reason')
+        assert srv.max_conns['127.0.0.1'] == 2
+
+ESC = '\x1b]0;pwned\x07\x1b[2J'
+
+def test_escape_sequences_in_reasons(tmp_path, capsys):
+    "Status texts and headers with terminal escape sequences reach neither the terminal nor the manifest raw."
+    routes = {'/esc.jpg': Route(b'', 403, reason=f'Nope{ESC}'), '/c1.jpg': Route(b'', 404, reason='Gone\x9b2J\x9b0m'),
+              '/type.jpg': Route(b'<html>hi</html>', content_type='image/jpeg\x9b2J'), '/ok.jpg': JPG}
+    with LoopbackServer(routes) as srv:
+        rows = download_images([srv.url(p) for p in routes] + [f'http://{ESC}.example/a.jpg'], tmp_path, **dict(FAST, quiet=False))
+    out = capsys.readouterr().out.rsplit('\r', 1)[-1]   # the summary line, after the progress bar's
+    controls = lambda s: [c for c in s if ord(c) < 32 and c not in '\n' or 0x7f <= ord(c) < 0xa0]
+    assert rows.attrgot('status') == ['error'] * 3 + ['ok', 'error']
+    assert not controls(out) and 'failed' in out, repr(out)
+    assert not [r['reason'] for r in read_manifest(tmp_path) if r['reason'] and controls(r['reason'])]
+    assert '\\x9b' in rows[2]['reason'] and rows[2]['reason'].startswith('not an image: HTML (served as image/jpeg')
+
+# ---------------------------------------------------------------- addresses
+
+DENIED = ['0.1.2.3', '10.0.0.1', '100.64.1.1', '127.0.0.1', '169.254.169.254', '172.31.0.1', '192.0.0.170', '192.0.2.1',
+          '192.88.99.1', '192.168.1.1', '198.18.0.1', '198.51.100.7', '203.0.113.9', '224.0.0.251', '240.0.0.1', '255.255.255.255',
+          '::', '::1', '::127.0.0.1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', '::ffff:0:a00:1', '64:ff9b::7f00:1', '64:ff9b::10.1.2.3',
+          '64:ff9b:1::1', '2002:7f00:1::1', '2002:a00:1::', '2001::1', '2001:0:4136:e378:8000:63bf:3fff:fdd2', '2001:db8::1',
+          '100::1', 'fc00::1', 'fd12:3456::1', 'fe80::1', 'fe80::1%1', 'fec0::1', 'ff02::1', '3fff::1', '5f00::1']
+PUBLIC = ['8.8.8.8', '1.1.1.1', '93.184.216.34', '2606:4700:4700::1111', '2a00:1450:4001::200e', '::ffff:8.8.8.8',
+          '64:ff9b::8.8.8.8', '2002:808:808::1']
+
+@pytest.mark.parametrize('ip', DENIED)
+def test_address_denied(ip): assert not fc._public(ip)
+
+@pytest.mark.parametrize('ip', PUBLIC)
+def test_address_public(ip): assert fc._public(ip)
+
+def test_denied_whatever_python_says(monkeypatch):
+    "The deny list holds even where Python's own tables call an address global."
+    import ipaddress
+    monkeypatch.setattr(ipaddress.IPv4Address, 'is_global', property(lambda self: True))
+    monkeypatch.setattr(ipaddress.IPv6Address, 'is_global', property(lambda self: True))
+    assert not [ip for ip in DENIED if fc._public(ip)]
+
+# ---------------------------------------------------------------- proxies
+
+def test_proxy_from_the_environment(tmp_path, monkeypatch):
+    "HTTP_PROXY: the proxy sees every request; NO_PROXY covering the host: it sees none."
+    with LoopbackServer(lambda p: photo(len(p)), hosts=2) as srv, LoopbackProxy() as proxy:
+        urls = [srv.url(f'/{i}.jpg', host=i % 2) for i in range(6)]
+        monkeypatch.setenv('HTTP_PROXY', proxy.url)
+        rows = download_images(urls, tmp_path/'a', **FAST)
+        assert rows.attrgot('status') == ['ok'] * 6 and sorted(t for _,t in proxy.requests) == sorted(urls)
+        assert set(m for m,_ in proxy.requests) == {'GET'}
+        proxy.requests.clear()
+        monkeypatch.setenv('NO_PROXY', f'{srv.ip(0)},{srv.ip(1)}')
+        rows = download_images(urls, tmp_path/'b', **FAST)
+        assert rows.attrgot('status') == ['ok'] * 6 and proxy.requests == []
+        monkeypatch.setenv('NO_PROXY', srv.ip(1))       # one host direct, the other through the proxy
+        rows = download_images(urls, tmp_path/'c', **FAST)
+        assert rows.attrgot('status') == ['ok'] * 6 and sorted(t for _,t in proxy.requests) == sorted(urls[0::2])
+
+def test_https_through_a_proxy(tmp_path, certs, monkeypatch):
+    "HTTPS goes through a CONNECT tunnel (ALL_PROXY or `proxy=`), the certificate still checked against the host name."
+    monkeypatch.setenv('SSL_CERT_FILE', str(certs/'good.pem'))
+    with LoopbackServer(lambda p: photo(len(p)), tls=_tls(certs, 'good')) as srv, LoopbackProxy() as proxy:
+        urls = [srv.url(f'/{i}.jpg') for i in range(4)]
+        monkeypatch.setenv('ALL_PROXY', proxy.url)
+        rows = download_images(urls, tmp_path/'a', **FAST)
+        assert rows.attrgot('status') == ['ok'] * 4, rows.attrgot('reason')
+        assert proxy.requests and all(r == ('CONNECT', f'127.0.0.1:{srv.servers[0].server_address[1]}') for r in proxy.requests)
+        monkeypatch.delenv('ALL_PROXY'); proxy.requests.clear()
+        rows = download_images(urls, tmp_path/'b', **dict(FAST, proxy=proxy.url))
+        assert rows.attrgot('status') == ['ok'] * 4 and proxy.requests
+        monkeypatch.setenv('SSL_CERT_FILE', str(certs/'other.pem'))   # a tunnel does not skip verification
+        r, = download_images(srv.url('/x.jpg'), tmp_path/'c', **dict(FAST, proxy=proxy.url))
+        assert 'CERTIFICATE_VERIFY_FAILED' in r['reason']
+
+def test_proxy_private_refused_before_sending(tmp_path, monkeypatch):
+    "Through a proxy, a private address literal and a name that resolves here to one are refused before the proxy sees them."
+    with LoopbackServer({'/a.jpg': JPG}) as srv, LoopbackProxy() as proxy:
+        port = srv.url().rsplit(':', 1)[1].strip('/')
+        rows = download_images([srv.url('/a.jpg'), f'http://localhost:{port}/a.jpg'], tmp_path, **dict(FAST, allow_private=False, proxy=proxy.url))
+        assert all(r['reason'].startswith('refused private') for r in rows) and proxy.requests == []
+        monkeypatch.setattr(fc, '_lookup', lambda host, port: (_ for _ in ()).throw(fc._Fail('unknown here')))
+        r, = download_images(f'http://only-the-proxy-knows.example:{port}/a.jpg', tmp_path, **dict(FAST, allow_private=False, proxy=proxy.url))
+        assert proxy.requests == [('GET', f'http://only-the-proxy-knows.example:{port}/a.jpg')]   # unchecked: documented
+
+def test_bad_proxy(tmp_path, monkeypatch):
+    with pytest.raises(FastpipesError, match='proxy'): download_images('http://x/a.jpg', tmp_path, proxy='socks5://127.0.0.1:1', quiet=True)
+    monkeypatch.setenv('ALL_PROXY', 'socks5://127.0.0.1:1')
+    with pytest.raises(FastpipesError, match='proxy'): download_images('http://x/a.jpg', tmp_path, quiet=True)
+    assert not (tmp_path/'manifest.jsonl').exists()
+
+# ---------------------------------------------------------------- ddgs at its HTTP boundary
+
+class FakeHttp:
+    "Stands in for ddgs's HTTP client: a rate-limited DuckDuckGo `fail` times (no token in a 403 page), then a page of results."
+    calls, proxies, fail = [], [], 0
+    def __init__(self, proxy=None, timeout=None, verify=True):
+        from types import SimpleNamespace
+        FakeHttp.proxies.append(proxy); self.client = SimpleNamespace(headers_update=lambda h: None)
+    def request(self, method, url, **kw):
+        from ddgs.http_client import Response
+        FakeHttp.calls.append(url)
+        class R: pass
+        r = R()
+        if url == 'https://duckduckgo.com' and FakeHttp.fail:
+            FakeHttp.fail -= 1; r.status_code, r.content, r.text = 403, b'<html>rate limited</html>', ''
+        elif url == 'https://duckduckgo.com': r.status_code, r.content, r.text = 200, b'<script>vqd="4-123";</script>', ''
+        else:
+            page = int(kw.get('params', {}).get('s', 0)) // 100
+            res = [dict(image=f'https://img.example/{page}/{i}.jpg', title='t', url='https://p.example', thumbnail='t', height=1, width=1, source='Bing') for i in range(100)]
+            r.status_code, r.text = 200, json.dumps(dict(results=res if page < 2 else []))
+            r.content = r.text.encode()
+        return Response(r)
+
+@pytest.fixture
+def fake_http(monkeypatch):
+    import ddgs.http_client
+    FakeHttp.calls, FakeHttp.proxies, FakeHttp.fail = [], [], 0
+    monkeypatch.setattr(ddgs.http_client.HttpClient, '__init__', FakeHttp.__init__)
+    monkeypatch.setattr(ddgs.http_client.HttpClient, 'request', FakeHttp.request)
+    return FakeHttp
+
+def test_installed_ddgs_rate_limit_reaches_the_backoff(fake_http):
+    "The installed ddgs, its HTTP replaced: a rate-limited DuckDuckGo raises, and the search waits and retries."
+    fake_http.fail = 2
+    waits = []
+    res = search_images('cat', max_images=150, backoff=0.5, sleep=waits.append, proxy='http://proxy.example:3128', backend='duckduckgo')
+    assert waits == [0.5, 1.0] and len(res) == 150
+    assert set(fake_http.proxies) == {'http://proxy.example:3128'}
+
+def test_search_proxy_from_the_environment(fake_http, monkeypatch):
+    monkeypatch.setenv('HTTPS_PROXY', 'http://env-proxy.example:8080')
+    search_images('cat', max_images=10, sleep=pytest.fail, backend='duckduckgo')
+    assert set(fake_http.proxies) == {'http://env-proxy.example:8080'}
+    fake_http.proxies.clear(); monkeypatch.setenv('NO_PROXY', 'duckduckgo.com')
+    search_images('cat', max_images=10, sleep=pytest.fail, backend='duckduckgo')
+    assert set(fake_http.proxies) == {None}
+
+def test_crawl_passes_the_proxy_to_search(tmp_path, fake_ddgs, monkeypatch):
+    seen = []
+    def search(query, max_images, proxy=None): seen.append(proxy); return []
+    crawl(['cat'], tmp_path, n_train=2, search=search, proxy='http://p.example:1', **dict(FAST, quiet=True))
+    assert seen == ['http://p.example:1']
+
+# ---------------------------------------------------------------- arguments, and one run per folder
+
+@pytest.mark.parametrize('kw', [dict(pause=-1), dict(pause=float('nan')), dict(pause=float('inf')), dict(seed='x'), dict(n_train=2.5),
+                                dict(per_host=0), dict(deadline=float('nan')), dict(read_timeout=-1), dict(max_redirects=-1),
+                                dict(wait=-1), dict(proxy='ftp://x'), dict(max_workers=True), dict(no_such_option=1)])
+def test_crawl_bad_arguments_before_any_search(tmp_path, kw):
+    with pytest.raises(FastpipesError) as e:
+        crawl(['cat'], tmp_path, **dict(dict(n_train=2, search=lambda *a, **k: pytest.fail('searched')), **kw))
+    assert len(str(e.value).rstrip('.').split('. ')) == 1 and str(e.value).endswith('.')
+    assert not (tmp_path/'searches.json').exists()
+
+LOCK_CHILD = r'''
+import json, sys
+from fastpipes.crawl import download_images
+try: rows = download_images(json.load(open(sys.argv[1])), sys.argv[2], wait=float(sys.argv[3]), per_host=2, allow_private=True, quiet=True)
+except Exception as e: print(json.dumps(dict(error=f'{type(e).__name__}: {e}'))); sys.exit(0)
+print(json.dumps(dict(ok=sum(r['status'] == 'ok' for r in rows))))
+'''
+
+def test_concurrent_runs_on_one_folder(tmp_path):
+    "Two processes download into one folder: the second waits for the first, or says the folder is in use; no row is lost."
+    with LoopbackServer(lambda p: Route(photo(int(p.strip('/').split('.')[0])), delay=0.1)) as srv:
+        for name, ids in [('a', range(0, 20)), ('b', range(20, 40)), ('c', range(40, 45))]:
+            (tmp_path/f'{name}.json').write_text(json.dumps([srv.url(f'/{i}.jpg') for i in ids]))
+        run = lambda name, wait: subprocess.Popen([sys.executable, '-c', LOCK_CHILD, str(tmp_path/f'{name}.json'), str(tmp_path/'d'), str(wait)],
+                                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        a = run('a', 0)
+        end = time.monotonic() + 30
+        while not (tmp_path/'d'/'manifest.jsonl').exists() and time.monotonic() < end: time.sleep(0.02)   # a holds the folder
+        b, c = run('b', 60), run('c', 0)
+        res = [json.loads(p.communicate(timeout=90)[0].strip().splitlines()[-1]) for p in (a, b, c)]
+    assert res[0] == dict(ok=20) and res[1] == dict(ok=20), res
+    assert res[2]['error'].startswith('FastpipesError: The folder') and 'in use' in res[2]['error'], res[2]
+    m = read_manifest(tmp_path/'d')
+    assert len(m) == 40 and all(r['status'] == 'ok' for r in m)
+    assert len((tmp_path/'d'/'manifest.jsonl').read_text().splitlines()) == 40
+
+def test_connects_to_the_checked_address(tmp_path, monkeypatch):
+    "DNS rebinding: a name is looked up once per run and the connection goes to that checked address, never to a later answer."
+    calls, real = [], fc.socket.getaddrinfo
+    def gai(host, port, *a, **k):
+        if host != 'rebind.example': return real(host, port, *a, **k)
+        calls.append(host)
+        return real('127.0.0.1' if len(calls) == 1 else '127.0.0.2', port, *a, **k)   # public first, private after
+    monkeypatch.setattr(fc.socket, 'getaddrinfo', gai)
+    monkeypatch.setattr(fc, '_public', lambda ip: ip == '127.0.0.1')
+    with LoopbackServer(lambda p: photo(len(p)), hosts=2) as srv:
+        port = srv.url().rsplit(':', 1)[1].strip('/')
+        rows = download_images([f'http://rebind.example:{port}/{i}.jpg' for i in range(6)], tmp_path, **dict(FAST, allow_private=False, per_host=2))
+        assert rows.attrgot('status') == ['ok'] * 6, rows.attrgot('reason')
+        assert calls == ['rebind.example'] and set(srv.n_conns) == {'127.0.0.1'}

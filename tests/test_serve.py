@@ -1,8 +1,8 @@
 "The loopback server: many hosts, clean shutdown under load, hostile routes."
-import http.client, threading, time, urllib.request
+import http.client, threading, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 import pytest
-from fastpipes.serve import LoopbackServer, Route
+from fastpipes.serve import LoopbackProxy, LoopbackServer, Route
 
 def get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r: return r.status, r.read()
@@ -51,3 +51,34 @@ def test_bad_route_type():
 
 def test_bad_hosts():
     with pytest.raises(ValueError): LoopbackServer(hosts=300)
+
+def test_raw_and_reason():
+    "`raw` sends bytes that are no HTTP answer; `reason` replaces the status text."
+    import socket
+    with LoopbackServer({'/raw': Route(raw=b'garbage\r\n'), '/why': Route(b'x', 403, reason='Go away')}) as srv:
+        with socket.create_connection((srv.ip(), srv.servers[0].server_address[1]), timeout=5) as s:
+            s.sendall(b'GET /raw HTTP/1.1\r\nHost: x\r\n\r\n')
+            data = b''
+            while chunk := s.recv(100): data += chunk
+        assert data == b'garbage\r\n'                     # and then the server closed the connection
+        with pytest.raises(urllib.error.HTTPError) as e: get(srv.url('/why'))
+        assert e.value.code == 403 and e.value.reason == 'Go away'
+
+def test_proxy_forwards_and_tunnels():
+    "Absolute-form GETs are forwarded, CONNECT is tunnelled, each request line recorded; `refuse` answers 502."
+    import socket
+    with LoopbackServer({'/a': b'abc', '/b': b'defg'}, hosts=2) as srv, LoopbackProxy() as proxy:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({'http': proxy.url}))
+        assert [opener.open(srv.url(p, h), timeout=5).read() for p,h in [('/a', 0), ('/b', 1)]] == [b'abc', b'defg']
+        port = srv.servers[0].server_address[1]
+        with socket.create_connection(('127.0.0.1', int(proxy.url.rsplit(':', 1)[1])), timeout=5) as s:
+            s.sendall(f'CONNECT {srv.ip(1)}:{port} HTTP/1.1\r\nHost: {srv.ip(1)}:{port}\r\n\r\n'.encode())
+            assert s.recv(100).startswith(b'HTTP/1.1 200')
+            c = http.client.HTTPConnection(srv.ip(1), port, timeout=5); c.sock = s   # speak HTTP through the tunnel
+            c.request('GET', '/a'); assert c.getresponse().read() == b'abc'
+        assert proxy.requests == [('GET', srv.url('/a')), ('GET', srv.url('/b', 1)), ('CONNECT', f'{srv.ip(1)}:{port}')]
+        assert srv.hits == {'/a': 2, '/b': 1}
+    with LoopbackProxy(refuse=True) as proxy, LoopbackServer({'/a': b'abc'}) as srv:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({'http': proxy.url}))
+        with pytest.raises(urllib.error.HTTPError, match='502'): opener.open(srv.url('/a'), timeout=5)
+        assert srv.n_requests == 0
