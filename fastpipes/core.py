@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'FastpipesError', 'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file',
-           'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed',
-           'pbar', 'eval_mode']
+__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'FastpipesError', 'printable', 'short_hash', 'safe_name', 'inside', 'atomic_write',
+           'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter',
+           'dataset_lock', 'set_seed', 'pbar', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
     "A user error: the message is one sentence that says what to do."
+
+# %% ../nbs/00_core.ipynb #58afa035
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]')
+
+def printable(s:str, # text from outside: a server's reason, a file name
+             )->str:
+    "`s` with control characters (terminal escape sequences, bidi overrides, tabs, newlines) written as visible `\\x..` escapes."
+    return _CONTROL.sub(lambda m: m.group().encode('unicode_escape').decode('ascii'), str(s))
 
 # %% ../nbs/00_core.ipynb #a7bda713
 _RESERVED = {'CON', 'PRN', 'AUX', 'NUL', *(f'COM{i}' for i in range(10)), *(f'LPT{i}' for i in range(10))}

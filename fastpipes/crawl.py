@@ -16,7 +16,7 @@ import httpcore, httpx
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastcore.meta import delegates
-from .core import FastpipesError, ManifestWriter, atomic_write, dataset_lock, inside, new_row, pbar, read_manifest, safe_name, short_hash, write_manifest
+from .core import FastpipesError, ManifestWriter, atomic_write, dataset_lock, inside, new_row, pbar, printable, read_manifest, safe_name, short_hash, write_manifest
 
 # %% auto #0
 __all__ = ['SEARCHES', 'search_images', 'sniff', 'image_size', 'download_images', 'crawl']
@@ -131,12 +131,6 @@ def image_size(fn:Path, head:bytes=b'', ext:str='')->tuple[int|None,int|None]:
 # %% ../nbs/01_crawl.ipynb #2c47e65d
 class _Fail(Exception):
     "A download failed; the message is the manifest's reason."
-
-_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]')
-
-def _printable(s:str)->str:
-    "`s` with control characters (terminal escape sequences, bidi overrides) written as visible `\\x..` escapes."
-    return _CONTROL.sub(lambda m: m.group().encode('unicode_escape').decode('ascii'), s)
 
 # %% ../nbs/01_crawl.ipynb #347115de
 _DENY = [ipaddress.ip_network(n) for n in (
@@ -339,7 +333,7 @@ class _Fetcher:
         try:
             async with tm: info = await self.get(row['url'], folder, part)
             row.update(status='ok', reason=None, **info)
-        except Exception as e: row.update(status='error', reason=_printable(self.why(e, tm.expired())))
+        except Exception as e: row.update(status='error', reason=printable(self.why(e, tm.expired())))
         finally:
             with contextlib.suppress(OSError): part.unlink(missing_ok=True)   # a `.part` left here is removed by the next run
         return row
@@ -550,7 +544,7 @@ def _summary(rows)->str:
     "One line: how many URLs were saved, skipped and failed, and the commonest reasons for failing."
     c = Counter(r['status'] for r in rows)
     why = Counter(r['reason'] for r in rows if r['status'] == 'error').most_common(3)
-    top = '; most common: ' + ', '.join(f'{n}× {_short(_printable(w))}' for w,n in why) if why else ''
+    top = '; most common: ' + ', '.join(f'{n}× {_short(printable(w))}' for w,n in why) if why else ''
     return f"{c['ok']} downloaded, {c['skipped']} already there, {c['error']} failed (reasons in the manifest{top})."
 
 # %% ../nbs/01_crawl.ipynb #1d85ff21
