@@ -8,8 +8,9 @@ import pytest
 from PIL import Image, features
 from fastai.data.transforms import get_image_files
 
-from fastpipes.clean import REASONS, clean_images, header_size, verify_image
-from fastpipes.core import FastpipesError, new_row, read_manifest, sha256_file, write_manifest
+from fastpipes.clean import REASONS, clean_images, verify_image
+from fastpipes.core import header_size
+from fastpipes.core import LOCK, FastpipesError, new_row, read_manifest, sha256_file, write_manifest
 
 def photo(seed:int, size=(160, 120))->Image.Image:
     "A smooth photo-like RGB image, different for each seed."
@@ -173,7 +174,7 @@ def test_plain_folder_and_labels(tmp_path):
     (tmp_path/'b.webp').write_bytes(encode(photo(2), 'WEBP'))
     (tmp_path/'c.jpg').write_bytes(b'')
     res = clean_images(tmp_path, quiet=True)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['a.jpg', 'b.jpg', 'manifest.jsonl']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.name != LOCK) == ['a.jpg', 'b.jpg', 'manifest.jsonl']
     rows = {r['file']: r for r in read_manifest(tmp_path)}
     assert rows['b.jpg']['status'] == 'ok' and rows['rejected/empty/c.jpg']['reason'] == 'empty'
     assert res.counts == {'empty': 1}
