@@ -15,7 +15,8 @@ __all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'HEAD_BYTES'
            'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'short_hash', 'safe_name', 'inside', 'atomic_write',
            'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter',
            'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff', 'header_size', 'entry_kind',
-           'read_limited', 'image_size', 'is_output', 'is_image_file', 'DatasetView', 'dataset_view', 'image_files']
+           'read_limited', 'image_size', 'is_output', 'is_image_file', 'DatasetView', 'dataset_view', 'image_files',
+           'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
@@ -422,3 +423,9 @@ def image_files(d:Path, # a folder
                )->list[Path]:
     "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs or hidden folders)."
     return [p for p,why in _walk(Path(d), Path(d)) if why is None]
+
+# %% ../nbs/00_core.ipynb #4f612d49
+def literal_text():
+    "A context manager: matplotlib texts created inside are drawn literally, never parsed as math (`text.parse_math`)."
+    import matplotlib.pyplot as plt
+    return plt.rc_context({'text.parse_math': False})
