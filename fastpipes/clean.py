@@ -166,29 +166,33 @@ def _popcount(x:np.ndarray)->np.ndarray:
     if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)   # NumPy ≥ 2
     return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
 
-def _blocks(ph:np.ndarray, near_dup:int):
-    "Groups of indices (ascending) of the hashes `ph` that agree on one of `near_dup+1` blocks of their 64 bits."
-    if near_dup >= 64: yield np.arange(len(ph)); return
-    edges = [64*b//(near_dup+1) for b in range(near_dup+2)]   # pigeonhole: ≤ near_dup differing bits leave one block equal
-    for lo,hi in zip(edges, edges[1:]):
-        key = (ph >> np.uint64(lo)) & np.uint64((1 << (hi-lo)) - 1)
-        order = np.argsort(key, kind='stable')
-        for g in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-            if len(g) > 1: yield np.sort(g)
+def _block_keys(ph:np.ndarray, near_dup:int)->np.ndarray:
+    "The `near_dup+1` blocks of bits of each hash in `ph`, one column each: hashes `near_dup` bits apart agree on one (pigeonhole)."
+    if near_dup >= 64: return np.zeros((len(ph), 1), np.uint64)
+    edges = [64*b//(near_dup+1) for b in range(near_dup+2)]
+    return np.stack([(ph >> np.uint64(lo)) & np.uint64((1 << (hi-lo)) - 1) for lo,hi in zip(edges, edges[1:])], 1)
+
+def _buckets(key:np.ndarray):
+    "Groups of indices (ascending) with equal `key`, singletons left out."
+    order = np.argsort(key, kind='stable')
+    for g in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        if len(g) > 1: yield np.sort(g)
 
 def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->tuple[np.ndarray,np.ndarray]:
     "Index pairs `(i, j)`, `i < j`, as two arrays, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
-    I, J = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for g in _blocks(ph, near_dup):
-        step = max(1, (1<<22)//(len(g)*thumbs.shape[1]))   # about 4M thumbnail values at a time
-        for s in range(0, len(g), step):
-            a = g[s:s+step]
-            r,c = np.nonzero((_popcount(ph[a, None] ^ ph[None, g]) <= near_dup) & (a[:, None] < g[None, :]))
-            i, j = a[r], g[c]
-            ok = np.abs(thumbs[i] - thumbs[j]).mean(1) <= colour_tol
-            I.append(i[ok]); J.append(j[ok])
-    code = np.unique(np.concatenate(I)*len(ph) + np.concatenate(J))   # a pair found in several blocks counts once
-    return code // max(len(ph), 1), code % max(len(ph), 1)
+    K, I, J = _block_keys(ph, near_dup), [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    tol = colour_tol*thumbs.shape[1]   # on the sum of absolute differences: mean <= colour_tol
+    for b in range(K.shape[1]):
+        for g in _buckets(K[:, b]):
+            step = max(1, (1<<22)//(len(g)*thumbs.shape[1]))   # about 4M thumbnail values at a time
+            for s in range(0, len(g), step):
+                a = g[s:s+step]
+                r,c = np.nonzero((_popcount(ph[a, None] ^ ph[None, g]) <= near_dup) & (a[:, None] < g[None, :]))
+                i, j = a[r], g[c]
+                if b: first = (K[i, :b] != K[j, :b]).all(1); i, j = i[first], j[first]   # each pair once: in the first block it shares
+                ok = np.abs(thumbs[i] - thumbs[j]).sum(1, dtype=np.int64) <= tol
+                I.append(i[ok]); J.append(j[ok])
+    return np.concatenate(I), np.concatenate(J)
 
 def _groups(n:int, i:np.ndarray, j:np.ndarray)->list[list[int]]:
     "Connected components of `range(n)` under the pairs `(i[k], j[k])`, each sorted, singletons left out."

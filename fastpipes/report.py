@@ -51,6 +51,7 @@ def _printable(b:bytes)->str:
 
 _KINDS = {'symlink': 'a symbolic link, not followed', 'special': 'a special file, not opened', 'missing': 'missing'}
 THUMB_PIXELS = 4096*4096   # the most pixels a thumbnail decodes (JPEGs count after reduction)
+_NOT_DRAWN = {'too-large': 'too many pixels to draw', 'too-many-scans': 'too many JPEG scans to draw'}
 
 def _png(im)->bytes:
     buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
@@ -70,7 +71,7 @@ def thumb_uri(src, # an image file or a PIL image
         b, why = read_limited(src, MAX_BYTES)
         if b is not None:
             im, reason = decode_image(b, min_size=1, max_pixels=max_pixels, max_size=size)
-            why = _printable(b[:24]) if reason in (None, 'empty', 'html', 'svg', 'undecodable', 'truncated') else f'{reason}, not drawn'
+            why = _NOT_DRAWN.get(reason) or _printable(b[:24])   # this file's own first bytes
     if im is not None:
         try: im = ImageOps.exif_transpose(im).convert('RGB'); im.thumbnail((size, size))
         except Exception: im, why = None, 'cannot be drawn'  # it becomes a labelled tile: a rejected file, not an error

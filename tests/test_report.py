@@ -126,7 +126,7 @@ def test_bomb_thumbnail_is_a_tile(tmp_path, no_decode, monkeypatch):
     (tmp_path/'rejected'/'too-large').mkdir(parents=True); (tmp_path/'rejected'/'too-large'/'bomb.png').write_bytes(b)
     texts = tile_texts(monkeypatch)
     page = report_html(rejected=rejected_files(tmp_path))
-    assert 'bomb.png' in page and no_decode == [] and texts == ['too-large: too-large, not drawn']
+    assert 'bomb.png' in page and no_decode == [] and texts == ['too-large: too many pixels to draw']
     Image.new('RGB', (300, 200), 'red').save(tmp_path/'ok.png')
     assert thumb_uri(tmp_path/'ok.png').startswith('data:image/jpeg') and {k for k,_ in no_decode} == {'open', 'load'}   # the spy sees decodes
 
