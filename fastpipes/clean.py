@@ -172,26 +172,21 @@ def _block_keys(ph:np.ndarray, near_dup:int)->np.ndarray:
     edges = [64*b//(near_dup+1) for b in range(near_dup+2)]
     return np.stack([(ph >> np.uint64(lo)) & np.uint64((1 << (hi-lo)) - 1) for lo,hi in zip(edges, edges[1:])], 1)
 
-def _buckets(key:np.ndarray):
-    "Groups of indices (ascending) with equal `key`, singletons left out."
-    order = np.argsort(key, kind='stable')
-    for g in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-        if len(g) > 1: yield np.sort(g)
-
 def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->tuple[np.ndarray,np.ndarray]:
     "Index pairs `(i, j)`, `i < j`, as two arrays, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
     K, I, J = _block_keys(ph, near_dup), [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     tol = colour_tol*thumbs.shape[1]   # on the sum of absolute differences: mean <= colour_tol
     for b in range(K.shape[1]):
-        for g in _buckets(K[:, b]):
-            step = max(1, (1<<22)//(len(g)*thumbs.shape[1]))   # about 4M thumbnail values at a time
-            for s in range(0, len(g), step):
-                a = g[s:s+step]
-                r,c = np.nonzero((_popcount(ph[a, None] ^ ph[None, g]) <= near_dup) & (a[:, None] < g[None, :]))
-                i, j = a[r], g[c]
-                if b: first = (K[i, :b] != K[j, :b]).all(1); i, j = i[first], j[first]   # each pair once: in the first block it shares
-                ok = np.abs(thumbs[i] - thumbs[j]).sum(1, dtype=np.int64) <= tol
-                I.append(i[ok]); J.append(j[ok])
+        order = np.argsort(K[:, b], kind='stable'); key = K[order, b]   # equal keys sit together, indices ascending
+        for d in range(1, len(ph)):   # the pairs d places apart in the sorted keys, as long as some share a key
+            same = np.flatnonzero(key[:-d] == key[d:])
+            if not len(same): break
+            i, j = order[same], order[same + d]
+            keep = _popcount(ph[i] ^ ph[j]) <= near_dup
+            if b: keep &= (K[i, :b] != K[j, :b]).all(1)   # each pair once: in the first block it shares
+            i, j = i[keep], j[keep]
+            ok = np.abs(thumbs[i] - thumbs[j]).sum(1, dtype=np.int64) <= tol
+            I.append(i[ok]); J.append(j[ok])
     return np.concatenate(I), np.concatenate(J)
 
 def _groups(n:int, i:np.ndarray, j:np.ndarray)->list[list[int]]:
