@@ -31,12 +31,13 @@ def _need_dir(p:Path, what:str)->Path:
 
 def _rows(view, split:str|None, name:str, skip=())->list[tuple]:
     "`(file, label, name)` for each image of each class folder of `split` in `view`; an empty class folder is an error."
+    fns = {}
+    for p,s,l in view.images: fns.setdefault((s, l), []).append(p)
     rows = []
     for (s,label),d in view.classes.items():
         if s != split or label in skip: continue
-        fns = [p for p,s2,l in view.images if s2 == split and l == label]
-        if not fns: raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
-        rows += [(fn, label, name) for fn in fns]
+        if not fns.get((s, label)): raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
+        rows += [(fn, label, name) for fn in fns[(s, label)]]
     return rows
 
 def scan_images(path:Path, # dataset folder: `train/<label>/`, `<valid>/<label>/`, or `<label>/` at the top
