@@ -9,8 +9,8 @@ import base64, html, io, json, os, platform, sys, time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
-from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_kind, literal_text, read_limited,
-                            read_manifest)
+from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_kind, header_size, literal_text,
+                            read_limited, read_manifest)
 
 # %% auto #0
 __all__ = ['THUMB_PIXELS', 'PACKAGES', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions', 'dataset_counts',
@@ -53,6 +53,11 @@ _KINDS = {'symlink': 'a symbolic link, not followed', 'special': 'a special file
 THUMB_PIXELS = 4096*4096   # the most pixels a thumbnail decodes (JPEGs count after reduction)
 _NOT_DRAWN = {'too-large': 'too many pixels to draw', 'too-many-scans': 'too many JPEG scans to draw'}
 
+def _reduction(wh:tuple[int,int], size:int)->int:
+    "How many times `decode_image` shrinks the sides of a JPEG of size `wh` for a thumbnail of `size` (`Image.draft`: 1, 2, 4 or 8)."
+    k = max(wh)//size if max(wh) >= 2*size else 1
+    return next(r for r in (8, 4, 2, 1) if r <= k)
+
 def _png(im)->bytes:
     buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
 
@@ -70,7 +75,8 @@ def thumb_uri(src, # an image file or a PIL image
     else:
         b, why = read_limited(src, MAX_BYTES)
         if b is not None:
-            im, reason = decode_image(b, min_size=1, max_pixels=max_pixels, max_size=size)
+            wh = header_size(b) if b.startswith(b'\xff\xd8') else None   # a JPEG is decoded reduced: its cap counts after that
+            im, reason = decode_image(b, min_size=1, max_pixels=max_pixels*_reduction(wh, size)**2 if wh else max_pixels, max_size=size)
             why = _NOT_DRAWN.get(reason) or _printable(b[:24])   # this file's own first bytes
     if im is not None:
         try: im = ImageOps.exif_transpose(im).convert('RGB'); im.thumbnail((size, size))

@@ -136,6 +136,9 @@ def test_large_jpeg_thumbnail_decodes_reduced(tmp_path, no_decode):
     Image.new('RGB', (2400, 1600), 'blue').save(tmp_path/'big.jpg')
     thumb_uri(tmp_path/'big.jpg')
     assert {s for k,s in no_decode if k == 'load'} == {(300, 200)}
+    Image.new('RGB', (6000, 4000), 'blue').save(tmp_path/'photo.jpg')   # 24 MP: above the thumbnail cap, but drawn at 1/8
+    no_decode.clear(); thumb_uri(tmp_path/'photo.jpg')
+    assert {s for k,s in no_decode if k == 'load'} == {(750, 500)}
 
 def test_link_tile_shows_nothing_of_its_target(tmp_path, no_decode, monkeypatch):
     "A rejected link to a private key: its tile says it is a link; nothing of the key is read or shown."
