@@ -14,7 +14,6 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.data.transforms import Normalize
 from fastcore.basics import listify
-from fastcore.foundation import L
 from .core import FastpipesError, dataset_view, image_files, is_image_file, set_seed
 
 # %% auto #0

@@ -5,7 +5,7 @@ curve, metrics, confusion matrix, top losses and CAMs. Images are embedded, no e
 
 # %% ../nbs/06_report.ipynb #25324eee
 from __future__ import annotations
-import base64, html, io, json, os, platform, sys, time
+import base64, html, io, os, platform, sys, time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
