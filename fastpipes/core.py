@@ -318,13 +318,17 @@ OUTPUT_SUFFIXES = ('.pth', '.pt', '.onnx', '.safetensors', '.part', '.jsonl', '.
 
 def _holds(d:Path, names)->bool: return any(entry_kind(Path(d)/n) == 'file' for n in names)
 
+def _output(p:Path, kind:str, run_dir:bool)->bool:
+    "`is_output` for `p`, an entry of `kind` in a folder that holds a run's files (`run_dir`) or not."
+    if kind == 'dir': return p.name in OUTPUT_DIRS or _holds(p, MODEL_FILES + RUN_FILES)
+    if p.name in MODEL_FILES + RUN_FILES + (MANIFEST, LOCK) or p.suffix.lower() in OUTPUT_SUFFIXES: return True
+    return run_dir and p.suffix.lower() == '.png'   # a figure beside a run's report
+
 def is_output(p:Path, # a file or folder
              )->bool:
     "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one of them holds."
     p = Path(p)
-    if entry_kind(p) == 'dir': return p.name in OUTPUT_DIRS or _holds(p, MODEL_FILES + RUN_FILES)
-    if p.name in MODEL_FILES + RUN_FILES + (MANIFEST, LOCK) or p.suffix.lower() in OUTPUT_SUFFIXES: return True
-    return p.suffix.lower() == '.png' and _holds(p.parent, RUN_FILES)   # a figure beside a run's report
+    return _output(p, entry_kind(p), _holds(p.parent, RUN_FILES))
 
 # %% ../nbs/00_core.ipynb #b48f28cf
 REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
@@ -335,10 +339,10 @@ def is_image_file(p:Path, # any path
     p = Path(p)
     return not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS and entry_kind(p) == 'file'
 
-def _why_not(p:Path, kind:str)->str|None:
-    "Why the directory entry `p` (of `kind`) is not walked as data, or `None` if it is."
+def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
+    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data, or `None` if it is."
     if p.name.startswith('.'): return 'hidden'
-    if kind in ('dir', 'file') and is_output(p): return 'fastpipes output'
+    if kind in ('dir', 'file') and _output(p, kind, run_dir): return 'fastpipes output'
     if kind == 'special': return 'special-file' if p.suffix.lower() in IMAGE_EXTS else 'not an image'
     if kind == 'symlink': return 'symlink' if os.path.isdir(p) or p.suffix.lower() in IMAGE_EXTS else 'not an image'
     if kind == 'file' and p.suffix.lower() not in IMAGE_EXTS: return 'not an image'
@@ -350,15 +354,22 @@ def _check_reserved(d:Path, root:Path):
         raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for fastpipes' own "
                              f"outputs; rename the class folder (e.g. to `{d.name}_`).")
 
-def _entries(d:Path)->list[tuple[Path,str]]:
-    "The entries of the folder `d` with their kinds, sorted by name, never following a link."
-    return [(Path(e.path), entry_kind(e.path)) for e in sorted(os.scandir(d), key=lambda e: e.name)]
+def _kind(e:os.DirEntry)->str:
+    "`entry_kind` of a directory entry, from what `scandir` already knows."
+    if e.is_symlink(): return 'symlink'
+    if e.is_dir(follow_symlinks=False): return 'dir'
+    return 'file' if e.is_file(follow_symlinks=False) else 'special'
+
+def _entries(d:Path)->list[tuple[Path,str,str|None]]:
+    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name, no link followed; reason `None`: walked as data."
+    es = [(Path(e.path), _kind(e)) for e in sorted(os.scandir(d), key=lambda e: e.name)]
+    run_dir = any(k == 'file' and p.name in RUN_FILES for p,k in es)
+    return [(p, k, _why_not(p, k, run_dir)) for p,k in es]
 
 def _walk(d:Path, root:Path)->Iterator[tuple[Path,str|None]]:
     "`(path, None)` for each image below the folder `d`, `(path, reason)` for each entry left out (not walked into)."
-    for p,k in _entries(d):
+    for p,k,why in _entries(d):
         if k == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, root)
-        why = _why_not(p, k)
         if k == 'dir' and why is None: yield from _walk(p, root)
         else: yield p, why
 
@@ -367,20 +378,19 @@ class DatasetView:
     def __init__(self, path:Path):
         self.path, self.images, self.skipped, self.classes = Path(path), [], [], {}
         ents = _entries(self.path)
-        has_train = any(p.name == 'train' and k == 'dir' for p,k in ents)
-        self.splits = [p.name for p,k in ents if k == 'dir' and not _why_not(p, k)] if has_train else []
-        for p,k in ents:
+        has_train = any(p.name == 'train' and k == 'dir' for p,k,_ in ents)
+        self.splits = [p.name for p,k,why in ents if k == 'dir' and not why] if has_train else []
+        for p,k,why in ents:
             if p.name in self.splits:
-                for q,kq in _entries(p): self._top(q, kq, p.name)
-            else: self._top(p, k, None)
+                for e in _entries(p): self._top(*e, p.name)
+            else: self._top(p, k, why, None)
 
-    def _top(self, p:Path, kind:str, split:str|None):
+    def _top(self, p:Path, kind:str, why:str|None, split:str|None):
         "An entry where a class folder may be: a class, a loose file, or something left out."
         if kind == 'symlink' and os.path.isdir(p):
             raise FastpipesError(f"The {'split' if self.splits and not split else 'class'} folder `{p.relative_to(self.path)}` is a symbolic "
                                  "link, which fastpipes does not follow; copy or move its images into the dataset folder.")
         if kind == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, self.path)
-        why = _why_not(p, kind)
         if kind == 'dir' and why is None:
             self.classes[(split, p.name)] = p
             self._add(_walk(p, self.path), split, p.name)
