@@ -13,70 +13,23 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 from fastcore.basics import store_attr
-from .core import FastpipesError, new_row, pbar, read_manifest, sha256_file, write_manifest
+from .core import (FastpipesError, MAX_BYTES, REJECT, dataset_lock, dataset_view, header_size, new_row, pbar,
+                            read_limited, read_manifest, sha256_file, text_kind, write_manifest)
 
 # %% auto #0
-__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'header_size', 'verify_image', 'to_rgb', 'phash', 'CleanSummary', 'clean_images']
+__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'MAX_SCANS', 'decode_image', 'verify_image', 'to_rgb', 'phash', 'CleanSummary',
+           'clean_images']
 
 # %% ../nbs/02_clean.ipynb #8a706007
 REASONS = ('empty', 'html', 'svg', 'unreadable', 'undecodable', 'truncated', 'too-large', 'too-small',
-           'duplicate', 'near-duplicate', 'leak', 'two-labels')
+           'duplicate', 'near-duplicate', 'leak', 'two-labels', 'too-many-scans', 'symlink', 'special-file')
 MAX_PIXELS = 40_000_000  # 40 MP: larger than any photo a classifier needs, far below a decompression bomb
 MIN_SIZE = 32            # shorter side in pixels
-
-# %% ../nbs/02_clean.ipynb #98758586
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-def _jpeg_size(b:bytes)->tuple[int,int]|None:
-    "Width and height from the first start-of-frame segment of the JPEG bytes `b`."
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF: return None
-        m = b[i+1]
-        if m == 0xFF: i += 1; continue
-        if m in (0x01, *range(0xD0, 0xD9)): i += 2; continue
-        n = struct.unpack('>H', b[i+2:i+4])[0]
-        if m in _SOF: h,w = struct.unpack('>HH', b[i+5:i+9]); return w,h
-        i += 2 + n
-    return None
-
-def _webp_size(b:bytes)->tuple[int,int]|None:
-    "Width and height of a WEBP from its first chunk."
-    kind = b[12:16]
-    if kind == b'VP8X' and len(b) >= 30: return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
-    if kind == b'VP8L' and len(b) >= 25:
-        v = int.from_bytes(b[21:25], 'little'); return 1+(v & 0x3FFF), 1+((v >> 14) & 0x3FFF)
-    if kind == b'VP8 ' and len(b) >= 30: w,h = struct.unpack('<HH', b[26:30]); return w & 0x3FFF, h & 0x3FFF
-    return None
-
-def _avif_size(b:bytes)->tuple[int,int]|None:
-    "The largest `ispe` (image spatial extent) box among the first 64 KB of an AVIF/HEIF file."
-    sizes, i = [], b.find(b'ispe', 0, 1<<16)
-    while i >= 0 and i + 16 <= len(b):
-        sizes.append(struct.unpack('>II', b[i+8:i+16])); i = b.find(b'ispe', i+4, 1<<16)
-    return max(sizes, key=lambda s: s[0]*s[1]) if sizes else None
-
-def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's SOF may follow large EXIF data)
-               )->tuple[int,int]|None:
-    "`(width, height)` read from the header of the image bytes `b` without decoding, or `None` if unknown."
-    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24: return struct.unpack('>II', b[16:24])
-    if b[:6] in (b'GIF87a', b'GIF89a') and len(b) >= 10: return struct.unpack('<HH', b[6:10])
-    if b.startswith(b'\xff\xd8'): return _jpeg_size(b)
-    if b[:4] == b'RIFF' and b[8:12] == b'WEBP': return _webp_size(b)
-    if b[:2] == b'BM' and len(b) >= 26: w,h = struct.unpack('<ii', b[18:26]); return abs(w), abs(h)
-    if b[4:8] == b'ftyp': return _avif_size(b)
-    return None
+MAX_SCANS = 100          # progressive JPEG scans: encoders write about 10; each costs a pass over all the pixels
 
 # %% ../nbs/02_clean.ipynb #71f9f7bc
 _ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
            RuntimeError)  # what Pillow's decoders raise on bad data (AVIF: RuntimeError)
-
-def _text_kind(b:bytes)->str|None:
-    "'html' or 'svg' when the bytes `b` are such a text document."
-    t = b[:1024].lstrip(b'\xef\xbb\xbf \t\r\n').lower()
-    if t.startswith((b'<!doctype html', b'<html', b'<head', b'<body')) or b'<html' in t: return 'html'
-    if t.startswith(b'<svg') or (t.startswith((b'<?xml', b'<!doctype svg')) and b'<svg' in t): return 'svg'
-    return None
 
 def _decode_error(e:Exception)->str:
     "The reason for a decoding exception: 'truncated' for data that ends early, else 'undecodable'."
@@ -94,12 +47,18 @@ def _orientation(im:Image.Image)->int:
 
 _SCAN = 48  # side that plain JPEGs are decoded to (at least) when `full=False`: 1.5× the perceptual hash's 32×32
 
-def _load(b:bytes, min_size:int, max_pixels:int, max_size:int|None=None, full:bool=True)->tuple[Image.Image|None, str|None]:
-    "Open and decode all of the image bytes `b`: `(image, None)`, or `(None, reason)`."
+def decode_image(b:bytes, # the file's bytes
+                 min_size:int=MIN_SIZE, # smallest shorter side accepted, in pixels
+                 max_pixels:int=MAX_PIXELS, # largest width×height decoded, read from the header first
+                 max_size:int|None=None, # a JPEG this many times 2 larger is decoded reduced (`Image.draft`) to at least this
+                 full:bool=True, # decode JPEGs to full resolution (`False`: DCT-scaled, still every byte decoded)
+                )->tuple[Image.Image|None, str|None]:
+    "Open and decode all of the image bytes `b` within the limits: `(image, None)`, or `(None, reason)`."
     if not b: return None, 'empty'
-    if kind := _text_kind(b): return None, kind
+    if (kind := text_kind(b)) in ('html', 'svg'): return None, kind
     wh = header_size(b)
     if wh and wh[0]*wh[1] > max_pixels: return None, 'too-large'
+    if b.startswith(b'\xff\xd8') and b.count(b'\xff\xda') > MAX_SCANS: return None, 'too-many-scans'  # SOS markers
     try: im = Image.open(io.BytesIO(b))
     except Image.DecompressionBombError: return None, 'too-large'  # only for formats `header_size` does not read
     except _ERRORS as e: return None, _decode_error(e)
@@ -121,9 +80,8 @@ def verify_image(fn:Path, # the image file
                  full:bool=True, # decode JPEGs to full resolution (`False`: DCT-scaled, still every byte decoded)
                 )->str|None:
     "`None` if `fn` is a fully decodable image within the size limits, else the reason it is not."
-    try: b = Path(fn).read_bytes()
-    except OSError: return 'unreadable'
-    return _load(b, min_size, max_pixels, full=full)[1]
+    b, why = read_limited(fn, MAX_BYTES)
+    return why or decode_image(b, min_size, max_pixels, full=full)[1]
 
 # %% ../nbs/02_clean.ipynb #84e98452
 def _has_alpha(im:Image.Image)->bool:
@@ -145,8 +103,6 @@ def to_rgb(im:Image.Image, # a decoded image of any mode
 # %% ../nbs/02_clean.ipynb #4a5facc0
 _OK_SUFFIXES = {'JPEG': ('.jpg', '.jpeg'), 'PNG': ('.png',)}
 _LOSSY = {'JPEG', 'MPO', 'WEBP', 'AVIF', 'HEIF', 'JPEG2000'}
-_SPLITS = {'train', 'test', 'valid', 'validation', 'val'}
-_SKIP = {'rejected', 'models'}
 
 _N = np.arange(32)
 _DCT8 = 2*np.cos(np.pi*np.arange(8)[:, None]*(2*_N + 1)/64)   # the 8 lowest rows of scipy's DCT-II on 32 points
@@ -178,10 +134,10 @@ def _stage(rgb:Image.Image, out:str, stage:Path, fn:Path)->Path:
 def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|None, near:bool, full:bool)->dict:
     "Verify and normalise `fn`; a converted copy goes to `stage`. Returns what `clean_images` needs to decide."
     r = dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None, phash=None, thumb=None, bytes=0)
-    try: b = fn.read_bytes()
-    except OSError: return dict(r, reason='unreadable')
+    b, r['reason'] = read_limited(fn, MAX_BYTES)
+    if b is None: return r
     r['bytes'] = len(b)
-    im, r['reason'] = _load(b, min_size, max_pixels, max_size, full)
+    im, r['reason'] = decode_image(b, min_size, max_pixels, max_size, full)
     if im is None: return r
     w,h = header_size(b) or im.size   # the size before any scaled decoding
     r['pixels'] = w*h
@@ -199,21 +155,10 @@ def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|Non
     return r
 
 # %% ../nbs/02_clean.ipynb #86d8068d
-def _files(path:Path)->list[Path]:
-    "Every file under `path` that `clean_images` looks at, sorted."
-    out = []
-    for dp,dns,fns in os.walk(path):
-        rel = Path(dp).relative_to(path)
-        dns[:] = sorted(d for d in dns if not d.startswith('.') and not (rel == Path('.') and d in _SKIP))
-        out += [Path(dp)/f for f in sorted(fns) if not f.startswith('.') and not f.endswith('.part') and not (rel == Path('.') and f.endswith(('.jsonl', '.csv', '.json', '.html', '.md', '.txt', '.pkl', '.pth')))]
-    return out
-
-def _split_label(rel:Path)->tuple[str|None,str|None]:
-    "Split and label of the file at `rel` (relative to the dataset folder)."
-    parts = rel.parts[:-1]
-    split = parts[0] if parts and parts[0] in _SPLITS else None
-    label = parts[-1] if parts and (parts[-1] != split or len(parts) > 1) else None
-    return split, label
+def _items(path:Path)->list[tuple[Path,str|None,str|None,str|None]]:
+    "What `clean_images` works on, by the dataset view: `(file, split, label, reason)`, the reason set for entries it moves aside unopened."
+    v = dataset_view(path)
+    return sorted([(p, s, l, None) for p,s,l in v.images] + [(p, s, l, why) for p,s,l,why in v.skipped if why in REJECT])
 
 # %% ../nbs/02_clean.ipynb #c7508a04
 def _popcount(x:np.ndarray)->np.ndarray:
@@ -221,36 +166,47 @@ def _popcount(x:np.ndarray)->np.ndarray:
     if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)   # NumPy ≥ 2
     return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
 
-def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->list[tuple[int,int]]:
-    "Index pairs `(i, j)`, `i < j`, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
-    pairs, chunk = [], max(1, (1<<24)//max(len(ph), 1))   # at most 16M hash pairs (128 MB) at a time
-    for s in range(0, len(ph), chunk):
-        d = _popcount(ph[s:s+chunk, None] ^ ph[None, :])
-        for i,j in zip(*np.nonzero(d <= near_dup)):
-            i += s
-            if i < j and np.abs(thumbs[i] - thumbs[j]).mean() <= colour_tol: pairs.append((int(i), int(j)))
-    return pairs
+def _block_keys(ph:np.ndarray, near_dup:int)->np.ndarray:
+    "The `near_dup+1` blocks of bits of each hash in `ph`, one column each: hashes `near_dup` bits apart agree on one (pigeonhole)."
+    if near_dup >= 64: return np.zeros((len(ph), 1), np.uint64)
+    edges = [64*b//(near_dup+1) for b in range(near_dup+2)]
+    return np.stack([(ph >> np.uint64(lo)) & np.uint64((1 << (hi-lo)) - 1) for lo,hi in zip(edges, edges[1:])], 1)
 
-def _groups(n:int, pairs)->list[list[int]]:
-    "Connected components of `range(n)` under `pairs` (union-find), each sorted, singletons left out."
-    parent = list(range(n))
-    def find(i):
-        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
-        return i
-    for i,j in pairs: parent[find(i)] = find(j)
-    comps = {}
-    for i in range(n): comps.setdefault(find(i), []).append(i)
-    return [c for c in comps.values() if len(c) > 1]
+def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->tuple[np.ndarray,np.ndarray]:
+    "Index pairs `(i, j)`, `i < j`, as two arrays, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
+    K, I, J = _block_keys(ph, near_dup), [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    tol = colour_tol*thumbs.shape[1]   # on the sum of absolute differences: mean <= colour_tol
+    for b in range(K.shape[1]):
+        order = np.argsort(K[:, b], kind='stable'); key = K[order, b]   # equal keys sit together, indices ascending
+        for d in range(1, len(ph)):   # the pairs d places apart in the sorted keys, as long as some share a key
+            same = np.flatnonzero(key[:-d] == key[d:])
+            if not len(same): break
+            i, j = order[same], order[same + d]
+            keep = _popcount(ph[i] ^ ph[j]) <= near_dup
+            if b: keep &= (K[i, :b] != K[j, :b]).all(1)   # each pair once: in the first block it shares
+            i, j = i[keep], j[keep]
+            ok = np.abs(thumbs[i] - thumbs[j]).sum(1, dtype=np.int64) <= tol
+            I.append(i[ok]); J.append(j[ok])
+    return np.concatenate(I), np.concatenate(J)
+
+def _groups(n:int, i:np.ndarray, j:np.ndarray)->list[list[int]]:
+    "Connected components of `range(n)` under the pairs `(i[k], j[k])`, each sorted, singletons left out."
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    _, lab = connected_components(coo_matrix((np.ones(len(i), bool), (i, j)), shape=(n, n)), directed=False)
+    order = np.argsort(lab, kind='stable')
+    return [g.tolist() for g in np.split(order, np.flatnonzero(np.diff(lab[order])) + 1) if len(g) > 1]
 
 def _dedupe(recs:list[dict], near_dup:int|None)->dict[int,str]:
     "Reasons for the records `recs` (verified images) that are duplicates, leaks or label conflicts, by index."
     by_pix = {}
     for i,r in enumerate(recs): by_pix.setdefault(r['pix'], []).append(i)
-    pairs = [(g[0], j) for g in by_pix.values() for j in g[1:]]
+    i, j = [g[0] for g in by_pix.values() for _ in g[1:]], [k for g in by_pix.values() for k in g[1:]]
     if near_dup is not None and recs:
-        pairs += _near_pairs(np.array([r['phash'] for r in recs], dtype=np.uint64), np.stack([r['thumb'] for r in recs]), near_dup)
+        ni, nj = _near_pairs(np.array([r['phash'] for r in recs], dtype=np.uint64), np.stack([r['thumb'] for r in recs]), near_dup)
+        i, j = np.concatenate([i, ni]).astype(np.int64), np.concatenate([j, nj]).astype(np.int64)
     out = {}
-    for g in _groups(len(recs), pairs):
+    for g in _groups(len(recs), np.asarray(i, np.int64), np.asarray(j, np.int64)):
         if len({recs[i]['label'] for i in g}) > 1:
             out.update({i: 'two-labels' for i in g}); continue
         keep = min(g, key=lambda i: (recs[i]['split'] not in (None, 'train'), -recs[i]['pixels'], recs[i].get('staged') is not None, -recs[i]['bytes'], recs[i]['rel']))
@@ -282,7 +238,7 @@ class CleanSummary:
 def _unique(fn:Path)->Path:
     "`fn`, or `fn` with `-1`, `-2`, ... before its suffix when that name is taken."
     i, out = 0, fn
-    while out.exists(): i += 1; out = fn.with_name(f'{fn.stem}-{i}{fn.suffix}')
+    while os.path.lexists(out): i += 1; out = fn.with_name(f'{fn.stem}-{i}{fn.suffix}')
     return out
 
 def _apply(fn:Path, r:dict, path:Path, delete:bool)->Path|None:
@@ -334,18 +290,25 @@ def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/
     "Verify, convert to RGB `.jpg`/`.png`, de-duplicate and presize the images in `path`; reject the rest with a reason."
     path = Path(path)
     if not path.is_dir(): raise FastpipesError(f"Folder {path} does not exist; pass the folder that holds the images.")
-    fns = _files(path)
+    with dataset_lock(path): return _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, n_workers)
+
+def _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, n_workers)->CleanSummary:
+    "`clean_images` once it holds the dataset's lock."
+    items = _items(path)
+    if not items: raise FastpipesError(f"Folder {path} holds no files to clean; point to the folder with the images (or their class folders).")
     Image.init()   # load Pillow's format plugins once, before the threads
-    if not fns: raise FastpipesError(f"Folder {path} holds no files to clean; point to the folder with the images (or their class folders).")
     stage = path/'.fastpipes-clean'
     shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
+    def inspect(it):
+        fn,_,_,why = it
+        if why: return dict(reason=why, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, bytes=0)
+        return _inspect(fn, stage, min_size, max_pixels, max_size, near_dup is not None, full_decode)
     try:
         with ThreadPoolExecutor(n_workers or os.cpu_count() or 1, 'fastpipes-clean') as ex:
-            work = ex.map(lambda fn: _inspect(fn, stage, min_size, max_pixels, max_size, near_dup is not None, full_decode), fns)
-            recs = list(pbar(work, total=len(fns), quiet=quiet, comment='clean'))
-        for fn,r in zip(fns, recs): r['rel'] = fn.relative_to(path).as_posix(); r['split'], r['label'] = _split_label(fn.relative_to(path))
+            recs = list(pbar(ex.map(inspect, items), total=len(items), quiet=quiet, comment='clean'))
+        for (fn,split,label,_),r in zip(items, recs): r.update(rel=fn.relative_to(path).as_posix(), split=split, label=label)
         ok = [i for i,r in enumerate(recs) if not r['reason']]
         for j,reason in _dedupe([recs[i] for i in ok], near_dup).items(): recs[ok[j]]['reason'] = reason
-        out = _settle(path, fns, recs, delete)
+        out = _settle(path, [it[0] for it in items], recs, delete)
     finally: shutil.rmtree(stage, ignore_errors=True)
     return CleanSummary(pd.DataFrame(out, columns=['file', 'new_file', 'label', 'split', 'status', 'reason', 'action', 'width', 'height']), path)

@@ -4,15 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #95984c24
 from __future__ import annotations
-import hashlib, json, os, random, re, threading, time, unicodedata
+import hashlib, io, json, os, random, re, stat, struct, threading, time, unicodedata, warnings
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'FastpipesError', 'printable', 'short_hash', 'safe_name', 'inside', 'atomic_write',
-           'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter',
-           'dataset_lock', 'set_seed', 'pbar', 'eval_mode']
+__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES', 'OUTPUT_DIRS',
+           'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'printable', 'short_hash', 'safe_name', 'inside',
+           'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest',
+           'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff', 'header_size',
+           'entry_kind', 'read_limited', 'image_size', 'is_output', 'is_image_file', 'DatasetView', 'dataset_view',
+           'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
@@ -28,20 +32,20 @@ def printable(s:str, # text from outside: a server's reason, a file name
 
 # %% ../nbs/00_core.ipynb #a7bda713
 _RESERVED = {'CON', 'PRN', 'AUX', 'NUL', *(f'COM{i}' for i in range(10)), *(f'LPT{i}' for i in range(10))}
-_BAD = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]+')
+_BAD = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f\ud800-\udfff]+')   # lone surrogates cannot be written to a file system
 
 def short_hash(s:str, n:int=16)->str:
     "The first `n` hex digits of the SHA-1 of `s`: a stable id for a URL or a label."
     return hashlib.sha1(s.encode('utf-8', 'surrogatepass')).hexdigest()[:n]
 
 def safe_name(label:str, # any text: a class label or a query
-              max_len:int=64, # longest name kept before hashing
+              max_len:int=64, # longest name kept before hashing, in UTF-8 bytes (file systems count bytes, at most 255)
              )->str:
-    "A folder name for `label` that is safe on every OS and unique to `label`."
+    "A folder name for `label` that is safe on every OS and unique to `label`: at most `max_len`+7 UTF-8 bytes."
     s = unicodedata.normalize('NFC', str(label)).strip()
     name = _BAD.sub('_', s).strip(' .')
     if name.split('.')[0].upper() in _RESERVED: name = '_' + name
-    if len(name) > max_len: name = name[:max_len].rstrip(' .')
+    if len(name.encode('utf-8')) > max_len: name = name.encode('utf-8')[:max_len].decode('utf-8', 'ignore').rstrip(' .')
     if not name.strip('_'): name = 'label'
     return name if name == s else f'{name}-{short_hash(s, 6)}'
 
@@ -192,3 +196,254 @@ def eval_mode(model, # a `torch.nn.Module`
     try: yield model
     finally:
         for m,was in modes: m.training = was
+
+# %% ../nbs/00_core.ipynb #4f8e8d9a
+IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff', '.webp',
+                        '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
+MAX_BYTES = 256 << 20   # the largest file fastpipes reads into memory: 256 MB
+
+_MAGIC = [(b'\xff\xd8\xff', 'jpg'), (b'\x89PNG\r\n\x1a\n', 'png'), (b'GIF87a', 'gif'), (b'GIF89a', 'gif'),
+          (b'BM', 'bmp'), (b'II*\x00', 'tif'), (b'MM\x00*', 'tif')]
+_FTYP = {b'avif': 'avif', b'avis': 'avif', b'heic': 'heic', b'heix': 'heic', b'mif1': 'heic'}
+_TEXT = {'html': 'HTML', 'svg': 'SVG', 'xml': 'text (XML or JSON)', 'json': 'text (XML or JSON)'}
+
+def text_kind(b:bytes, # the first bytes of a body or file (1 KB is enough)
+             )->str|None:
+    "'html', 'svg', 'xml' or 'json' when the bytes `b` start a text document of that kind, else `None`."
+    t = b[:1024].lstrip(b'\xef\xbb\xbf \t\r\n').lower()
+    if t.startswith((b'<!doctype html', b'<html', b'<head', b'<body')) or b'<html' in t: return 'html'
+    if t.startswith(b'<svg') or (t.startswith((b'<?xml', b'<!doctype svg')) and b'<svg' in t): return 'svg'
+    if t.startswith(b'<?xml'): return 'xml'
+    if t.startswith((b'{', b'[')): return 'json'
+    return None
+
+def sniff(head:bytes, # the first bytes of a body or file (64 are enough)
+         )->tuple[str|None, str|None]:
+    "`(extension, None)` for an image format recognised from the first bytes `head`, else `(None, reason)`."
+    if not head: return None, 'empty body'
+    for magic,ext in _MAGIC:
+        if head.startswith(magic) and (ext != 'bmp' or head[6:10] == b'\0\0\0\0'): return ext, None
+    if head[:4] == b'RIFF' and head[8:12] == b'WEBP': return 'webp', None
+    if head[4:8] == b'ftyp' and head[8:12] in _FTYP: return _FTYP[head[8:12]], None
+    if kind := text_kind(head): return None, f'not an image: {_TEXT[kind]}'
+    return None, f'not an image: unknown format starting {head[:8]!r}'
+
+# %% ../nbs/00_core.ipynb #5fee5aa2
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+def _jpeg_size(b:bytes)->tuple[int,int]|None:
+    "Width and height from the first start-of-frame segment of the JPEG bytes `b`."
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF: return None
+        m = b[i+1]
+        if m == 0xFF: i += 1; continue
+        if m in (0x01, *range(0xD0, 0xD9)): i += 2; continue
+        n = struct.unpack('>H', b[i+2:i+4])[0]
+        if m in _SOF: h,w = struct.unpack('>HH', b[i+5:i+9]); return w,h
+        i += 2 + n
+    return None
+
+def _webp_size(b:bytes)->tuple[int,int]|None:
+    "Width and height of a WEBP from its first chunk."
+    kind = b[12:16]
+    if kind == b'VP8X' and len(b) >= 30: return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
+    if kind == b'VP8L' and len(b) >= 25:
+        v = int.from_bytes(b[21:25], 'little'); return 1+(v & 0x3FFF), 1+((v >> 14) & 0x3FFF)
+    if kind == b'VP8 ' and len(b) >= 30: w,h = struct.unpack('<HH', b[26:30]); return w & 0x3FFF, h & 0x3FFF
+    return None
+
+def _avif_size(b:bytes)->tuple[int,int]|None:
+    "The largest `ispe` (image spatial extent) box among the first 64 KB of an AVIF/HEIF file."
+    sizes, i = [], b.find(b'ispe', 0, 1<<16)
+    while i >= 0 and i + 16 <= len(b):
+        sizes.append(struct.unpack('>II', b[i+8:i+16])); i = b.find(b'ispe', i+4, 1<<16)
+    return max(sizes, key=lambda s: s[0]*s[1]) if sizes else None
+
+def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's SOF may follow large EXIF data)
+               )->tuple[int,int]|None:
+    "`(width, height)` read from the header of the image bytes `b` without decoding, or `None` if unknown."
+    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24: return struct.unpack('>II', b[16:24])
+    if b[:6] in (b'GIF87a', b'GIF89a') and len(b) >= 10: return struct.unpack('<HH', b[6:10])
+    if b.startswith(b'\xff\xd8'): return _jpeg_size(b)
+    if b[:4] == b'RIFF' and b[8:12] == b'WEBP': return _webp_size(b)
+    if b[:2] == b'BM' and len(b) >= 26: w,h = struct.unpack('<ii', b[18:26]); return abs(w), abs(h)
+    if b[4:8] == b'ftyp': return _avif_size(b)
+    return None
+
+# %% ../nbs/00_core.ipynb #53b8e360
+HEAD_BYTES = 1 << 20   # what `image_size` reads at most: a JPEG's size may follow up to 1 MB of EXIF data
+_OPEN = os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0)
+
+def entry_kind(p:Path, # any path
+              )->str:
+    "What `p` is, from `lstat` (never opened, links never followed): 'file', 'dir', 'symlink', 'special' or 'missing'."
+    try: st = os.lstat(p)
+    except OSError: return 'missing'
+    if stat.S_ISLNK(st.st_mode): return 'symlink'
+    if stat.S_ISDIR(st.st_mode): return 'dir'
+    return 'file' if stat.S_ISREG(st.st_mode) else 'special'
+
+def read_limited(fn:Path, # the file to read
+                 max_bytes:int=MAX_BYTES, # the most bytes read
+                 prefix:bool=False, # return the first `max_bytes` of a larger file instead of refusing it
+                )->tuple[bytes|None, str|None]:
+    "`(bytes, None)` from the regular file `fn`, or `(None, reason)`: 'symlink', 'special-file', 'too-large' or 'unreadable'."
+    kind = entry_kind(fn)
+    if kind in ('symlink', 'special'): return None, 'special-file' if kind == 'special' else 'symlink'
+    try: fd = os.open(fn, _OPEN)   # no link followed, and a FIFO that appeared since cannot block the open
+    except OSError: return None, 'symlink' if entry_kind(fn) == 'symlink' else 'unreadable'
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode): return None, 'special-file'
+        if st.st_size > max_bytes and not prefix: return None, 'too-large'
+        with os.fdopen(os.dup(fd), 'rb') as f: b = f.read(max_bytes + (not prefix))
+    except OSError: return None, 'unreadable'
+    finally: os.close(fd)
+    return (None, 'too-large') if len(b) > max_bytes else (b, None)
+
+def image_size(fn:Path, # an image file
+               head:bytes=b'', # its first bytes, if already read
+               ext:str='', # its format as `sniff` names it (the bytes decide; accepted so that callers may pass it)
+              )->tuple[int|None,int|None]:
+    "`(width, height)` of the image file `fn` from its header, `(None, None)` when unreadable."
+    if wh := header_size(head): return wh
+    b, _ = read_limited(fn, HEAD_BYTES, prefix=True)
+    if not b: return None, None
+    if wh := header_size(b): return wh
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(b)) as im: return im.size
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError): return None, None
+
+# %% ../nbs/00_core.ipynb #34fad831
+MODEL_FILES = ('weights.pth', 'classifier.json')   # what `save_classifier` writes: a folder holding either is a model
+RUN_FILES = ('report.html', 'metrics.json')        # what a run writes beside its figures: a folder holding either is a run
+OUTPUT_DIRS = frozenset({'rejected', 'models', 'checkpoints', 'export'})   # folders fastpipes (and fastai) write into
+OUTPUT_SUFFIXES = ('.pth', '.pt', '.onnx', '.safetensors', '.part', '.jsonl', '.lock')   # model, export and work files
+
+def _holds(d:Path, names)->bool: return any(entry_kind(Path(d)/n) == 'file' for n in names)
+
+def _output(p:Path, kind:str, run_dir:bool)->bool:
+    "`is_output` for `p`, an entry of `kind` in a folder that holds a run's files (`run_dir`) or not."
+    if kind == 'dir': return p.name in OUTPUT_DIRS or _holds(p, MODEL_FILES + RUN_FILES)
+    if p.name in MODEL_FILES + RUN_FILES + (MANIFEST, LOCK) or p.suffix.lower() in OUTPUT_SUFFIXES: return True
+    return run_dir and p.suffix.lower() == '.png'   # a figure beside a run's report
+
+def is_output(p:Path, # a file or folder
+             )->bool:
+    "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one of them holds."
+    p = Path(p)
+    return _output(p, entry_kind(p), _holds(p.parent, RUN_FILES))
+
+# %% ../nbs/00_core.ipynb #b48f28cf
+REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
+
+def is_image_file(p:Path, # any path
+                 )->bool:
+    "Whether `p` is a regular file (not a link, not hidden) whose name has an image extension of `IMAGE_EXTS`."
+    p = Path(p)
+    return not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS and entry_kind(p) == 'file'
+
+def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
+    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data, or `None` if it is."
+    if p.name.startswith('.'): return 'hidden'
+    if kind in ('dir', 'file') and _output(p, kind, run_dir): return 'fastpipes output'
+    if kind == 'special': return 'special-file' if p.suffix.lower() in IMAGE_EXTS else 'not an image'
+    if kind == 'symlink': return 'symlink' if os.path.isdir(p) or p.suffix.lower() in IMAGE_EXTS else 'not an image'
+    if kind == 'file' and p.suffix.lower() not in IMAGE_EXTS: return 'not an image'
+    return None
+
+def _check_reserved(d:Path, root:Path):
+    "Raise if the reserved folder `d` holds images: it would be a class silently left out."
+    if d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in os.scandir(d)):
+        raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for fastpipes' own "
+                             f"outputs; rename the class folder (e.g. to `{d.name}_`).")
+
+def _kind(e:os.DirEntry)->str:
+    "`entry_kind` of a directory entry, from what `scandir` already knows."
+    if e.is_symlink(): return 'symlink'
+    if e.is_dir(follow_symlinks=False): return 'dir'
+    return 'file' if e.is_file(follow_symlinks=False) else 'special'
+
+def _entries(d:Path)->list[tuple[Path,str,str|None]]:
+    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name, no link followed; reason `None`: walked as data."
+    es = [(Path(e.path), _kind(e)) for e in sorted(os.scandir(d), key=lambda e: e.name)]
+    run_dir = any(k == 'file' and p.name in RUN_FILES for p,k in es)
+    return [(p, k, _why_not(p, k, run_dir)) for p,k in es]
+
+def _walk(d:Path, root:Path)->Iterator[tuple[Path,str|None]]:
+    "`(path, None)` for each image below the folder `d`, `(path, reason)` for each entry left out (not walked into)."
+    for p,k,why in _entries(d):
+        if k == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, root)
+        if k == 'dir' and why is None: yield from _walk(p, root)
+        else: yield p, why
+
+class DatasetView:
+    "What fastpipes sees in a dataset folder: its images with split and label, its class folders, and what it leaves out and why."
+    def __init__(self, path:Path):
+        self.path, self.images, self.skipped, self.classes = Path(path), [], [], {}
+        ents = _entries(self.path)
+        has_train = any(p.name == 'train' and k == 'dir' for p,k,_ in ents)
+        self.splits = [p.name for p,k,why in ents if k == 'dir' and not why] if has_train else []
+        for p,k,why in ents:
+            if p.name in self.splits:
+                for e in _entries(p): self._top(*e, p.name)
+            else: self._top(p, k, why, None)
+
+    def _top(self, p:Path, kind:str, why:str|None, split:str|None):
+        "An entry where a class folder may be: a class, a loose file, or something left out."
+        if kind == 'symlink' and os.path.isdir(p):
+            raise FastpipesError(f"The {'split' if self.splits and not split else 'class'} folder `{p.relative_to(self.path)}` is a symbolic "
+                                 "link, which fastpipes does not follow; copy or move its images into the dataset folder.")
+        if kind == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, self.path)
+        if kind == 'dir' and why is None:
+            self.classes[(split, p.name)] = p
+            self._add(_walk(p, self.path), split, p.name)
+        else: self._add([(p, why)], split, None)
+
+    def _add(self, entries, split:str|None, label:str|None):
+        for p,why in entries:
+            if why is None: self.images.append((p, split, label))
+            else: self.skipped.append((p, split, label, why))
+
+    def files(self, split:str|None=None)->list[Path]:
+        "The image files, all or those of `split`."
+        return [p for p,s,_ in self.images if split is None or s == split]
+
+    def counts(self):
+        "A DataFrame of image counts, one row per class (and '(no class)' for loose images), one column per split, with totals."
+        import pandas as pd
+        n = Counter((l if l is not None else '(no class)', s or 'all') for _,s,l in self.images)
+        n.update({(l, s or 'all'): 0 for s,l in self.classes})
+        df = pd.Series(n, dtype=int).unstack(fill_value=0) if n else pd.DataFrame(dtype=int)
+        df = df[sorted(df.columns, key=lambda c: (c != 'train', c))].sort_index()
+        df.index.name, df.columns.name = 'class', None
+        if len(df): df.loc['total'] = df.sum()
+        return df
+
+    def __repr__(self):
+        kinds = Counter(r for *_,r in self.skipped)
+        return (f"{len(self.images)} images in {len(self.classes)} class folders" + (f" of the splits {self.splits}" if self.splits else '') +
+                f" in {self.path}" + (f"; left out: {', '.join(f'{n} {r}' for r,n in sorted(kinds.items()))}" if kinds else '') + '.')
+
+def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (when `train/` exists), `<label>/`, or a plain folder of images
+                )->DatasetView:
+    "How every stage sees the dataset at `path`: images, splits, classes, and each entry left out with its reason."
+    path = Path(path)
+    if not path.exists(): raise FastpipesError(f"The dataset folder `{path}` does not exist; check the path.")
+    if not path.is_dir(): raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
+    return DatasetView(path)
+
+def image_files(d:Path, # a folder
+               )->list[Path]:
+    "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs or hidden folders)."
+    return [p for p,why in _walk(Path(d), Path(d)) if why is None]
+
+# %% ../nbs/00_core.ipynb #4f612d49
+def literal_text():
+    "A context manager: matplotlib texts created inside are drawn literally, never parsed as math (`text.parse_math`)."
+    import matplotlib.pyplot as plt
+    return plt.rc_context({'text.parse_math': False})

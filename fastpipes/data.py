@@ -9,32 +9,18 @@ from typing import Callable
 import re
 import numpy as np, pandas as pd
 from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import ColReader, ColSplitter, image_extensions
+from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock, imagenet_stats
 from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.data.transforms import Normalize
 from fastcore.basics import listify
-from fastcore.foundation import L
-from .core import FastpipesError, set_seed
+from .core import FastpipesError, dataset_view, image_files, is_image_file, set_seed
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'NON_CLASS', 'scan_images', 'dataset_summary', 'image_dls', 'name_dls']
+__all__ = ['scan_images', 'dataset_summary', 'image_dls', 'name_dls']
 
 # %% ../nbs/03_data.ipynb #81711f22
-IMAGE_EXTS = {e.lower() for e in image_extensions} | {'.webp', '.avif'}
-NON_CLASS = {'rejected', 'models', '__pycache__', '.ipynb_checkpoints'}
-
-def _is_image(p:Path)->bool: return p.is_file() and p.suffix.lower() in IMAGE_EXTS
-
-def _class_dirs(root:Path, skip=())->list[Path]:
-    "Sub-folders of `root` that may hold a class: not hidden, not in `NON_CLASS`, not in `skip`."
-    return sorted(d for d in root.iterdir()
-                  if d.is_dir() and not d.name.startswith('.') and d.name not in NON_CLASS and d.name not in skip)
-
-def _images(d:Path)->list[Path]:
-    "Image files anywhere below `d`, sorted, skipping hidden and non-class folders."
-    return sorted(p for p in d.rglob('*') if _is_image(p)
-                  and not any(q.startswith('.') or q in NON_CLASS for q in p.relative_to(d).parts[:-1]))
+_images, _is_image = image_files, is_image_file   # the names `train` imported before core had them; remove once it uses core's
 
 def _need_dir(p:Path, what:str)->Path:
     p = Path(p)
@@ -42,14 +28,16 @@ def _need_dir(p:Path, what:str)->Path:
     if not p.is_dir(): raise FastpipesError(f"The {what} `{p}` is a file, not a folder; pass the dataset folder.")
     return p
 
-def _scan_classes(root:Path, split:str, skip=())->pd.DataFrame:
-    "One row per image of each class folder of `root`; an empty class folder is an error."
+def _rows(view, split:str|None, name:str, skip=())->list[tuple]:
+    "`(file, label, name)` for each image of each class folder of `split` in `view`; an empty class folder is an error."
+    fns = {}
+    for p,s,l in view.images: fns.setdefault((s, l), []).append(p)
     rows = []
-    for d in _class_dirs(root, skip):
-        fns = _images(d)
-        if not fns: raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
-        rows += [(fn, d.name, split) for fn in fns]
-    return pd.DataFrame(rows, columns=['file','label','split'])
+    for (s,label),d in view.classes.items():
+        if s != split or label in skip: continue
+        if not fns.get((s, label)): raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
+        rows += [(fn, label, name) for fn in fns[(s, label)]]
+    return rows
 
 def scan_images(path:Path, # dataset folder: `train/<label>/`, `<valid>/<label>/`, or `<label>/` at the top
                 valid:str|None='test', # name of the validation folder beside `train`
@@ -57,11 +45,12 @@ def scan_images(path:Path, # dataset folder: `train/<label>/`, `<valid>/<label>/
     "Table of the images in `path` (columns file, label, split): split folders when `path/train` exists, else class folders."
     path = _need_dir(path, 'dataset folder')
     if (path/'train').exists():
-        df = _scan_classes(_need_dir(path/'train', 'training folder'), 'train')
-        if valid and (path/valid).exists():
-            df = pd.concat([df, _scan_classes(_need_dir(path/valid, 'validation folder'), valid)], ignore_index=True)
-        return df
-    return _scan_classes(path, 'all', skip={valid} if valid else ())
+        _need_dir(path/'train', 'training folder')
+        if valid and (path/valid).exists(): _need_dir(path/valid, 'validation folder')
+    v = dataset_view(path)
+    if not v.splits: rows = _rows(v, None, 'all', skip={valid})
+    else: rows = _rows(v, 'train', 'train') + (_rows(v, valid, valid) if valid and valid in v.splits else [])
+    return pd.DataFrame(rows, columns=['file','label','split'])
 
 # %% ../nbs/03_data.ipynb #bce84e88
 def dataset_summary(path:Path, # dataset folder
@@ -149,7 +138,7 @@ def image_dls(path:Path, # dataset folder: `train/<label>/` and `<valid>/<label>
     size = _check_args(size, bs, valid_pct)
     path = _need_dir(path, 'dataset folder')
     if valid_pct is None and not (path/'train').exists():
-        hint = " or pass `valid_pct=0.2` for a random split of class folders" if _class_dirs(path, {valid}) else ""
+        hint = " or pass `valid_pct=0.2` for a random split of class folders" if dataset_view(path).classes else ""
         raise FastpipesError(f"The dataset folder `{path}` has no `train` folder; make `train/<label>/`{hint}.")
     if valid_pct is None:
         if not valid: raise FastpipesError("Pass `valid` (the validation folder's name) or `valid_pct` (a random split).")
@@ -205,7 +194,7 @@ def name_dls(path:Path, # folder of images (searched recursively) whose names gi
     size = _check_args(size, bs, valid_pct)
     if valid_pct is None: raise FastpipesError("`name_dls` needs `valid_pct` (e.g. 0.2) for its random split.")
     path = _need_dir(path, 'image folder')
-    fns = _images(path)
+    fns = image_files(path)
     df = pd.DataFrame(dict(file=fns, label=_label_all(fns, _labeller(label_func))))
     df['is_valid'] = _random_split(len(df), valid_pct, seed)
     _check_items(df, f"`{path}`")

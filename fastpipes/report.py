@@ -5,15 +5,16 @@ curve, metrics, confusion matrix, top losses and CAMs. Images are embedded, no e
 
 # %% ../nbs/06_report.ipynb #25324eee
 from __future__ import annotations
-import base64, html, io, json, platform, sys, time
+import base64, html, io, os, platform, sys, time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
-from .core import FastpipesError, atomic_write, read_manifest
+from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_kind, header_size, literal_text,
+                            read_limited, read_manifest)
 
 # %% auto #0
-__all__ = ['PACKAGES', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions', 'dataset_counts', 'rejected_files',
-           'manifest_summary', 'history_frame', 'curve_figure', 'report_html', 'write_report']
+__all__ = ['THUMB_PIXELS', 'PACKAGES', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions', 'dataset_counts',
+           'rejected_files', 'manifest_summary', 'history_frame', 'curve_figure', 'report_html', 'write_report']
 
 # %% ../nbs/06_report.ipynb #1c4b80cd
 def data_uri(data:bytes, # the file's bytes
@@ -44,11 +45,18 @@ def _placeholder(text:str, size:int=128):
     for i,l in enumerate(lines): d.text((6, 6+14*i), l, fill=(60, 60, 60))
     return im
 
-def _peek(fn:Path, n:int=24)->str:
-    "The first `n` bytes of `fn`, printable."
-    try: b = Path(fn).read_bytes()[:n]
-    except OSError as e: return f'unreadable: {e.strerror}'
+def _printable(b:bytes)->str:
+    "The bytes `b` as printable text."
     return 'empty file' if not b else ''.join(chr(c) if 32 <= c < 127 else '.' for c in b)
+
+_KINDS = {'symlink': 'a symbolic link, not followed', 'special': 'a special file, not opened', 'missing': 'missing'}
+THUMB_PIXELS = 4096*4096   # the most pixels a thumbnail decodes (JPEGs count after reduction)
+_NOT_DRAWN = {'too-large': 'too many pixels to draw', 'too-many-scans': 'too many JPEG scans to draw'}
+
+def _reduction(wh:tuple[int,int], size:int)->int:
+    "How many times `decode_image` shrinks the sides of a JPEG of size `wh` for a thumbnail of `size` (`Image.draft`: 1, 2, 4 or 8)."
+    k = max(wh)//size if max(wh) >= 2*size else 1
+    return next(r for r in (8, 4, 2, 1) if r <= k)
 
 def _png(im)->bytes:
     buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
@@ -56,18 +64,24 @@ def _png(im)->bytes:
 def thumb_uri(src, # an image file or a PIL image
               size:int=128, # longest side of the thumbnail
               label:str='', # shown on the tile if the file cannot be decoded
+              max_pixels:int=THUMB_PIXELS, # larger images (by their header) become a tile
              )->str:
-    "A JPEG thumbnail `data:` URI of `src`, or a grey tile if it cannot be decoded."
+    "A JPEG thumbnail `data:` URI of `src`, or a grey tile naming why it cannot be shown."
     from PIL import Image, ImageOps
-    try:
-        if isinstance(src, Image.Image): im = ImageOps.exif_transpose(src.copy())
-        else:
-            with Image.open(src) as f:
-                f.draft('RGB', (size, size))  # JPEGs decode at a fraction of their size
-                im = ImageOps.exif_transpose(f)
-        im = im.convert('RGB'); im.thumbnail((size, size))
-    except Exception:  # anything that cannot be drawn becomes a labelled tile: it is a rejected file, not an error
-        im = _placeholder(f"{label}: {_peek(src)}" if label else _peek(src), size)
+    from fastpipes.clean import decode_image
+    im, why = None, None
+    if isinstance(src, Image.Image): im = src.copy()
+    elif (kind := entry_kind(src)) != 'file': why = _KINDS.get(kind, kind)
+    else:
+        b, why = read_limited(src, MAX_BYTES)
+        if b is not None:
+            wh = header_size(b) if b.startswith(b'\xff\xd8') else None   # a JPEG is decoded reduced: its cap counts after that
+            im, reason = decode_image(b, min_size=1, max_pixels=max_pixels*_reduction(wh, size)**2 if wh else max_pixels, max_size=size)
+            why = _NOT_DRAWN.get(reason) or _printable(b[:24])   # this file's own first bytes
+    if im is not None:
+        try: im = ImageOps.exif_transpose(im).convert('RGB'); im.thumbnail((size, size))
+        except Exception: im, why = None, 'cannot be drawn'  # it becomes a labelled tile: a rejected file, not an error
+    if im is None: im = _placeholder(f"{label}: {why}" if label else why, size)
     buf = io.BytesIO(); im.save(buf, format='JPEG', quality=85)
     return data_uri(buf.getvalue(), 'image/jpeg')
 
@@ -84,7 +98,9 @@ def image_uri(x)->str:
     if not fn.is_file(): raise FastpipesError(f"Image file {fn} does not exist.")
     mime = _MIME.get(fn.suffix.lower())
     if mime is None: raise FastpipesError(f"{fn} is not a PNG, JPEG, GIF or WEBP file.")
-    return data_uri(fn.read_bytes(), mime)
+    b, why = read_limited(fn, MAX_BYTES)
+    if why: raise FastpipesError(f"Image file {fn} cannot be embedded: {why}.")
+    return data_uri(b, mime)
 
 # %% ../nbs/06_report.ipynb #da1e1827
 PACKAGES = ('fastpipes', 'fastai', 'torch', 'torchvision', 'pillow', 'numpy', 'pandas', 'matplotlib', 'ddgs')
@@ -102,34 +118,23 @@ def versions(pkgs:tuple=PACKAGES)->dict:
     return res
 
 # %% ../nbs/06_report.ipynb #fd32097e
-_IMG_EXTS = {'.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp'}
-_NOT_SPLITS = {'rejected', 'models'}
-
-def _images(d:Path)->list:
-    return sorted(p for p in Path(d).iterdir() if p.is_file() and p.suffix.lower() in _IMG_EXTS)
-
 def dataset_counts(path:Path, # a dataset folder: `<split>/<label>/` image files, or `<label>/` image files
                   ):
-    "A DataFrame of image counts, one row per class and one column per split, with totals."
-    import pandas as pd
-    path = Path(path)
-    if not path.is_dir(): raise FastpipesError(f"Dataset folder {path} does not exist.")
-    counts = {}
-    for d in sorted(p for p in path.iterdir() if p.is_dir() and p.name not in _NOT_SPLITS):
-        subs = [s for s in sorted(d.iterdir()) if s.is_dir()]
-        if subs: counts[d.name] = {s.name: len(_images(s)) for s in subs}
-        else: counts.setdefault('all', {})[d.name] = len(_images(d))
-    df = pd.DataFrame(counts).fillna(0).astype(int)
-    df = df[sorted(df.columns, key=lambda c: (c != 'train', c))]
-    df.index.name = 'class'
-    if len(df): df.loc['total'] = df.sum()
-    return df
+    "A DataFrame of image counts, one row per class and one column per split, with totals: `fastpipes.core.dataset_view`'s."
+    return dataset_view(path).counts()
+
+def _below(d:Path)->list[Path]:
+    "Every file, link and special file below the folder `d`, sorted; links are listed, never followed."
+    out = []
+    for dp,dns,fns in os.walk(d):
+        out += [Path(dp)/n for n in fns] + [Path(dp)/n for n in dns if entry_kind(Path(dp)/n) == 'symlink']
+    return sorted(out)
 
 def rejected_files(path:Path)->dict:
     "Files that cleaning moved to `path/rejected/<reason>/`, as `{reason: [files]}`."
     rej = Path(path)/'rejected'
-    if not rej.is_dir(): return {}
-    return {d.name: sorted(p for p in d.rglob('*') if p.is_file()) for d in sorted(rej.iterdir()) if d.is_dir()}
+    if entry_kind(rej) != 'dir': return {}
+    return {d.name: _below(d) for d in sorted(rej.iterdir()) if entry_kind(d) == 'dir'}
 
 def manifest_summary(path:Path):
     "Manifest rows of `path` counted per status and reason, as a DataFrame."
@@ -160,18 +165,19 @@ def curve_figure(history, # one row per epoch, as `history_frame` returns
                 ):
     "A Figure of the training curve: losses per epoch (and per batch), metrics on the right axis."
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=figsize)
-    n = len(history)
-    if batch_losses is not None and len(batch_losses):
-        bl = [float(x) for x in batch_losses]
-        ax1.plot([ (i+1)*n/len(bl) - 0.5 for i in range(len(bl))], bl, color='#bbb', lw=0.8, label='train (batch)')
-    for col,c in [('train_loss', '#1f77b4'), ('valid_loss', '#d62728')]:
-        if col in history: ax1.plot(history['epoch'], history[col], 'o-', color=c, label=col.replace('_', ' '))
-    ax1.set_xlabel('epoch'); ax1.set_title('loss'); ax1.legend(fontsize=8)
-    for col in _metric_cols(history): ax2.plot(history['epoch'], history[col], 'o-', label=col)
-    ax2.set_xlabel('epoch'); ax2.set_title('metrics'); ax2.set_ylim(0, 1.02)
-    if len(ax2.lines): ax2.legend(fontsize=8)
-    fig.tight_layout()
+    with literal_text():   # metric names are shown as they are, never as math text
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=figsize)
+        n = len(history)
+        if batch_losses is not None and len(batch_losses):
+            bl = [float(x) for x in batch_losses]
+            ax1.plot([ (i+1)*n/len(bl) - 0.5 for i in range(len(bl))], bl, color='#bbb', lw=0.8, label='train (batch)')
+        for col,c in [('train_loss', '#1f77b4'), ('valid_loss', '#d62728')]:
+            if col in history: ax1.plot(history['epoch'], history[col], 'o-', color=c, label=col.replace('_', ' '))
+        ax1.set_xlabel('epoch'); ax1.set_title('loss'); ax1.legend(fontsize=8)
+        for col in _metric_cols(history): ax2.plot(history['epoch'], history[col], 'o-', label=col)
+        ax2.set_xlabel('epoch'); ax2.set_title('metrics'); ax2.set_ylim(0, 1.02)
+        if len(ax2.lines): ax2.legend(fontsize=8)
+        fig.tight_layout()
     return fig
 
 # %% ../nbs/06_report.ipynb #1c0c933a

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image, features
 from fastai.data.transforms import get_image_files
 
-from fastpipes.clean import REASONS, clean_images, header_size, verify_image
-from fastpipes.core import FastpipesError, new_row, read_manifest, sha256_file, write_manifest
+from fastpipes.clean import REASONS, clean_images, verify_image
+from fastpipes.core import header_size
+from fastpipes.core import LOCK, FastpipesError, new_row, read_manifest, sha256_file, write_manifest
 
 def photo(seed:int, size=(160, 120))->Image.Image:
     "A smooth photo-like RGB image, different for each seed."
@@ -173,7 +174,7 @@ def test_plain_folder_and_labels(tmp_path):
     (tmp_path/'b.webp').write_bytes(encode(photo(2), 'WEBP'))
     (tmp_path/'c.jpg').write_bytes(b'')
     res = clean_images(tmp_path, quiet=True)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['a.jpg', 'b.jpg', 'manifest.jsonl']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.name != LOCK) == ['a.jpg', 'b.jpg', 'manifest.jsonl']
     rows = {r['file']: r for r in read_manifest(tmp_path)}
     assert rows['b.jpg']['status'] == 'ok' and rows['rejected/empty/c.jpg']['reason'] == 'empty'
     assert res.counts == {'empty': 1}
@@ -274,3 +275,106 @@ def test_keeper_and_part_files(tmp_path):
         'train/cat/a-low.jpg': 'near-duplicate', 'train/cat/b-high.jpg': 'ok', 'train/cat/c.webp': 'duplicate', 'train/cat/d.png': 'ok'}
     assert (d/'e.part').read_bytes() == b'half a download'
     assert sorted(p.name for p in d.iterdir()) == ['b-high.jpg', 'd.png', 'e.part']
+
+# --- hostile files and careless use (issue 13) ---
+
+def _unblock(fifo:Path):
+    "If a regression opens `fifo` for reading, a timer opens it for writing after 20 s so the test fails instead of hanging."
+    import os, threading
+    def poke():
+        try: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError: pass
+    t = threading.Timer(20, poke); t.daemon = True; t.start()
+    return t
+
+def test_links_and_special_files(tmp_path):
+    "A FIFO, a link to /dev/zero and a link to a private file outside: rejected unopened, links moved as links, targets intact."
+    import os
+    secret = tmp_path/'id_rsa'; secret.write_bytes(b'-----BEGIN PRIVATE KEY----- s3cr3t')
+    d = tmp_path/'ds'; (d/'train'/'cat').mkdir(parents=True); (d/'train'/'dog').mkdir()
+    photo(1).save(d/'train/cat/a.jpg'); photo(2).save(d/'train/dog/b.jpg')
+    os.mkfifo(d/'train/cat/pipe.jpg'); os.symlink('/dev/zero', d/'train/cat/zero.jpg'); os.symlink(secret, d/'train/dog/key.jpg')
+    os.mkfifo(d/'train/dog/fifo-notes')   # not an image name: left alone, never opened
+    t = _unblock(d/'train/cat/pipe.jpg')
+    res = clean_images(d, quiet=True, n_workers=2)
+    t.cancel()
+    got = dict(zip(res.files.file, res.files.reason.fillna('ok')))
+    assert got == {'train/cat/a.jpg': 'ok', 'train/cat/pipe.jpg': 'special-file', 'train/cat/zero.jpg': 'symlink',
+                   'train/dog/b.jpg': 'ok', 'train/dog/key.jpg': 'symlink'}
+    assert os.readlink(d/'rejected/symlink/key.jpg') == str(secret) and os.readlink(d/'rejected/symlink/zero.jpg') == '/dev/zero'
+    assert secret.read_bytes().endswith(b's3cr3t') and (d/'train/dog/fifo-notes').exists()
+    rows = {r['file']: r for r in read_manifest(d)}
+    assert rows['rejected/special-file/pipe.jpg']['reason'] == 'special-file'
+    assert verify_image(d/'rejected/symlink/zero.jpg') == 'symlink'
+
+def test_links_deleted(tmp_path):
+    import os
+    secret = tmp_path/'secret.jpg'; photo(3).save(secret)
+    d = tmp_path/'ds'; (d/'cat').mkdir(parents=True); photo(1).save(d/'cat/a.jpg'); os.symlink(secret, d/'cat/s.jpg')
+    assert clean_images(d, delete=True, quiet=True).counts == {'symlink': 1}
+    assert not os.path.lexists(d/'cat/s.jpg') and secret.exists()   # the link goes, never what it points to
+
+def test_scans_bounded(tmp_path, monkeypatch):
+    "A progressive JPEG of many empty scans is rejected from its markers, before Pillow decodes anything."
+    from PIL import ImageFile
+    from fastpipes.clean import MAX_SCANS
+    pj = encode(photo(4, (400, 300)), 'JPEG', progressive=True)
+    j = pj.rindex(b'\xff\xda'); empty = pj[j:j+2+struct.unpack('>H', pj[j+2:j+4])[0]]
+    d = tmp_path/'cat'; d.mkdir()
+    (d/'ok.jpg').write_bytes(pj); (d/'scans.jpg').write_bytes(pj[:-2] + empty*5000 + pj[-2:])
+    assert verify_image(d/'ok.jpg') is None
+    loads = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self: loads.append(self.size) or real(self))
+    assert verify_image(d/'scans.jpg') == 'too-many-scans' and loads == []
+    assert clean_images(tmp_path, quiet=True).counts == {'too-many-scans': 1}
+    assert (pj[:-2] + empty*(MAX_SCANS - pj.count(b'\xff\xda')) + pj[-2:]).count(b'\xff\xda') == MAX_SCANS
+
+def test_one_run_at_a_time(tmp_path):
+    "While another process cleans (holds the dataset's lock), a second run stops with one sentence and changes nothing."
+    import subprocess, sys, os
+    d = tmp_path/'ds'; (d/'cat').mkdir(parents=True)
+    for i in range(3): photo(60+i).save(d/'cat'/f'{i}.jpg')
+    (d/'cat/bad.jpg').write_bytes(b'')
+    code = ("import sys, time\nfrom fastpipes.core import dataset_lock\nwith dataset_lock(sys.argv[1]):\n"
+            "    print('held', flush=True); sys.stdin.readline()")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    p = subprocess.Popen([sys.executable, '-c', code, str(d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == 'held'
+        before = tree(d)
+        with pytest.raises(FastpipesError, match='is in use by another fastpipes run') as e: clean_images(d, quiet=True)
+        assert '\n' not in str(e.value) and tree(d) == before
+    finally: p.communicate('\n', timeout=30)
+    res = clean_images(d, quiet=True)
+    assert res.counts == {'empty': 1} and len(read_manifest(d)) == 4   # one row per file, no extra
+    clean_images(d, quiet=True)
+    assert len(read_manifest(d)) == 4
+
+def _all_pairs(ph, thumbs, near_dup, colour_tol=24.):
+    "The all-pairs definition of near duplicates, for reference."
+    from fastpipes.clean import _popcount
+    d = _popcount(ph[:, None] ^ ph[None, :]); t = np.abs(thumbs[:, None] - thumbs[None, :]).mean(-1)
+    return sorted(zip(*np.nonzero((d <= near_dup) & (t <= colour_tol) & np.triu(np.ones_like(d, bool), 1))))
+
+def test_near_pairs_same_as_all_pairs():
+    "Multi-index hashing finds exactly the pairs that comparing all pairs finds: distinct images, near copies, a big family."
+    from fastpipes.clean import _near_pairs
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2**62, 300, dtype=np.uint64) << np.uint64(2)
+    src = np.concatenate([rng.integers(0, 300, 300), np.zeros(300, int)])   # random copies, and 300 copies of image 0
+    flips = [np.bitwise_or.reduce(np.uint64(1) << rng.integers(0, 64, k).astype(np.uint64)) for k in rng.integers(0, 8, len(src))]
+    ph = np.concatenate([base, base[src] ^ np.array(flips, np.uint64)])
+    th0 = rng.integers(0, 255, (300, 48))
+    th = np.concatenate([th0, th0[src] + rng.integers(-30, 30, (len(src), 48))]).astype(np.int16)
+    for nd,least in [(0, 10), (4, 1000), (9, 10000)]:
+        want = _all_pairs(ph, th, nd)
+        assert sorted(zip(*_near_pairs(ph, th, nd))) == want and len(want) >= least, (nd, len(want))
+
+def test_emoji_label_folder(tmp_path):
+    "A label of 64 emoji gives a folder name within the file system's 255 bytes, stable and unique; cleaning works in it."
+    from fastpipes.core import safe_name
+    lbl = '🐈'*64
+    assert len(safe_name(lbl).encode()) <= 255 and safe_name(lbl) == safe_name(lbl) != safe_name('🐈'*65)
+    d = tmp_path/safe_name(lbl); d.mkdir(); photo(1).save(d/'a.jpg')
+    assert clean_images(tmp_path, quiet=True).n_kept == 1

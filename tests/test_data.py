@@ -140,3 +140,85 @@ def test_name_dls_builds(tmp_path):
     dls = name_dls(pets, lambda n: n[0].isupper(), size=32, bs=4, num_workers=0)
     assert dls.vocab == [False, True] and len(dls.valid_ds) == 2
     assert name_dls(pets, r'^([a-zA-Z]+)_', size=32, num_workers=0).vocab == ['Sphynx', 'pug']
+
+# --- one view of a dataset (issue 13): clean, the DataLoaders and the report agree ---
+import os, json
+from fastpipes.clean import clean_images
+from fastpipes.report import dataset_counts
+from fastpipes.core import MODEL_FILES, dataset_view
+
+def run_outputs(d:Path)->dict:
+    "What `fastpipes train DATA --out DATA` (and export) leave in `d`: a model folder, the run's files and figures, checkpoints, exports."
+    files = {'model/weights.pth': os.urandom(2000), 'model/classifier.json': json.dumps(dict(format='fastpipes-classifier', arch='resnet18')).encode(),
+             'report.html': b'<!doctype html><title>run</title>', 'metrics.json': b'{"accuracy": 1.0}',
+             'confusion_matrix.png': _png_bytes(), 'training_curve.png': _png_bytes(),
+             'checkpoints/epoch_1.pth': os.urandom(500), 'export/model.onnx': os.urandom(500), 'export/model.safetensors': os.urandom(500),
+             'export/space/app.py': b'import gradio', 'export/space/README.md': b'# space', 'export/space/examples/x.jpg': _png_bytes(),
+             'models/model.pth': os.urandom(300), 'run2/report.html': b'<html>', 'run2/model/weights.pth': os.urandom(100),
+             'run2/top_losses.png': _png_bytes()}
+    for f,b in files.items(): (d/f).parent.mkdir(parents=True, exist_ok=True); (d/f).write_bytes(b)
+    return files
+
+def _png_bytes()->bytes:
+    import io
+    buf = io.BytesIO(); Image.new('RGB', (64, 64), 'green').save(buf, 'PNG'); return buf.getvalue()
+
+def test_model_names_known_to_core():
+    from fastpipes.train import WEIGHTS, META
+    assert {WEIGHTS, META} == set(MODEL_FILES)
+
+@pytest.mark.parametrize('splits', [('train', 'test'), None])
+def test_train_out_data_then_clean(tmp_path, splits):
+    "`train DATA --out DATA`, then `clean DATA` (also with delete): every output untouched, no class `model`, counts agree."
+    d = squares(tmp_path/'ds', splits=splits)
+    outs = run_outputs(d)
+    for delete in (False, True):
+        res = clean_images(d, quiet=True, delete=delete)
+        assert res.n_rejected == 0 and not (d/'rejected').exists()
+        assert {f: (d/f).read_bytes() for f in outs} == outs
+    dls = dls_of(d, valid_pct=0.25) if splits is None else dls_of(d)
+    assert dls.vocab == ['blue', 'red']
+    counts = dataset_counts(d)
+    assert counts.index.tolist() == ['blue', 'red', 'total'] and counts.loc['total'].sum() == res.n_kept == len(scan_images(d))
+
+def test_one_view_everywhere(tmp_path):
+    "Class sub-folders, a link, a FIFO, a text file, a hidden folder, a file where a class folder should be: one answer."
+    d = squares(tmp_path/'ds')
+    (d/'train'/'red'/'more').mkdir(); Image.new('RGB', (40, 40), (200, 10, 10)).save(d/'train'/'red'/'more'/'deep.png')
+    os.symlink(d/'train'/'blue'/'blue0.jpg', d/'train'/'blue'/'link.jpg')
+    os.mkfifo(d/'train'/'blue'/'pipe.jpg')
+    (d/'train'/'red'/'notes.txt').write_text('x'); (d/'train'/'.cache').mkdir(); Image.new('RGB', (40, 40)).save(d/'train'/'.cache'/'h.jpg')
+    (d/'train'/'green').write_bytes(b'a file where a class folder should be')
+    want = {('blue', 'train'): 4, ('red', 'train'): 5, ('blue', 'test'): 2, ('red', 'test'): 2}
+    def scanned(): return scan_images(d).groupby(['label', 'split']).size().to_dict()
+    def counted():
+        c = dataset_counts(d).drop(index='total')
+        return {(l, s): int(c.loc[l, s]) for l in c.index for s in c.columns}
+    assert scanned() == counted() == want
+    res = clean_images(d, quiet=True)
+    assert res.counts == {'special-file': 1, 'symlink': 1} and res.n_kept == sum(want.values())
+    assert (res.files.label[res.files.file == 'train/red/more/deep.png'] == 'red').all()
+    assert scanned() == counted() == want
+    assert len(dls_of(d).train_ds) == 9
+    assert (d/'train'/'green').read_bytes().startswith(b'a file') and (d/'train'/'red'/'notes.txt').exists()
+
+@pytest.mark.parametrize('name', ['models', 'rejected', 'checkpoints', 'export'])
+@pytest.mark.parametrize('splits', [('train', 'test'), None])
+def test_reserved_class_name(tmp_path, name, splits):
+    "A class folder with a reserved name is the same one-sentence error in clean, the DataLoaders and the report; nothing moves."
+    d = squares(tmp_path/'ds', splits=splits, classes=('blue', 'red'))
+    cls = (d/'train'/name) if splits else (d/name)
+    cls.mkdir(); Image.new('RGB', (40, 40)).save(cls/'x.jpg')
+    before = sorted(p.relative_to(d) for p in d.rglob('*'))
+    for f in (lambda: clean_images(d, quiet=True), lambda: dls_of(d, valid_pct=0.25), lambda: dataset_counts(d)):
+        with pytest.raises(FastpipesError, match=f'`{name}` is reserved') as e: f()
+        assert '\n' not in str(e.value)
+    assert sorted(p.relative_to(d) for p in d.rglob('[!.]*')) == [p for p in before if not p.name.startswith('.')]
+
+def test_linked_class_folder(tmp_path):
+    "A class folder that is a symbolic link: the same one-sentence error everywhere, instead of trained but not cleaned."
+    d = squares(tmp_path/'ds'); other = squares(tmp_path/'other', classes=('green',), splits=('train',))
+    os.symlink(other/'train'/'green', d/'train'/'green')
+    for f in (lambda: clean_images(d, quiet=True), lambda: dls_of(d), lambda: dataset_counts(d), lambda: scan_images(d)):
+        with pytest.raises(FastpipesError, match='class folder `train/green` is a symbolic link'): f()
+    assert len(list((other/'train'/'green').iterdir())) == 4

@@ -90,3 +90,82 @@ def test_demo_report_in_browser():
     out = os.environ.get('FASTPIPES_DEMO_OUT')
     if not out or not (Path(out)/'report.html').exists(): pytest.skip("no demo report (set FASTPIPES_DEMO_OUT)")
     check_page(open_page(Path(out)/'report.html'))
+
+# --- cheap and safe thumbnails, literal labels (issue 13) ---
+import io, struct, zlib
+
+def png_bomb(w=12000, h=12000)->bytes:
+    "A valid 1-bit PNG of `w`×`h` black pixels: about 30 KB on disk, 144 MP (432 MB as RGB) once decoded."
+    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    raw = (b'\0' + b'\0'*((w+7)//8)) * h
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0)) +
+            chunk(b'IDAT', zlib.compress(raw, 9)) + chunk(b'IEND', b''))
+
+@pytest.fixture
+def no_decode(monkeypatch):
+    "Record every image Pillow opens or decodes."
+    from PIL import Image, ImageFile
+    seen = []
+    real_load, real_open = ImageFile.ImageFile.load, Image.open
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self: seen.append(('load', self.size)) or real_load(self))
+    monkeypatch.setattr(Image, 'open', lambda fp, *a, **k: seen.append(('open', fp)) or real_open(fp, *a, **k))
+    return seen
+
+def tile_texts(monkeypatch)->list:
+    "Capture the text written on grey tiles."
+    import fastpipes.report as rep
+    texts, real = [], rep._placeholder
+    monkeypatch.setattr(rep, '_placeholder', lambda text, size=128: texts.append(text) or real(text, size))
+    return texts
+
+def test_bomb_thumbnail_is_a_tile(tmp_path, no_decode, monkeypatch):
+    "A rejected 12000×12000 PNG: the report shows a tile from its header, without opening it in Pillow."
+    from fastpipes.report import rejected_files, report_html, thumb_uri
+    b = png_bomb()
+    assert len(b) < 600_000
+    (tmp_path/'rejected'/'too-large').mkdir(parents=True); (tmp_path/'rejected'/'too-large'/'bomb.png').write_bytes(b)
+    texts = tile_texts(monkeypatch)
+    page = report_html(rejected=rejected_files(tmp_path))
+    assert 'bomb.png' in page and no_decode == [] and texts == ['too-large: too many pixels to draw']
+    Image.new('RGB', (300, 200), 'red').save(tmp_path/'ok.png')
+    assert thumb_uri(tmp_path/'ok.png').startswith('data:image/jpeg') and {k for k,_ in no_decode} == {'open', 'load'}   # the spy sees decodes
+
+def test_large_jpeg_thumbnail_decodes_reduced(tmp_path, no_decode):
+    "A big JPEG is decoded at a fraction of its size for its thumbnail (Image.draft)."
+    from fastpipes.report import thumb_uri
+    Image.new('RGB', (2400, 1600), 'blue').save(tmp_path/'big.jpg')
+    thumb_uri(tmp_path/'big.jpg')
+    assert {s for k,s in no_decode if k == 'load'} == {(300, 200)}
+    Image.new('RGB', (6000, 4000), 'blue').save(tmp_path/'photo.jpg')   # 24 MP: above the thumbnail cap, but drawn at 1/8
+    no_decode.clear(); thumb_uri(tmp_path/'photo.jpg')
+    assert {s for k,s in no_decode if k == 'load'} == {(750, 500)}
+
+def test_link_tile_shows_nothing_of_its_target(tmp_path, no_decode, monkeypatch):
+    "A rejected link to a private key: its tile says it is a link; nothing of the key is read or shown."
+    from fastpipes.report import rejected_files, report_html
+    key = tmp_path/'id_rsa'; key.write_bytes(b'-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA')
+    rej = tmp_path/'ds'/'rejected'/'symlink'; rej.mkdir(parents=True)
+    os.symlink(key, rej/'cat.jpg'); os.symlink('/dev/zero', rej/'zero.jpg'); os.mkfifo(rej/'pipe.jpg')
+    os.symlink(tmp_path, rej/'folder')
+    texts = tile_texts(monkeypatch)
+    found = rejected_files(tmp_path/'ds')
+    assert [p.name for p in found['symlink']] == ['cat.jpg', 'folder', 'pipe.jpg', 'zero.jpg']
+    page = report_html(rejected=found)
+    assert 'cat.jpg' in page and no_decode == []
+    assert texts == ['symlink: a symbolic link, not followed', 'symlink: a symbolic link, not followed',
+                     'symlink: a special file, not opened', 'symlink: a symbolic link, not followed']
+    assert not any('BEGIN' in t or 'b3Bl' in t for t in texts)
+
+def test_labels_are_literal_in_figures(tmp_path):
+    "A metric or class named like math text is drawn as it is: no crash, no math."
+    import pandas as pd
+    from fastpipes.report import curve_figure, dataset_counts, fig_uri, write_report
+    lbl = "'$\\foo$' dog"
+    hist = pd.DataFrame({'epoch': [0, 1], 'train_loss': [1., .5], 'valid_loss': [1., .6], lbl: [.5, .9]})
+    fig = curve_figure(hist)
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [lbl]
+    assert fig_uri(fig).startswith('data:image/png')
+    d = tmp_path/'data'
+    for c in [lbl, 'cat']: (d/c).mkdir(parents=True); Image.new('RGB', (40, 40)).save(d/c/'a.jpg')
+    page = write_report(tmp_path/'out', dataset=dataset_counts(d), history=hist).read_text()
+    assert "&#x27;$\\foo$&#x27; dog" in page
