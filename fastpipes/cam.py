@@ -175,7 +175,7 @@ def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other h
         h, w = img.shape[-2:]
         ax.imshow(_to_hwc(img), extent=(0, w, h, 0))
         ax.imshow(m.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0), interpolation='nearest')
-        ax.set_title(f'{vocab[t]} ({p[t]:.2f})', fontsize=9)
+        ax.set_title(f'{vocab[t]} ({p[t]:.2f})', fontsize=9, parse_math=False)   # labels as they are, never as math
     fig.tight_layout()
     return fig
 

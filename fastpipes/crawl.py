@@ -16,10 +16,10 @@ import httpcore, httpx
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastcore.meta import delegates
-from .core import FastpipesError, ManifestWriter, atomic_write, dataset_lock, inside, new_row, pbar, printable, read_manifest, safe_name, short_hash, write_manifest
+from .core import FastpipesError, ManifestWriter, atomic_write, dataset_lock, image_size, inside, new_row, pbar, printable, read_manifest, safe_name, short_hash, sniff, write_manifest
 
 # %% auto #0
-__all__ = ['SEARCHES', 'search_images', 'sniff', 'image_size', 'download_images', 'crawl']
+__all__ = ['SEARCHES', 'search_images', 'download_images', 'crawl']
 
 # %% ../nbs/01_crawl.ipynb #9a5c25da
 def _proxy_for(url:str, proxy:str|None=None, env:dict|None=None)->str|None:
@@ -83,50 +83,6 @@ def search_images(query:str, # what to search for, e.g. 'grizzly bear'
             if len(res) < max_images: seen.add(r['url']); res.append(r)
         if not new or len(res) >= max_images: break
     return res
-
-# %% ../nbs/01_crawl.ipynb #fb1fda6c
-_MAGIC = [(b'\xff\xd8\xff', 'jpg'), (b'\x89PNG\r\n\x1a\n', 'png'), (b'GIF87a', 'gif'), (b'GIF89a', 'gif'),
-          (b'BM', 'bmp'), (b'II*\x00', 'tif'), (b'MM\x00*', 'tif')]
-_FTYP = {b'avif': 'avif', b'avis': 'avif', b'heic': 'heic', b'heix': 'heic', b'mif1': 'heic'}
-
-def sniff(head:bytes)->tuple[str|None, str|None]:
-    "`(extension, None)` for an image format recognised from the first bytes `head`, else `(None, reason)`."
-    if not head: return None, 'empty body'
-    for magic,ext in _MAGIC:
-        if head.startswith(magic) and (ext != 'bmp' or head[6:10] == b'\0\0\0\0'): return ext, None
-    if head[:4] == b'RIFF' and head[8:12] == b'WEBP': return 'webp', None
-    if head[4:8] == b'ftyp' and head[8:12] in _FTYP: return _FTYP[head[8:12]], None
-    text = head[:1024].lstrip().lower()
-    if text.startswith((b'<!doctype html', b'<html', b'<head', b'<body')) or b'<html' in text: return None, 'not an image: HTML'
-    if text.startswith(b'<svg') or (text.startswith(b'<?xml') and b'<svg' in text): return None, 'not an image: SVG'
-    if text.startswith((b'<?xml', b'{', b'[')): return None, 'not an image: text (XML or JSON)'
-    return None, f'not an image: unknown format starting {head[:8]!r}'
-
-# %% ../nbs/01_crawl.ipynb #218a1775
-def _header_size(head:bytes, ext:str)->tuple[int,int]|None:
-    "Width and height from the first bytes of a PNG, GIF, BMP or WEBP file."
-    if ext == 'png' and head[12:16] == b'IHDR' and len(head) >= 24: return struct.unpack('>II', head[16:24])
-    if ext == 'gif' and len(head) >= 10: return struct.unpack('<HH', head[6:10])
-    if ext == 'bmp' and len(head) >= 26:
-        w,h = struct.unpack('<ii', head[18:26]); return abs(w), abs(h)
-    if ext == 'webp' and len(head) >= 30:
-        kind = head[12:16]
-        if kind == b'VP8 ': return tuple(v & 0x3fff for v in struct.unpack('<HH', head[26:30]))
-        if kind == b'VP8L':
-            b = int.from_bytes(head[21:25], 'little'); return (b & 0x3fff) + 1, ((b >> 14) & 0x3fff) + 1
-        if kind == b'VP8X': return int.from_bytes(head[24:27], 'little') + 1, int.from_bytes(head[27:30], 'little') + 1
-    return None
-
-def image_size(fn:Path, head:bytes=b'', ext:str='')->tuple[int|None,int|None]:
-    "`(width, height)` of the image file `fn` from its header, `(None, None)` when unreadable."
-    if not head:
-        with open(fn, 'rb') as f: head = f.read(64)
-    if not ext: ext = sniff(head)[0] or ''
-    if wh := _header_size(head, ext): return wh
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(fn) as im: return im.size
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError): return None, None
 
 # %% ../nbs/01_crawl.ipynb #2c47e65d
 class _Fail(Exception):

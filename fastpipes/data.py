@@ -20,8 +20,6 @@ from .core import FastpipesError, dataset_view, image_files, is_image_file, set_
 __all__ = ['scan_images', 'dataset_summary', 'image_dls', 'name_dls']
 
 # %% ../nbs/03_data.ipynb #81711f22
-_images, _is_image = image_files, is_image_file   # the names `train` imported before core had them; remove once it uses core's
-
 def _need_dir(p:Path, what:str)->Path:
     p = Path(p)
     if not p.exists(): raise FastpipesError(f"The {what} `{p}` does not exist; check the path.")

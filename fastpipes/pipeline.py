@@ -104,7 +104,7 @@ def _summary(metrics:dict, counts, params:dict)->str:
     "One sentence on what was trained on what, and how well it did."
     s = f"A {params.get('arch', 'model')} trained for {params.get('epochs', '?')} epochs"
     if counts is not None and len(counts):
-        classes = [str(c) for c in counts.index if c != 'total']
+        classes = [str(c) for c in counts.index if c not in ('total', '(no class)')]
         splits = ', '.join(f"{int(counts.loc['total', c])} {c}" for c in counts.columns)
         s += f" on {int(counts.loc['total'].sum())} images ({splits}) of {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
     s += '.'

@@ -32,8 +32,8 @@ from fastai.vision.core import PILImage
 from fastai.vision.learner import vision_learner, create_body, model_meta, default_split, _default_meta
 from torchvision import models as tvm
 import fastpipes
-from .core import FastpipesError, atomic_write, set_seed, sha256_file
-from .data import scan_images, _images, _is_image
+from .core import FastpipesError, atomic_write, image_files, literal_text, set_seed, sha256_file
+from .data import scan_images
 
 # %% auto #0
 __all__ = ['ARCHS', 'OFFLINE_ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'efficientnet_lite0', 'resolve_arch', 'cam_head',
@@ -364,7 +364,7 @@ def _interp(learn, dl=None):
 def confusion_figure(learn:Learner, dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
                      normalize:bool=False, figsize=(4,4), **kwargs)->plt.Figure:
     "The confusion matrix of `learn` on `dl` as a matplotlib `Figure`."
-    with _quiet(learn, True): _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
+    with _quiet(learn, True), literal_text(): _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
     return plt.gcf()
 
 def top_losses_figure(learn:Learner, k:int=9, # number of images shown
@@ -375,15 +375,15 @@ def top_losses_figure(learn:Learner, k:int=9, # number of images shown
     k = min(_check_int(k, 'k', 1), len(targs))
     p = probs[torch.arange(len(targs)), targs]
     top = (-torch.log(p.clamp_min(1e-12))).argsort(descending=True)[:k].tolist()
-    n = int(np.ceil(np.sqrt(k)))
-    fig, axs = plt.subplots(int(np.ceil(k/n)), n, figsize=figsize or (2.5*n, 2.7*np.ceil(k/n)), squeeze=False)
-    vocab = learn.dls.vocab
-    for ax in axs.flat: ax.axis('off')
-    for ax,i in zip(axs.flat, top):
-        ax.imshow(dl.dataset[i][0])
-        ax.set_title(f"{vocab[int(probs[i].argmax())]}/{vocab[int(targs[i])]}\n{-float(np.log(max(float(p[i]), 1e-12))):.2f} / {float(p[i]):.2f}", fontsize=9)
-    fig.suptitle('prediction/actual, loss / probability of actual', fontsize=10)
-    fig.tight_layout()
+    n, vocab = int(np.ceil(np.sqrt(k))), learn.dls.vocab
+    with literal_text():   # labels are shown as they are, never as matplotlib math
+        fig, axs = plt.subplots(int(np.ceil(k/n)), n, figsize=figsize or (2.5*n, 2.7*np.ceil(k/n)), squeeze=False)
+        for ax in axs.flat: ax.axis('off')
+        for ax,i in zip(axs.flat, top):
+            ax.imshow(dl.dataset[i][0])
+            ax.set_title(f"{vocab[int(probs[i].argmax())]}/{vocab[int(targs[i])]}\n{-float(np.log(max(float(p[i]), 1e-12))):.2f} / {float(p[i]):.2f}", fontsize=9)
+        fig.suptitle('prediction/actual, loss / probability of actual', fontsize=10)
+        fig.tight_layout()
     return fig
 
 # %% ../nbs/04_train.ipynb #5011f8a9
@@ -568,7 +568,7 @@ def load_classifier(path:Path, # folder written by `save_classifier` (or its `cl
 def _files(files)->list[Path]:
     if isinstance(files, (str, Path)):
         p = Path(files)
-        if p.is_dir(): return _images(p)
+        if p.is_dir(): return image_files(p)
         files = [p]
     fns = [Path(f) for f in files]
     missing = [str(f) for f in fns if not f.is_file()]
