@@ -14,13 +14,14 @@ from .train import is_cam_model
 from .review import load_run, run_meta, fit_image, cam_overlay
 
 # %% auto #0
-__all__ = ['EXTRA', 'need', 'CamNet', 'export_onnx', 'onnx_session', 'check_onnx', 'export_safetensors', 'classify_image',
-           'torch_predict', 'onnx_predict', 'classify_ui', 'write_space', 'export_run']
+__all__ = ['EXTRA', 'need_extra', 'norm_stats', 'CamNet', 'export_onnx', 'onnx_session', 'check_onnx', 'export_safetensors',
+           'classify_image', 'torch_predict', 'onnx_predict', 'classify_ui', 'example_images', 'write_space',
+           'export_run']
 
 # %% ../nbs/08_export.ipynb #fa347965
 EXTRA = 'app'
 
-def need(name:str, # the module to import ('onnxruntime', 'gradio', 'onnx', 'safetensors')
+def need_extra(name:str, # the module to import ('onnxruntime', 'gradio', 'onnx', 'safetensors')
         ):
     "Import the optional module `name`, or raise one sentence naming the extra `fastpipes[app]`."
     try: return importlib.import_module(name)
@@ -28,8 +29,9 @@ def need(name:str, # the module to import ('onnxruntime', 'gradio', 'onnx', 'saf
         raise FastpipesError(f"`{name}` is not installed; install the app extra: pip install 'fastpipes[{EXTRA}]'.") from e
 
 # %% ../nbs/08_export.ipynb #cbc96344
-def _stats(learn)->tuple:
-    "Mean and std of the learner's `Normalize` (identity when there is none)."
+def norm_stats(learn, # a fastai vision learner
+              )->tuple:
+    "Mean and std `(3,)` of the learner's `Normalize` (zeros and ones when there is none)."
     ns = [t for t in getattr(learn.dls.after_batch, 'fs', []) if isinstance(t, Normalize)]
     if not ns: return torch.zeros(3), torch.ones(3)
     return ns[0].mean.detach().flatten().float().cpu(), ns[0].std.detach().flatten().float().cpu()
@@ -40,7 +42,7 @@ class CamNet(nn.Module):
                 ):
         super().__init__()
         if not is_cam_model(learn.model): raise FastpipesError("Only a model with a CAM head can be exported with its maps; train it with `cam=True`.")
-        mean, std = _stats(learn)
+        mean, std = norm_stats(learn)
         self.body = learn.model[0]
         self.register_buffer('weight', learn.model[1][2].weight.detach().clone())
         self.register_buffer('mean', mean.view(1, -1, 1, 1)); self.register_buffer('std', std.view(1, -1, 1, 1))
@@ -56,7 +58,7 @@ def export_onnx(learn, # a learner with a CAM head (trained, or from `load_run`/
                 opset:int=18, # ONNX opset
                )->Path:
     "Write `learn` as one ONNX graph: `image` `(n, 3, H, W)` in `[0, 1]` → `probs` `(n, k)` and `cams` `(n, k, h, w)`."
-    need('onnx'); need('onnxscript')
+    need_extra('onnx'); need_extra('onnxscript')
     path = Path(path)
     if path.is_dir(): raise FastpipesError(f"`{path}` is a folder; give the name of the `.onnx` file to write.")
     net = CamNet(learn).cpu().eval()
@@ -91,7 +93,7 @@ def _onnx_meta(learn)->dict:
 def onnx_session(path:Path, # an `.onnx` file
                 ):
     "An onnxruntime CPU session on `path`."
-    ort = need('onnxruntime')
+    ort = need_extra('onnxruntime')
     if not Path(path).is_file(): raise FastpipesError(f"`{path}` does not exist; write it with `export_onnx`.")
     opts = ort.SessionOptions(); opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
@@ -113,7 +115,7 @@ def export_safetensors(learn, # a trained learner
                        meta:dict|None=None, # text metadata (default: classes, size and the fastpipes description)
                       )->Path:
     "Write `learn.model`'s weights to `path` as safetensors, with `meta` as the file's metadata."
-    st = need('safetensors.torch')
+    st = need_extra('safetensors.torch')
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous().clone() for k,v in learn.model.state_dict().items()}
     meta = meta if meta is not None else _onnx_meta(learn)
@@ -249,7 +251,10 @@ def _app_source(title:str, intro:str)->str:
     src = '\n\n'.join(inspect.getsource(f) for f in (fit_image, cam_overlay, classify_image, classify_ui))
     return _APP.format(title=title, intro=intro, source=src)
 
-def _examples(data, vocab, n):
+def example_images(data:Path|None, # a dataset folder (None: no examples)
+                   vocab:list, # the classes, in the order shown
+                   n:int, # images per class
+                  )->list:
     "Up to `n` test (else train) images per class of the dataset folder `data`."
     if data is None or n <= 0: return []
     df = scan_images(data)
@@ -264,7 +269,7 @@ def write_space(run:Path, # a run folder (its `model/`) or a classifier folder
                 onnx:Path|None=None, # an ONNX file `export_onnx` wrote for this run, copied instead of exporting again
                )->Path:
     "Write a ready Hugging Face Space for the run: `app.py`, `requirements.txt`, `model.onnx`, `model.json`, `README.md`."
-    gradio = need('gradio')
+    gradio = need_extra('gradio')
     learn, meta = load_run(run), run_meta(run)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir(): raise FastpipesError(f"`{dest}` is a file; give a folder for the Space.")
@@ -277,13 +282,13 @@ def write_space(run:Path, # a run folder (its `model/`) or a classifier folder
                                                     arch=meta.get('arch'), fastpipes_version=meta.get('fastpipes_version')), indent=2))
     intro = f"# {title}\nUpload or pick an image: the model says which of {', '.join(vocab)} it shows, and the map shows where it looked."
     atomic_write(dest/'app.py', _app_source(title, intro))
-    ort = need('onnxruntime')
+    ort = need_extra('onnxruntime')
     atomic_write(dest/'requirements.txt', f"gradio>={gradio.__version__.split('.')[0]}\nonnxruntime>={ort.__version__.rsplit('.', 1)[0]}\nnumpy\npillow\n")
     atomic_write(dest/'README.md', _README.format(title=title, gradio=gradio.__version__, classes=', '.join(vocab)))
     if data is None and (Path(run)/'data').is_dir(): data = Path(run)/'data'
     ex = dest/'examples'
     if ex.is_dir(): shutil.rmtree(ex)
-    for i,f in enumerate(_examples(data, vocab, examples)):
+    for i,f in enumerate(example_images(data, vocab, examples)):
         ex.mkdir(exist_ok=True); shutil.copy2(f, ex/f"{i:02d}_{Path(f).name}")
     return dest
 

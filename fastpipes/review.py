@@ -7,7 +7,7 @@ from __future__ import annotations
 import io, json, os, shutil
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd
 from PIL import Image
 from .core import FastpipesError, dataset_lock, read_manifest, write_manifest, new_row
 from .data import scan_images

@@ -1,7 +1,7 @@
 """Export: the ONNX graph (probabilities and CAM maps) agrees with PyTorch to 1e-4 under onnxruntime, safetensors
 weights load back, a missing optional package is one sentence naming the extra, and the exported Space folder starts
 with `python app.py` (no fastpipes, loopback only) and answers its API."""
-import os, re, shutil, socket, subprocess, sys, time, urllib.request
+import os, re, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import numpy as np, pytest, torch
 from fastpipes.core import FastpipesError
@@ -57,10 +57,11 @@ def test_safetensors(run, tmp_path):
     with safe_open(str(fn), 'pt') as f: assert f.metadata()['vocab'] == '["circle", "cross"]'
 
 def test_missing_extra_is_one_sentence(monkeypatch, run, tmp_path):
-    from fastpipes.export import need, onnx_session
+    from fastpipes.export import need_extra, onnx_session
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)   # as if it were not installed
     with pytest.raises(FastpipesError, match=r"pip install 'fastpipes\[app\]'") as e: onnx_session(tmp_path/'m.onnx')
     assert len(str(e.value).splitlines()) == 1 and 'onnxruntime' in str(e.value)
+    with pytest.raises(FastpipesError, match=r"`onnxruntime` is not installed"): need_extra('onnxruntime')
     monkeypatch.setitem(sys.modules, 'gradio', None)
     from fastpipes.app import build_app
     with pytest.raises(FastpipesError, match=r"`gradio` is not installed"): build_app(run[0]/'run')

@@ -89,7 +89,8 @@ def test_review_bad_input(run, data, tmp_path):
     (data/b.key).rename(tmp_path/'away.jpg')                       # moved since the review started
     with pytest.raises(FastpipesError, match='moved or changed since the review started') as e: rv.apply()
     assert len(str(e.value).splitlines()) == 1
-    assert (data/a.key).is_file() and read_manifest(data) == rows   # nothing happened
+    (tmp_path/'away.jpg').rename(data/b.key)
+    assert (data/a.key).is_file() and read_manifest(data) == rows and contents(data) == before   # nothing happened
 
 def test_review_widget(run, data):
     from fastpipes.review import Review
