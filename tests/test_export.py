@@ -123,3 +123,16 @@ def test_space_starts_and_answers(exported, tmp_path):
     # Gradio logs the user's error (`gradio.exceptions.Error`: the one sentence); nothing else may fail
     errors = [l for l in out.splitlines() if re.match(r'^[\w.]+(Error|Exception)\b', l) and not l.startswith(('gradio.exceptions.Error', 'FastpipesError'))]
     assert not errors, out[-3000:]
+
+@pytest.mark.slow
+def test_onnx_other_architectures(run, tmp_path):
+    "Any `Sequential(body, cam_head)` exports (the fast twin is `test_onnx_matches_pytorch` on a resnet)."
+    from torchvision import models as tvm
+    from fastpipes.export import export_onnx, check_onnx
+    from fastpipes.train import is_cam_model
+    dls = image_dls(run[0]/'data', size=64, bs=8, aug=False, num_workers=0)
+    for arch in (tvm.mobilenet_v3_small, tvm.squeezenet1_1):
+        learn = train_classifier(dls, arch, epochs=1, pretrained=False, quiet=True, seed=0)
+        assert is_cam_model(learn.model)
+        diff = check_onnx(learn, export_onnx(learn, tmp_path/f'{arch.__name__}.onnx'), torch.rand(3, 3, 64, 64))
+        assert diff['probs'] < 1e-4 and diff['cams'] < 1e-4, (arch.__name__, diff)
