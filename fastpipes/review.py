@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from .core import FastpipesError, dataset_lock, read_manifest, write_manifest, new_row
+from .core import FastpipesError, dataset_lock, read_manifest, write_manifest, new_row, inside
 from .data import scan_images
 from .train import load_classifier, is_cam_model, META
 from .cam import cam_maps
@@ -273,12 +273,18 @@ def _check_unchanged(self:Review, keys):
             raise FastpipesError(f"`{fn}` moved or changed since the review started; start a new review (nothing was moved).")
 
 @patch
+def _class_dir(self:Review, split:str, label:str)->Path:
+    "The folder of class `label` in `split` (`scan_images` calls the split of top-level class folders 'all')."
+    return self.data/label if split == 'all' and not (self.data/'train').is_dir() else self.data/split/label
+
+@patch
 def _plan(self:Review)->list:
     "`(key, action, new label, src, dst)` for every mark."
     plan, taken = [], set()
     for k,(act,label) in self.marks.items():
         it, src = self._items[k], self.data/k
-        dst = _unique((self.data/'rejected'/REASON if act == 'delete' else self.data/it.split/label)/src.name, taken)
+        dst = _unique(self.data/'rejected'/REASON/src.name if act == 'delete'
+                      else self._class_dir(it.split, label)/src.relative_to(self._class_dir(it.split, it.label)), taken)
         taken.add(dst); plan.append((k, act, label, src, dst))
     return plan
 
@@ -291,6 +297,8 @@ def apply(self:Review)->pd.DataFrame:
     with dataset_lock(self.data):
         self._check_unchanged(self.marks)
         plan = self._plan()
+        made = sorted({p for *_,s,d in plan for p in d.parents if inside(p, self.data) and p != self.data and not p.exists()},
+                      key=lambda p: -len(p.parts))  # folders this apply creates, deepest first
         _moves([(s, d) for *_,s,d in plan])
         try:
             rows = read_manifest(self.data)
@@ -307,7 +315,7 @@ def apply(self:Review)->pd.DataFrame:
         except BaseException:
             _moves([(d, s) for *_,s,d in plan]); raise
     done = self.marked()
-    self.history.append(dict(plan=plan, before=before, marks=dict(self.marks), items={k: self._items[k] for k,*_ in plan}))
+    self.history.append(dict(plan=plan, before=before, made=made, marks=dict(self.marks), items={k: self._items[k] for k,*_ in plan}))
     for k,act,label,src,dst in plan:
         it = self._items.pop(k)
         if act == 'relabel':
@@ -327,6 +335,8 @@ def undo(self:Review)->pd.DataFrame:
             if not dst.is_file() or src.exists():
                 raise FastpipesError(f"`{dst}` moved or `{src}` was recreated since the review was applied; nothing was undone.")
         _moves([(d, s) for *_,s,d in h['plan']])
+        for p in h['made']:  # the folders the apply made, when they are empty again (an empty class folder stops training)
+            if p.is_dir() and not any(p.iterdir()): p.rmdir()
         rows = read_manifest(self.data)
         gone = {new for new,old in h['before'].items() if old is None}
         rows = [dict(h['before'][r.get('file')]) if h['before'].get(r.get('file')) else r for r in rows if r.get('file') not in gone]

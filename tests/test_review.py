@@ -105,3 +105,20 @@ def test_review_widget(run, data):
     assert c['status'].value == 'Applied 1 change(s).' and not (data/key).exists()
     c['undo'].click()
     assert (data/key).is_file()
+
+def test_review_class_folders_without_splits(run, tmp_path):
+    "A dataset of `<label>/` folders (no `train/`): a relabel moves the file to the other class folder, nested paths kept."
+    from fastpipes.review import Review
+    d = tmp_path/'flat'
+    for lbl in ('circle', 'cross'): shutil.copytree(run/'data'/'train'/lbl, d/lbl)
+    (d/'cross'/'more').mkdir(); (d/'cross'/'cross_00000.jpg').rename(d/'cross'/'more'/'x.jpg')
+    rv = Review(run/'run', d)
+    assert rv.splits == ['all']
+    rv.mark('cross/more/x.jpg', 'relabel circle'); rv.mark('cross/cross_00001.jpg', 'delete')
+    rv.apply()
+    assert (d/'circle'/'more'/'x.jpg').is_file() and (d/'rejected'/'reviewed'/'cross_00001.jpg').is_file()
+    assert not (d/'all').exists()
+    rv.undo()
+    assert (d/'cross'/'more'/'x.jpg').is_file() and (d/'cross'/'cross_00001.jpg').is_file()
+    assert not (d/'circle'/'more').exists() and not (d/'rejected').exists()   # the folders apply made are gone again
+    Review(run/'run', d)   # and the dataset scans (an empty class folder would be an error)
