@@ -120,9 +120,14 @@ def test_cam_missing_items(capsys, trained, tmp_path):
     assert_user_error(*run_main(capsys, 'cam', trained, tmp_path/'nope'), 'nope')
 
 @pytest.mark.parametrize('name,text', [('spec.toml', '[classes\ntiger = "tiger"'), ('spec.json', '{"classes": {"a": '),
-                                       ('spec.toml', '[classes]\n"a/b" = "x"\nlion = "lion"')])
+                                       ('spec.toml', '[classes]\n"a/b" = "x"\nlion = "lion"'),
+                                       ('spec.toml', 'n_train = true\n[classes]\na = "a"\nb = "b"'),
+                                       ('spec.toml', '[classes]\ncat = "cat"\n" cat " = "kitten"'),
+                                       ('spec.json', '{"classes": ' + '[' * 50_000 + ']' * 50_000 + '}'),
+                                       ('spec.toml', b'\xff\xfe[\x00c\x00')])
 def test_spec_file_errors(capsys, tmp_path, name, text):
-    (tmp_path/name).write_text(text)
+    if isinstance(text, bytes): (tmp_path/name).write_bytes(text)
+    else: (tmp_path/name).write_text(text)
     assert_user_error(*run_main(capsys, 'run', '--spec', tmp_path/name, '--out', tmp_path/'o'))
 
 @pytest.mark.parametrize('label', ['a/b', '../x', 'c\\d'])
@@ -275,3 +280,30 @@ def test_run_offline(tmp_path, monkeypatch, capsys):
     page = (out/'report.html').read_text()
     assert 'not an image: HTML' in page and 'truncated' in page, "the report does not say what was refused and why"
     assert str((out/'report.html').resolve()) in o
+
+# ---------------------------------------------------------------- predict output, export and app
+
+def test_predict_names_cannot_forge_lines(trained, data, tmp_path):
+    "A file name with a tab and a newline stays one escaped field of one line; --json gives one object per line."
+    odd = tmp_path/'a\tb\nfake\tred\t1.0000.jpg'
+    odd.write_bytes(next((data/'test'/'red').glob('*.jpg')).read_bytes())
+    plain = tmp_path/'plain.jpg'; plain.write_bytes(odd.read_bytes())
+    rc, o, e = cli('predict', trained, odd, plain)
+    assert rc == 0, e
+    lines = o.strip().splitlines()
+    assert len(lines) == 2 and all(len(l.split('\t')) == 3 for l in lines), lines
+    assert lines[0].startswith(str(tmp_path/'a\\tb\\nfake\\tred\\t1.0000.jpg')), lines[0]
+    rc, o, e = cli('predict', trained, odd, plain, '--json')
+    rows = [json.loads(l) for l in o.strip().splitlines()]
+    assert rc == 0 and [r['file'] for r in rows] == [str(odd), str(plain)], o
+
+def test_export_and_app_need_a_run(capsys, tmp_path):
+    (tmp_path/'empty').mkdir()
+    assert_user_error(*run_main(capsys, 'export', tmp_path/'empty'))
+    assert_user_error(*run_main(capsys, 'export', tmp_path/'nope'), 'does not exist')
+    assert_user_error(*run_main(capsys, 'app', tmp_path/'nope'), 'does not exist')
+
+def test_export_safetensors(trained, tmp_path):
+    rc, o, e = cli('export', trained, '--out', tmp_path/'x', '--no-onnx')
+    assert rc == 0, e
+    assert (tmp_path/'x'/'model.safetensors').stat().st_size > 1000 and not (tmp_path/'x'/'model.onnx').exists()
