@@ -234,3 +234,40 @@ def _nccl_rank(ds):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two GPUs")
 def test_two_nccl_processes(ds):
     assert launch(_nccl_rank, ds, n=2) == ('nccl', True)
+
+# ---- Ctrl-C on two processes (slow; fast twins: test_sigkill_after_first_checkpoint_then_resume, test_two_gloo_processes)
+
+def _rank_resumable(ds, run, stop):
+    "One rank of a resumable two-process run; `stop`: stall after that many epochs (for the test's Ctrl-C)."
+    learn = tiny(dls_of(ds, bs=4), cbs=[Stop(stop, hang=True)] if stop else [])
+    with distributed(learn), learn.no_bar(), learn.no_logging():
+        resumable_fine_tune(learn, checkpoint=checkpoint_path(run), resume=True, **FT)
+    if rank0(): torch.save(sd(learn), Path(run)/'model.pth')
+
+def _launch_main(ds, run, stop):
+    "What `fastpipes train --processes 2 --resume` does around the library: exit 130 on Ctrl-C."
+    try: launch(_rank_resumable, Path(ds), Path(run), stop, n=2)
+    except KeyboardInterrupt: sys.exit(130)
+
+@pytest.mark.slow
+def test_ctrl_c_on_two_processes_then_resume(ds, tmp_path):
+    run, fn = tmp_path/'run', checkpoint_path(tmp_path/'run')
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get('PYTHONPATH', '')]), 'OMP_NUM_THREADS': '1'}
+    p = subprocess.Popen([sys.executable, '-c', f'import test_distrib as t; t._launch_main({str(ds)!r}, {str(run)!r}, 3)'],
+                         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while p.poll() is None and time.monotonic() < deadline:
+            if fn.exists() and read_checkpoint(fn)['done'] == 3: break
+            time.sleep(0.2)
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        os.killpg(p.pid, signal.SIGINT)                                   # Ctrl-C reaches the whole process group
+        p.wait(60)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.wait(30)
+        p.stderr.close()
+    assert p.returncode == 130
+    assert read_checkpoint(fn)['done'] == 3 and not (run/'model.pth').exists()
+    launch(_rank_resumable, ds, run, 0, n=2)                             # --resume
+    launch(_rank_resumable, ds, tmp_path/'full', 0, n=2)                 # an uninterrupted two-process run
+    assert_close(torch.load(run/'model.pth', weights_only=True), torch.load(tmp_path/'full'/'model.pth', weights_only=True))
