@@ -208,9 +208,16 @@ class Checkpointer(Callback):
         if self.fn is not None: save_checkpoint(self.learn, self.fn, self.done, self.params)
 
 # %% ../nbs/03a_distrib.ipynb #af383ce1
+def _to(o, dev):
+    if isinstance(o, torch.Tensor): return o.to(dev)
+    if isinstance(o, dict): return {k: _to(v, dev) for k,v in o.items()}
+    if isinstance(o, list): return [_to(v, dev) for v in o]
+    return o
+
 def _opt_state(learn, ck):
+    "Load the optimiser's state from `ck`, its tensors on the device the Learner trains on."
     if ck.get('opt') is None: return
-    try: learn.opt.load_state_dict(ck['opt'])
+    try: learn.opt.load_state_dict(_to(ck['opt'], _device(learn)))
     except (AssertionError, KeyError, TypeError) as e:
         raise FastpipesError(f"The optimiser state in the checkpoint does not fit this Learner ({type(e).__name__}); train afresh without resuming.") from None
 

@@ -271,3 +271,17 @@ def test_ctrl_c_on_two_processes_then_resume(ds, tmp_path):
     launch(_rank_resumable, ds, run, 0, n=2)                             # --resume
     launch(_rank_resumable, ds, tmp_path/'full', 0, n=2)                 # an uninterrupted two-process run
     assert_close(torch.load(run/'model.pth', weights_only=True), torch.load(tmp_path/'full'/'model.pth', weights_only=True))
+
+@pytest.mark.gpu
+def test_ctrl_c_then_resume_on_cuda_fp16(ds, tmp_path):
+    "The checkpoint's optimiser and gradient-scaler states go back to the GPU; the resumed run ends where an uninterrupted one does."
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    def run(fn, cbs=(), resume=False):
+        learn = set_precision(tiny(dls_of(ds).to('cuda'), cbs=list(cbs)), 'fp16')
+        with learn.no_bar(), learn.no_logging(): resumable_fine_tune(learn, checkpoint=fn, resume=resume, **FT)
+        return sd(learn)
+    full = run(checkpoint_path(tmp_path/'full'))
+    fn = checkpoint_path(tmp_path/'cut')
+    with pytest.raises(KeyboardInterrupt): run(fn, [Stop(3)])
+    assert read_checkpoint(fn)['scaler']
+    assert_close(run(fn, resume=True), full, tol=1e-3)
