@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_distrib.ipynb #dcd834c6
 from __future__ import annotations
-import hashlib, io, json, os, pickle, random, shutil, sys, tempfile, time, traceback
+import hashlib, io, json, os, pickle, random, shutil, sys, tempfile, threading, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -305,8 +305,16 @@ def _backend(n:int)->str:
     if k < n: raise FastpipesError(f"Training on {n} processes needs {n} GPUs and this machine has {k}; use at most {k} processes.")
     return 'nccl'
 
-def _worker(r:int, n:int, backend:str, tmp:str, threads:int, fn, args, kwargs):
+def _orphan_watch(parent:int):
+    "End this process when the launching one is gone (killed with SIGKILL, say), rather than train for nobody."
+    def watch():
+        while os.getppid() == parent: time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+def _worker(r:int, n:int, backend:str, tmp:str, threads:int, parent:int, fn, args, kwargs):
     "One process of `launch`: join the group, run `fn`, leave rank 0's result (or the error) in `tmp`."
+    _orphan_watch(parent)
     os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n))
     if sys.platform.startswith('linux'): os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')  # one machine: loopback only
     torch.set_num_threads(threads)
@@ -367,7 +375,7 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
     threads = threads or max(1, torch.get_num_threads() // n)
     ctx = mp.get_context(_start_method(fn, args, kwargs))
     tmp = Path(tempfile.mkdtemp(prefix='fastpipes-launch-'))
-    procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, fn, args, kwargs)) for r in range(n)]
+    procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, os.getpid(), fn, args, kwargs)) for r in range(n)]
     try:
         for p in procs: p.start()
         while any(p.is_alive() for p in procs):
@@ -406,7 +414,11 @@ def fit_on(learn:Learner, # the Learner to train
     res = launch(_fit_worker, learn, fit, n=n, **kwargs)
     learn.model.load_state_dict(res['model'])
     hist = json.loads(res['history'])
-    if hist is not None: learn.train_history = hist
+    if hist is not None:  # into the history callback's own list (`learn.train_history` is the callback until its first fit)
+        cur = getattr(learn, 'train_history', None)
+        rows = getattr(cur, 'rows', cur)
+        if isinstance(rows, list): rows[:] = hist; learn.train_history = rows
+        else: learn.train_history = hist
     for k,v in res['recorder'].items(): setattr(learn.recorder, k, v)
     learn.unfreeze()
     return learn

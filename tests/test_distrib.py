@@ -20,7 +20,7 @@ FT = dict(epochs=2, base_lr=5e-2, freeze_epochs=2, seed=3)   # 4 epochs: 2 froze
 
 def _split(m): return [params(m[0]), params(m[1])]
 
-class Rows(Callback):
+class TrainHistory(Callback):
     "Like fastpipes.train's `TrainHistory`: `learn.train_history` keeps one row per training epoch over every fit."
     order = 55
     def __init__(self): self.rows = []
@@ -35,7 +35,7 @@ def tiny(dls, width=8, cbs=None):
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, dls.c))
-    return Learner(dls, nn.Sequential(body, head), metrics=accuracy, splitter=_split, cbs=[Rows(), *(cbs or [])])
+    return Learner(dls, nn.Sequential(body, head), metrics=accuracy, splitter=_split, cbs=[TrainHistory(), *(cbs or [])])
 
 def dls_of(ds, bs=8, **kw): return image_dls(ds, size=32, bs=bs, num_workers=0, seed=0, **kw)   # augmented: randomness per epoch
 
@@ -189,6 +189,8 @@ def test_fit_on_hands_back_rank0s_training(ds, tmp_path):
     assert_close(sd(learn), ck['model'], tol=0)
     assert max((a.float()-b.float()).abs().max() for a,b in zip(sd(learn).values(), before.values())) > 1e-3
     assert [r['epoch'] for r in learn.train_history] == [0, 1, 2, 3] and len(learn.recorder.values) == 2
+    with learn.no_bar(): learn.validate()                      # a later fit-like call keeps the history
+    assert len(learn.train_history) == 4
 
 def _fails():
     if rank() == 1: raise FastpipesError("Rank 1 found a problem; fix it.")
