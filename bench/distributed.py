@@ -10,6 +10,7 @@ the cost of a checkpoint per epoch.
    two threads in one process can be slower than one (they wait for each other), which flatters N processes.
 2. Checkpoints: the time of one `save_checkpoint` (model, optimiser, history; atomic write) as a share of the
    epoch time measured in 1, and one epoch of `resumable_fine_tune` with a checkpoint against one without.
+3. Precision: one epoch in bf16 (`set_precision`: CPU autocast, or CUDA) against fp32, in one process.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/distributed.py            # from the repository root
     .venv/bin/python bench/distributed.py --processes 2 --size 96 --n 96 --rounds 3
@@ -69,6 +70,16 @@ def checkpoint_cost(path, a):
         t = time.perf_counter(); save_checkpoint(learn, tmp/'ck2.pth', 1, {}); saves.append(time.perf_counter() - t)
     return statistics.median(rows[False]), statistics.median(rows[True]), statistics.median(saves), (tmp/'ck2.pth').stat().st_size
 
+def precision_cost(path, a):
+    "Training seconds of one epoch in fp32 and in bf16 (CPU autocast, or CUDA), interleaved; medians."
+    from fastpipes.distrib import set_precision
+    secs = {}
+    for prec in ('fp32', 'bf16') * a.rounds:
+        learn = set_precision(learner(path, a, a.bs), prec)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
+        secs.setdefault(prec, []).append(sum(learn.train_secs))
+    return {k: statistics.median(v) for k,v in secs.items()}
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--processes', type=int, default=2)
@@ -101,6 +112,8 @@ def main():
           f"({many[0]['threads']} threads each, {many[0]['world']} ranks): {s1/sn:.2f}x "
           f"(against 1 process on {thin[0]['threads']} threads: {st/sn:.2f}x)")
     print(f"load average after: {' '.join(f'{l:.1f}' for l in os.getloadavg())}")
+    pc = precision_cost(path, a)
+    print(f"precision: one epoch fp32 {pc['fp32']:.2f} s, bf16 {pc['bf16']:.2f} s: bf16 {pc['fp32']/pc['bf16']:.2f}x the speed of fp32")
     plain, ck, save, size = checkpoint_cost(path, a)
     print(f"checkpoint: {size/2**20:.1f} MB written in {save*1000:.0f} ms = {save/plain:.1%} of a {plain:.2f} s epoch "
           f"(resumable_fine_tune epoch with a checkpoint / without: {ck/plain:.3f}x)")

@@ -20,9 +20,10 @@ from fastai.torch_core import rank_distrib, num_distrib
 from .core import FastpipesError, atomic_write, set_seed
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'CHECKPOINT', 'FORMAT', 'rank', 'world_size', 'rank0', 'barrier', 'single_process', 'CPUMixedPrecision',
+__all__ = ['PRECISIONS', 'FORMAT', 'rank', 'world_size', 'rank0', 'barrier', 'single_process', 'CPUMixedPrecision',
            'set_precision', 'precision_of', 'checkpoint_path', 'fingerprint', 'save_checkpoint', 'read_checkpoint',
-           'check_checkpoint', 'Checkpointer', 'resumable_fine_tune', 'SyncBuffers', 'distributed', 'launch', 'fit_on']
+           'check_checkpoint', 'Checkpointer', 'resumable_fine_tune', 'resumable_one_cycle', 'SyncBuffers',
+           'distributed', 'launch', 'fit_on']
 
 # %% ../nbs/03a_distrib.ipynb #f459a289
 def rank()->int:
@@ -90,7 +91,6 @@ def precision_of(learn:Learner)->str:
     return 'fp32' if cb is None else cb.amp_mode.value
 
 # %% ../nbs/03a_distrib.ipynb #547f7adf
-CHECKPOINT = 'checkpoint.pth'
 FORMAT = 'fastpipes-checkpoint/1'
 
 def checkpoint_path(run:Path, # the run folder (`RUN/model`, `RUN/report.html`, ...)
@@ -132,13 +132,18 @@ def _plain(o):
     if isinstance(o, (list, tuple, L)): return [_plain(v) for v in o]  # fastai's optimiser keeps its state in an `L`
     return o
 
+def _history(learn)->list:
+    "The rows of `learn.train_history` (fastpipes' per-epoch history), or none."
+    rows = getattr(learn, 'train_history', None)
+    return rows if isinstance(rows, list) else []
+
 def _state(learn, done:int, params:dict, fp:dict)->dict:
     scaler = getattr(learn, 'scaler', None)
     return dict(format=FORMAT, done=done, params=params, fingerprint=fp,
                 model=_plain(_unwrap(learn.model).state_dict()),
                 opt=_plain(learn.opt.state_dict()) if learn.opt is not None else None,
                 scaler=_plain(scaler.state_dict()) if scaler is not None else {},
-                history=json.dumps(getattr(learn, 'train_history', None) or [], default=float))
+                history=json.dumps(_history(learn), default=float))
 
 def save_checkpoint(learn:Learner, fn:Path, # the checkpoint file
                     done:int, # epochs finished so far (frozen and unfrozen together)
@@ -235,6 +240,19 @@ def _resume(learn, ck, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, 
         learn.fit_one_cycle(epochs, slice(base_lr/lr_mult, base_lr), pct_start=pct_start, div=div,
                             start_epoch=max(0, done-freeze_epochs), **kwargs)
 
+def _start(learn, checkpoint, resume, seed, params:dict, kwargs:dict):
+    "The checkpoint to resume from (checked) or None, and the `Checkpointer` of this run."
+    if resume and checkpoint is None: raise FastpipesError("Resuming needs the checkpoint file (or the run folder) of the run to continue.")
+    fn = Path(checkpoint) if checkpoint is not None else None
+    ck = read_checkpoint(fn) if resume and fn is not None and fn.exists() else None
+    if seed is None: seed = (ck['params'].get('seed') if ck else None) or random.SystemRandom().randrange(2**31)
+    params = {**params, **{k: v for k,v in kwargs.items() if isinstance(v, (bool, int, float, str))},
+              'bs': learn.dls.bs, 'processes': world_size(), 'precision': precision_of(learn), 'seed': seed}
+    if ck: check_checkpoint(ck, learn, params, fn)
+    cb = Checkpointer(fn, seed, params)
+    if ck: cb.done, cb.history = ck['done'], json.loads(ck.get('history') or '[]')
+    return ck, cb
+
 @delegates(Learner.fit_one_cycle, but=['n_epoch', 'lr_max', 'div', 'pct_start', 'start_epoch'])
 def resumable_fine_tune(learn:Learner, # the Learner to train (e.g. from `build_learner`)
                         epochs:int, # epochs with every layer training
@@ -247,20 +265,31 @@ def resumable_fine_tune(learn:Learner, # the Learner to train (e.g. from `build_
                         **kwargs, # passed to `fit_one_cycle`
                        )->Learner:
     "fastai's `fine_tune` with a checkpoint after every epoch; `resume` finishes an interrupted run with the same final weights."
-    fn = Path(checkpoint) if checkpoint is not None else None
-    ck = read_checkpoint(fn) if resume and fn is not None and fn.exists() else None
-    if seed is None: seed = (ck['params'].get('seed') if ck else None) or random.SystemRandom().randrange(2**31)
-    params = dict(epochs=epochs, freeze_epochs=freeze_epochs, base_lr=float(base_lr), lr_mult=float(lr_mult),
-                  pct_start=float(pct_start), div=float(div), bs=learn.dls.bs, processes=world_size(),
-                  precision=precision_of(learn), seed=seed)
-    if ck: check_checkpoint(ck, learn, params, fn)
-    cb = Checkpointer(fn, seed, params)
-    if ck:
-        cb.done, cb.history = ck['done'], json.loads(ck.get('history') or '[]')
-        cb.scaler = ck.get('scaler') if ck['done'] != freeze_epochs else None  # a phase starts with a fresh scaler
+    ck, cb = _start(learn, checkpoint, resume, seed, dict(schedule='fine_tune', epochs=epochs, freeze_epochs=freeze_epochs,
+                    base_lr=float(base_lr), lr_mult=float(lr_mult), pct_start=float(pct_start), div=float(div)), kwargs)
+    if ck and ck['done'] != freeze_epochs: cb.scaler = ck.get('scaler')  # a phase starts with a fresh gradient scaler
     with learn.added_cbs(cb):
         if ck: _resume(learn, ck, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
         else: learn.fine_tune(epochs, base_lr, freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+    return learn
+
+@delegates(Learner.fit_one_cycle, but=['n_epoch', 'lr_max', 'start_epoch'])
+def resumable_one_cycle(learn:Learner, # the Learner to train
+                        epochs:int, # epochs of one cycle
+                        lr_max:float=2e-3, # peak learning rate
+                        checkpoint:Path|None=None, # checkpoint file (see `checkpoint_path`); None: no checkpoints
+                        resume:bool=False, # continue from `checkpoint` when it exists (else start afresh)
+                        seed:int|None=None, # seeds every epoch; None: the checkpoint's, or a random one
+                        **kwargs, # passed to `fit_one_cycle`
+                       )->Learner:
+    "`unfreeze` and fastai's `fit_one_cycle` (training from scratch) with a checkpoint after every epoch; `resume` finishes it."
+    ck, cb = _start(learn, checkpoint, resume, seed, dict(schedule='one_cycle', epochs=epochs, lr_max=float(lr_max)), kwargs)
+    done = ck['done'] if ck else 0
+    if ck: cb.scaler = ck.get('scaler')
+    with learn.added_cbs(cb):
+        learn.unfreeze()
+        if ck: learn.model.load_state_dict(ck['model']); _opt_state(learn, ck)
+        if done < epochs: learn.fit_one_cycle(epochs, lr_max, start_epoch=done, **kwargs)
     return learn
 
 # %% ../nbs/03a_distrib.ipynb #a5c4bfb5
@@ -358,8 +387,9 @@ def _start_method(fn, args, kwargs)->str:
     if 'fork' in mp.get_all_start_methods() and not torch.cuda.is_initialized(): return 'fork'
     try: pickle.dumps((fn, args, kwargs))
     except (pickle.PicklingError, AttributeError, TypeError):
-        raise FastpipesError("CUDA is already in use in this process, so the training processes must be started afresh and the function "
-                             "must be importable; define it in a module, or launch before anything touches the GPU.") from None
+        why = "CUDA is already in use in this process" if torch.cuda.is_initialized() else "this system cannot fork processes"
+        raise FastpipesError(f"{why}, so the training processes start afresh and need a function and arguments that can be pickled; "
+                             "define the function in a module (or launch before anything touches the GPU).") from None
     return 'spawn'
 
 def launch(fn:Callable, # the training function; in a process, `rank()` and `world_size()` tell which
@@ -397,7 +427,7 @@ def _fit_worker(learn, fit):
     if not rank0(): return None
     rec = learn.recorder
     return dict(model=_plain(_unwrap(learn.model).state_dict()),
-                history=json.dumps(getattr(learn, 'train_history', None), default=float),
+                history=json.dumps(_history(learn), default=float),
                 recorder=dict(losses=[float(o) for o in rec.losses], lrs=[float(o) for o in rec.lrs], iters=list(rec.iters),
                               values=[[float(v) if v is not None else None for v in vs] for vs in rec.values]))
 
@@ -414,7 +444,7 @@ def fit_on(learn:Learner, # the Learner to train
     res = launch(_fit_worker, learn, fit, n=n, **kwargs)
     learn.model.load_state_dict(res['model'])
     hist = json.loads(res['history'])
-    if hist is not None:  # into the history callback's own list (`learn.train_history` is the callback until its first fit)
+    if hist:  # into the history callback's own list (`learn.train_history` is the callback until its first fit)
         cur = getattr(learn, 'train_history', None)
         rows = getattr(cur, 'rows', cur)
         if isinstance(rows, list): rows[:] = hist; learn.train_history = rows

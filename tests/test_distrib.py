@@ -10,7 +10,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import params
 from fastpipes.core import FastpipesError
 from fastpipes.data import image_dls
-from fastpipes.distrib import (rank, rank0, world_size, launch, fit_on, distributed, resumable_fine_tune, read_checkpoint,
+from fastpipes.distrib import (rank, rank0, world_size, launch, fit_on, distributed, resumable_fine_tune, resumable_one_cycle, read_checkpoint,
                                checkpoint_path, set_precision, precision_of, single_process)
 from test_data import squares
 
@@ -287,3 +287,19 @@ def test_ctrl_c_then_resume_on_cuda_fp16(ds, tmp_path):
     with pytest.raises(KeyboardInterrupt): run(fn, [Stop(3)])
     assert read_checkpoint(fn)['scaler']
     assert_close(run(fn, resume=True), full, tol=1e-3)
+
+def test_resume_needs_a_checkpoint_file(ds):
+    with pytest.raises(FastpipesError, match='Resuming needs the checkpoint file'): resumable_fine_tune(tiny(dls_of(ds)), resume=True, **FT)
+
+def test_one_cycle_from_scratch_resumes(ds, tmp_path):
+    "Training from scratch (no frozen phase): `unfreeze` + `fit_one_cycle`, interrupted and resumed."
+    def run(fn, cbs=(), resume=False):
+        learn = tiny(dls_of(ds), cbs=list(cbs))
+        with learn.no_bar(), learn.no_logging(): resumable_one_cycle(learn, 3, 5e-2, checkpoint=fn, resume=resume, seed=3)
+        return sd(learn)
+    full = run(checkpoint_path(tmp_path/'full'))
+    fn = checkpoint_path(tmp_path/'cut')
+    with pytest.raises(KeyboardInterrupt): run(fn, [Stop(2)])
+    assert_close(run(fn, resume=True), full)
+    with pytest.raises(FastpipesError, match="schedule='one_cycle', not 'fine_tune'"):
+        resumable_fine_tune(tiny(dls_of(ds)), checkpoint=fn, resume=True, **FT)
