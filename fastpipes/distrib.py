@@ -396,6 +396,7 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
            *args, # passed to `fn`
            n:int=2, # number of processes (GPUs: one per GPU, NCCL; CPUs: gloo)
            threads:int|None=None, # CPU threads per process; None: this process's threads shared out
+           start_method:str|None=None, # 'fork' or 'spawn'; None: fork when it is safe (CUDA untouched here), else spawn
            **kwargs, # passed to `fn`
           ):
     "Run `fn(*args, **kwargs)` on `n` processes that form one process group; return rank 0's result."
@@ -403,7 +404,7 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
     if n == 1 or world_size() > 1: return fn(*args, **kwargs)
     backend = _backend(n)
     threads = threads or max(1, torch.get_num_threads() // n)
-    ctx = mp.get_context(_start_method(fn, args, kwargs))
+    ctx = mp.get_context(start_method or _start_method(fn, args, kwargs))
     tmp = Path(tempfile.mkdtemp(prefix='fastpipes-launch-'))
     procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, os.getpid(), fn, args, kwargs)) for r in range(n)]
     try:

@@ -303,3 +303,12 @@ def test_one_cycle_from_scratch_resumes(ds, tmp_path):
     assert_close(run(fn, resume=True), full)
     with pytest.raises(FastpipesError, match="schedule='one_cycle', not 'fine_tune'"):
         resumable_fine_tune(tiny(dls_of(ds)), checkpoint=fn, resume=True, **FT)
+
+@pytest.mark.slow
+def test_spawned_processes_train_like_forked_ones(ds, tmp_path):
+    "Where CUDA is in use before the launch, processes are spawned and the Learner pickled; on a CPU the weights are the fork's (fast twin: test_fit_on_hands_back_rank0s_training)."
+    learn, forked = tiny(dls_of(ds, bs=4)), tiny(dls_of(ds, bs=4))
+    fit_on(learn, partial(resumable_fine_tune, checkpoint=checkpoint_path(tmp_path), **FT), n=2, start_method='spawn')
+    assert_close(sd(learn), read_checkpoint(checkpoint_path(tmp_path))['model'], tol=0)
+    fit_on(forked, partial(resumable_fine_tune, **FT), n=2)
+    assert_close(sd(learn), sd(forked))
