@@ -351,6 +351,8 @@ def _worker(r:int, n:int, backend:str, tmp:str, threads:int, parent:int, fn, arg
     code = 1
     try:
         dist.init_process_group(backend, store=dist.FileStore(f'{tmp}/store', n), rank=r, world_size=n)
+        dist.barrier()
+        atomic_write(Path(tmp)/f'ready{r}', '')   # the group is up: from here on, `fn` runs
         res = fn(*args, **kwargs)
         if r == 0: atomic_write(Path(tmp)/'result.pkl', pickle.dumps(res))
         code = 0
@@ -378,9 +380,10 @@ def _failure(tmp:Path, procs):
     for r,p in enumerate(procs):  # a user error explains the others' lost connections
         if p.exitcode == 2 and r in errs: return FastpipesError(errs[r])
     if any(p.exitcode == 130 for p in procs): return KeyboardInterrupt()
-    for r,e in errs.items(): return RuntimeError(f"Process {r} of {len(procs)} failed: {e.strip().splitlines()[-1]}")
-    bad = next((r,p) for r,p in enumerate(procs) if p.exitcode)
-    return RuntimeError(f"Process {bad[0]} of {len(procs)} died (exit code {bad[1].exitcode}).")
+    codes = ', '.join(str(p.exitcode) for p in procs)
+    for r,e in errs.items(): return RuntimeError(f"Process {r} of {len(procs)} failed: {e.strip().splitlines()[-1]} (exit codes {codes})")
+    bad = next(r for r,p in enumerate(procs) if p.exitcode)
+    return RuntimeError(f"Process {bad} of {len(procs)} died (exit codes {codes}).")
 
 def _start_method(fn, args, kwargs)->str:
     "fork when it is safe (it needs no pickling, so `fn` may live in a notebook), else spawn."
@@ -405,6 +408,15 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
     backend = _backend(n)
     threads = threads or max(1, torch.get_num_threads() // n)
     ctx = mp.get_context(start_method or _start_method(fn, args, kwargs))
+    for attempt in range(2):  # a process group that failed to form (a lost loopback connection, before `fn` ran) is formed again once
+        try: return _run(ctx, fn, args, kwargs, n, backend, threads)
+        except _NotFormed:
+            if attempt: raise RuntimeError(f"The {n} processes could not form a process group ({backend}); run again.") from None
+
+class _NotFormed(Exception): "The processes of `launch` failed before every one of them joined the group."
+
+def _run(ctx, fn, args, kwargs, n, backend, threads):
+    "Start the `n` processes of `launch` once and wait for them: rank 0's result, or the first failure."
     tmp = Path(tempfile.mkdtemp(prefix='fastpipes-launch-'))
     procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, os.getpid(), fn, args, kwargs)) for r in range(n)]
     try:
@@ -414,6 +426,7 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
             procs[0].join(0.05)
         if any(p.exitcode for p in procs):
             _stop(procs)
+            if not all((tmp/f'ready{r}').exists() for r in range(n)) and not any(p.exitcode in (2, 130) for p in procs): raise _NotFormed()
             raise _failure(tmp, procs)
         return pickle.loads((tmp/'result.pkl').read_bytes()) if (tmp/'result.pkl').exists() else None
     except KeyboardInterrupt:

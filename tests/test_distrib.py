@@ -312,3 +312,16 @@ def test_spawned_processes_train_like_forked_ones(ds, tmp_path):
     assert_close(sd(learn), read_checkpoint(checkpoint_path(tmp_path))['model'], tol=0)
     fit_on(forked, partial(resumable_fine_tune, **FT), n=2)
     assert_close(sd(learn), sd(forked))
+
+def test_a_group_that_fails_to_form_is_formed_again_once(tmp_path, monkeypatch):
+    "A lost loopback connection while the processes meet (before `fn` runs) is retried once, then one sentence."
+    import fastpipes.distrib as D
+    real, flag = D.dist.init_process_group, tmp_path/'failed-once'
+    def flaky(*a, rank=0, always=False, **kw):
+        if rank == 1 and (always or not flag.exists()):
+            flag.touch(); raise RuntimeError("Gloo connectFullMesh failed: Connection closed by peer")
+        return real(*a, rank=rank, **kw)
+    monkeypatch.setattr(D.dist, 'init_process_group', flaky)     # the forked processes inherit the patch
+    assert launch(world_size, n=2) == 2 and flag.exists()
+    monkeypatch.setattr(D.dist, 'init_process_group', partial(flaky, always=True))
+    with pytest.raises(RuntimeError, match='could not form a process group'): launch(world_size, n=2)
