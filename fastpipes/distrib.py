@@ -137,6 +137,14 @@ def _history(learn)->list:
     rows = getattr(learn, 'train_history', None)
     return rows if isinstance(rows, list) else []
 
+def _restore_history(learn, rows:list):
+    "Put `rows` into the history callback's own list (`learn.train_history` is the callback until its first fit, then its list)."
+    if not rows: return
+    cur = getattr(learn, 'train_history', None)
+    own = getattr(cur, 'rows', cur)
+    if isinstance(own, list): own[:] = rows; learn.train_history = own
+    else: learn.train_history = rows
+
 def _state(learn, done:int, params:dict, fp:dict)->dict:
     scaler = getattr(learn, 'scaler', None)
     return dict(format=FORMAT, done=done, params=params, fingerprint=fp,
@@ -192,14 +200,12 @@ def _epoch_seed(seed:int, done:int, rank:int=0)->int:
 class Checkpointer(Callback):
     "Seed every training epoch from (`seed`, epochs done, rank) and, when `fn` is given, write a checkpoint after it."
     order = 65  # after `Recorder` and the history, before the progress bar closes the epoch
-    def __init__(self, fn:Path|None, seed:int, params:dict, done:int=0, history:list|None=None, scaler:dict|None=None):
-        self.fn,self.seed,self.params,self.done,self.history,self.scaler = fn,seed,params,done,history,scaler
+    def __init__(self, fn:Path|None, seed:int, params:dict, done:int=0, scaler:dict|None=None):
+        self.fn,self.seed,self.params,self.done,self.scaler = fn,seed,params,done,scaler
     def before_fit(self):
-        "On the first fit after a resume: the gradient scaler's state (mid-phase only) and the history of the finished epochs."
+        "On the first fit after a resume, mid-phase: the gradient scaler's state."
         if self.scaler and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(self.scaler)
-        hist = getattr(self.learn, 'train_history', None)
-        if self.history and isinstance(hist, list) and not hist: hist.extend(self.history)
-        self.history = self.scaler = None
+        self.scaler = None
     def before_epoch(self):
         self.trained = False
         set_seed(_epoch_seed(self.seed, self.done, rank()))
@@ -250,7 +256,7 @@ def _start(learn, checkpoint, resume, seed, params:dict, kwargs:dict):
               'bs': learn.dls.bs, 'processes': world_size(), 'precision': precision_of(learn), 'seed': seed}
     if ck: check_checkpoint(ck, learn, params, fn)
     cb = Checkpointer(fn, seed, params)
-    if ck: cb.done, cb.history = ck['done'], json.loads(ck.get('history') or '[]')
+    if ck: cb.done = ck['done']; _restore_history(learn, json.loads(ck.get('history') or '[]'))
     return ck, cb
 
 @delegates(Learner.fit_one_cycle, but=['n_epoch', 'lr_max', 'div', 'pct_start', 'start_epoch'])
@@ -457,12 +463,7 @@ def fit_on(learn:Learner, # the Learner to train
         return learn
     res = launch(_fit_worker, learn, fit, n=n, **kwargs)
     learn.model.load_state_dict(res['model'])
-    hist = json.loads(res['history'])
-    if hist:  # into the history callback's own list (`learn.train_history` is the callback until its first fit)
-        cur = getattr(learn, 'train_history', None)
-        rows = getattr(cur, 'rows', cur)
-        if isinstance(rows, list): rows[:] = hist; learn.train_history = rows
-        else: learn.train_history = hist
+    _restore_history(learn, json.loads(res['history']))
     for k,v in res['recorder'].items(): setattr(learn.recorder, k, v)
     learn.unfreeze()
     return learn
