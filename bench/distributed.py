@@ -15,7 +15,7 @@ the cost of a checkpoint per epoch.
     OMP_NUM_THREADS=2 .venv/bin/python bench/distributed.py            # from the repository root
     .venv/bin/python bench/distributed.py --processes 2 --size 96 --n 96 --rounds 3
 """
-import argparse, os, statistics, sys, tempfile, time
+import argparse, os, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np, torch
@@ -68,7 +68,9 @@ def checkpoint_cost(path, a):
     saves = []
     for _ in range(3):
         t = time.perf_counter(); save_checkpoint(learn, tmp/'ck2.pth', 1, {}); saves.append(time.perf_counter() - t)
-    return statistics.median(rows[False]), statistics.median(rows[True]), statistics.median(saves), (tmp/'ck2.pth').stat().st_size
+    size = (tmp/'ck2.pth').stat().st_size
+    shutil.rmtree(tmp)
+    return statistics.median(rows[False]), statistics.median(rows[True]), statistics.median(saves), size
 
 def precision_cost(path, a):
     "Training seconds of one epoch in fp32 and in bf16 (CPU autocast, or CUDA), interleaved; medians."
@@ -117,5 +119,6 @@ def main():
     plain, ck, save, size = checkpoint_cost(path, a)
     print(f"checkpoint: {size/2**20:.1f} MB written in {save*1000:.0f} ms = {save/plain:.1%} of a {plain:.2f} s epoch "
           f"(resumable_fine_tune epoch with a checkpoint / without: {ck/plain:.3f}x)")
+    shutil.rmtree(path.parent)
 
 if __name__ == '__main__': main()
