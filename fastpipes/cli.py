@@ -63,7 +63,7 @@ def _train_kw(a)->dict:
     "`train_run` and `train_classifier` arguments from the training options."
     return dict(arch=a.arch, size=a.size, bs=a.bs, epochs=a.epochs, freeze_epochs=a.freeze_epochs, valid=a.valid,
                 pretrained=not a.no_pretrained, seed=a.seed, aug=not a.no_aug, mixup=a.mixup, lr=a.lr,
-                channels_last=a.channels_last, quiet=a.quiet)
+                channels_last=a.channels_last, precision=a.precision, resume=a.resume, quiet=a.quiet)
 
 def _crawl_kw(a)->dict:
     "`crawl` arguments from the crawling options."
@@ -95,10 +95,19 @@ def _cmd_clean(a):
     from fastpipes.clean import clean_images
     _say(a, str(clean_images(in_dir(a.dir), max_size=a.max_size, delete=a.delete, quiet=a.quiet)))
 
-def _cmd_train(a):
+def _train_metrics(data, out, kw:dict)->dict:
+    "One process of `fastpipes train --processes N`: `train_run`; rank 0's metrics."
     from fastpipes.pipeline import train_run
-    _, metrics = train_run(a.data, a.out, title=f"fastpipes train {Path(a.data).name}", **_train_kw(a))
-    print(_report_line(a.out, metrics))
+    return train_run(data, out, **kw)[1]
+
+def _train(a, data, out, title:str)->dict:
+    "Train on `data` into `out` in `--processes` processes (`fastpipes.distrib.launch`); the metrics."
+    from fastpipes.distrib import launch
+    kw = dict(title=title, **_train_kw(a))
+    return launch(_train_metrics, data, out, kw, n=a.processes) if a.processes > 1 else _train_metrics(data, out, kw)
+
+def _cmd_train(a):
+    print(_report_line(a.out, _train(a, in_dir(a.data), out_dir(a.out), f"fastpipes train {Path(a.data).name}")))
 
 def _load(out):
     p = Path(out)
@@ -130,10 +139,14 @@ def _cmd_predict(a):
         else: print(f"{printable(r.file)}\t{printable(r.label)}\t{r.prob:.4f}")   # a tab or newline in a name cannot forge a line
 
 def _cmd_run(a):
-    from fastpipes.pipeline import run
-    kw = _train_kw(a)
-    _, metrics = run(a.classes or None, a.out, spec=a.spec, n_train=a.n_train, n_test=a.n_test, max_size=a.max_size,
-                     crawl_kw=_crawl_kw(a), **kw)
+    from fastpipes.pipeline import run, prepare_run
+    if a.processes == 1:
+        _, metrics = run(a.classes or None, a.out, spec=a.spec, n_train=a.n_train, n_test=a.n_test, max_size=a.max_size,
+                         crawl_kw=_crawl_kw(a), **_train_kw(a))
+    else:
+        data, title = prepare_run(a.classes or None, a.out, spec=a.spec, n_train=a.n_train, n_test=a.n_test, max_size=a.max_size,
+                                  crawl_kw=_crawl_kw(a), quiet=a.quiet)
+        metrics = _train(a, data, a.out, title)
     print(_report_line(a.out, metrics))
 
 def _cmd_export(a):
@@ -174,6 +187,9 @@ def _train_opts(p:argparse.ArgumentParser):
     g.add_argument('--lr', type=float, default=None, help="peak learning rate (default: 2e-3)")
     g.add_argument('--seed', type=int, default=42, help="seed of the split and the training (default: %(default)s)")
     g.add_argument('--channels-last', action='store_true', help="channels-last memory format (faster on some CPUs)")
+    g.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32', help="mixed precision: fp16 on CUDA, bf16 on recent GPUs and CPUs (default: %(default)s)")
+    g.add_argument('--processes', type=_pos_int, default=1, help="training processes: one per GPU (NCCL), or sharing the CPUs (gloo) (default: %(default)s)")
+    g.add_argument('--resume', action='store_true', help="continue an interrupted training from OUT/checkpoints/last.pth")
 
 def _net_opts(g):
     g.add_argument('--allow-private', action='store_true', help="allow image URLs on loopback and private addresses")

@@ -32,8 +32,10 @@ from fastai.vision.core import PILImage
 from fastai.vision.learner import vision_learner, create_body, model_meta, default_split, _default_meta
 from torchvision import models as tvm
 import fastpipes
+from functools import partial
 from .core import FastpipesError, atomic_write, image_files, literal_text, set_seed, sha256_file
 from .data import scan_images
+from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one_cycle, set_precision
 
 # %% auto #0
 __all__ = ['ARCHS', 'OFFLINE_ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'efficientnet_lite0', 'resolve_arch', 'cam_head',
@@ -204,18 +206,18 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
 
 # %% ../nbs/04_train.ipynb #ed0c54f2
 class TrainHistory(Callback):
-    "Keep the `Recorder`'s rows of every `fit`, tagged with its phase (each `fit` resets the `Recorder`; `fine_tune` fits twice)."
+    "Keep the `Recorder`'s row of every epoch of every `fit`, tagged with its phase (each `fit` resets the `Recorder`; `fine_tune` fits twice)."
     order = Recorder.order + 1
     def __init__(self): self.rows = []
     def before_fit(self):
         self.learn.train_history = self.rows
         frozen = bool(getattr(self.opt, 'frozen_idx', 0))
         self.phase = 'frozen' if frozen else 'unfrozen' if any(r['phase'] == 'frozen' for r in self.rows) else 'train'
-    def after_fit(self):
-        if getattr(self.learn, 'lr_finder', None): return
+    def after_epoch(self):
+        v = self.recorder.values[-1] if self.recorder.values else []
+        if getattr(self.learn, 'lr_finder', None) or not len(v): return   # `lr_find`, or an epoch skipped on resume
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
-        for v in self.recorder.values:
-            self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **{n: np.nan if x is None else float(x) for n,x in zip(names, v)}))
+        self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **{n: np.nan if x is None else float(x) for n,x in zip(names, v)}))
 
 def history(learn:Learner)->pd.DataFrame:
     "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics."
@@ -256,6 +258,10 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
                      channels_last:bool=False, # train in channels-last memory format (faster on some CPUs, slower on others)
+                     precision:str='fp32', # 'fp32', 'fp16' (CUDA, fastai's `MixedPrecision`) or 'bf16'
+                     checkpoints:Path|None=None, # run folder: a checkpoint after every epoch in `checkpoints/checkpoints/last.pth`
+                     resume:bool=False, # continue from that checkpoint when there is one (reaching the same final weights)
+                     distributed:bool|int=False, # False: this process; True: the processes of the current launch; N > 1: fork N processes
                      **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
@@ -265,11 +271,16 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                           cbs=[TrainHistory(), *([ChannelsLast()] if channels_last else []), *listify(cbs)], **kwargs)
     learn.fastpipes = dict(arch=_arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
+    set_precision(learn, precision)
     if freeze_epochs is None: freeze_epochs = 1 if pretrained else 0
+    ck = dict(checkpoint=checkpoint_path(checkpoints) if checkpoints is not None else None, resume=resume, seed=seed)
     with _quiet(learn, quiet):
         if lr == 'find': lr = float(learn.lr_find(show_plot=False).valley)
-        if freeze_epochs: learn.fine_tune(epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs)
-        else: learn.unfreeze(); learn.fit_one_cycle(epochs, lr or 2e-3)
+        # fastai's `fine_tune` (or one cycle from scratch); with checkpoints, the same with a checkpoint per epoch
+        fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck) if freeze_epochs
+               else partial(resumable_one_cycle, epochs=epochs, lr_max=lr or 2e-3, **ck))
+        if distributed is False: fit(learn)
+        else: fit_on(learn, fit, n=distributed if type(distributed) is int else 1)
     return learn
 
 # %% ../nbs/04_train.ipynb #c4744997
