@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fastai.callback.core import Callback
 
 from fastpipes.core import FastpipesError
-from fastpipes.datasets import mnist_arrays, sklearn_digits, tensor_dls
-from fastpipes.course import course_learner, mlp_learner
+from fastpipes.course.datasets import mnist_arrays, sklearn_digits, tensor_dls
+from fastpipes.course.cnn import course_learner, mlp_learner
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.thread_time}
 

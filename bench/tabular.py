@@ -28,7 +28,7 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 
 from fastpipes.core import set_seed
-from fastpipes.tabular import (IRIS_COLS, apply_transform, autoencoder_learner, coefs, course_split, exp_decay,
+from fastpipes.course.tabular import (IRIS_COLS, apply_transform, autoencoder_learner, coefs, course_split, exp_decay,
                                fit_mle, free_fall, iris_df, line_data, lstsq_coefs, overparam_learner, pca_mse,
                                regression_learner, table_classifier)
 

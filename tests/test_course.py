@@ -9,8 +9,8 @@ from torch import nn
 from PIL import Image
 
 from fastpipes.core import FastpipesError, set_seed
-from fastpipes.datasets import sklearn_digits, tensor_dls, pets_dls
-from fastpipes.course import (binary_accuracy, mlp, mlp_learner, course_cnn, course_learner, CNN_KINDS, layer_table,
+from fastpipes.course.datasets import sklearn_digits, tensor_dls, pets_dls
+from fastpipes.course.cnn import (binary_accuracy, mlp, mlp_learner, course_cnn, course_learner, CNN_KINDS, layer_table,
                               course_opt, shift_flip, BatchAug, pets_model, pets_learner, explain, _cam_of)
 
 DIGITS = sklearn_digits()
@@ -223,7 +223,7 @@ def test_explain_cam_agrees_with_grad_cam(pets_dir):
 
 def test_course_learner_records_like_fastai():
     from fastai.learner import Learner, Recorder
-    from fastpipes.course import CourseLearner, CourseRecorder, ItemAccuracy, BCELogitsLoss
+    from fastpipes.course.cnn import CourseLearner, CourseRecorder, ItemAccuracy, BCELogitsLoss
     res = {}
     for cls in (Learner, CourseLearner):
         set_seed(0)
@@ -242,7 +242,7 @@ def test_course_learner_records_like_fastai():
 
 def test_course_learner_batches_and_casts():
     from fastai.torch_core import TensorImage, TensorCategory
-    from fastpipes.course import CourseCast
+    from fastpipes.course.cnn import CourseCast
     learn = course_learner(digit_dls(n=16), 'mnist')
     b = (torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
     assert learn._set_device(b) is b                                           # already there: untouched
@@ -255,7 +255,7 @@ def test_course_learner_batches_and_casts():
     assert type(learn.xb[0]) is torch.Tensor and type(learn.yb[0]) is torch.Tensor   # subclasses cast, as in fastai
 
 def test_item_accuracy_counts_items():
-    from fastpipes.course import ItemAccuracy
+    from fastpipes.course.cnn import ItemAccuracy
     from types import SimpleNamespace
     m = ItemAccuracy(); m.reset()
     m.accumulate(SimpleNamespace(pred=torch.eye(3)[[0, 1, 2, 0]], yb=(torch.tensor([0, 1, 0, 0]),)))   # 3 of 4

@@ -3,7 +3,7 @@ import matplotlib
 matplotlib.use('Agg')
 import numpy as np, pandas as pd, pytest, torch
 from fastpipes.core import FastpipesError
-from fastpipes.tabular import (IRIS_COLS, autoencoder_learner, coefs, course_split, encode, exp_decay, fit_mle,
+from fastpipes.course.tabular import (IRIS_COLS, autoencoder_learner, coefs, course_split, encode, exp_decay, fit_mle,
                                free_fall, iris_df, line_data, lstsq_coefs, overparam_learner, pca_mse, plot_fit,
                                reconstruct, regression_learner, set_coefs, show_reconstruction, table_classifier)
 
@@ -240,7 +240,7 @@ def test_export_and_load(tmp_path):
 def test_lean_learner_matches_fastai_learner():
     "`LeanLearner`'s event dispatch gives exactly what fastai's `Learner` gives: same losses, same weights."
     from fastai.learner import Learner
-    from fastpipes.tabular import RegressionLearner
+    from fastpipes.course.tabular import RegressionLearner
     df = free_fall(seed=6)
     runs = []
     for cls in (RegressionLearner, Learner):
@@ -267,7 +267,7 @@ def test_lean_learner_follows_added_callbacks():
 
 @pytest.mark.parametrize('bs,drop_last', [(7, False), (7, True), (100, False), (500, False)])
 def test_slice_dl_batches(bs, drop_last):
-    from fastpipes.tabular import SliceDL, Tensors
+    from fastpipes.course.tabular import SliceDL, Tensors
     x = torch.arange(100.)[:, None]
     dl = SliceDL(Tensors(x, 2*x), bs=bs, shuffle=bs < 100, drop_last=drop_last)
     got = torch.cat([xb for xb, yb in dl])
@@ -350,7 +350,7 @@ def test_slice_tab_dl_gives_fastais_batches(iris):
     from fastai.data.block import CategoryBlock
     from fastai.tabular.core import Categorify, FillMissing, Normalize, TabDataLoader, TabularPandas
     from fastpipes.core import set_seed
-    from fastpipes.tabular import SliceTabDL
+    from fastpipes.course.tabular import SliceTabDL
     df = iris.assign(size=np.where(iris.petal_length > 4, 'big', 'small'))
     df.loc[[3, 50], 'sepal_width'] = np.nan
     to = TabularPandas(df, [Categorify, FillMissing, Normalize], ['size'], IRIS_COLS[:4], y_names='species',
