@@ -6,7 +6,7 @@ variant as an argument, a ResNet18 that tells cats from dogs and explains one ph
 # %% ../../nbs/23_cnn.ipynb #ee228af2
 from __future__ import annotations
 from collections import OrderedDict
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,97 +15,29 @@ from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastcore.foundation import L
-from fastai.callback.core import Callback, _inner_loop
-from fastai.callback.progress import ProgressCallback  # registers the progress bar and per-epoch table
+from fastcore.meta import delegates
+from fastai.callback.core import Callback
 import fastai.callback.schedule  # Learner.fit_one_cycle, lr_find
-from fastai.learner import Learner, Metric, Recorder, CastToTensor
-from fastai.optimizer import OptimWrapper
+from fastai.learner import Learner, Metric
 
 from ..core import FastpipesError
-from .datasets import PETS_CLASSES
+from ..cam import cam_maps
+from ..train import cam_head
+from .core import LeanLearner, course_opt
+from .datasets import PETS_CLASSES, pets_dls
 
 # %% auto #0
-__all__ = ['CNN_KINDS', 'course_opt', 'show_train_metrics', 'CourseRecorder', 'CourseCast', 'CourseLearner', 'BCELogitsLoss',
-           'CELoss', 'NLLLoss', 'binary_accuracy', 'ItemAccuracy', 'mlp', 'mlp_learner', 'course_cnn', 'layer_table',
-           'shift_flip', 'BatchAug', 'course_learner', 'pets_size', 'pets_model', 'pets_learner', 'explain']
+__all__ = ['CNN_KINDS', 'show_train_metrics', 'BCELogitsLoss', 'CELoss', 'NLLLoss', 'binary_accuracy', 'ItemAccuracy', 'mlp',
+           'mlp_learner', 'course_cnn', 'layer_table', 'shift_flip', 'BatchAug', 'course_learner', 'pets_size',
+           'pets_model', 'pets_learner', 'pets_cam', 'explain']
 
 # %% ../../nbs/23_cnn.ipynb #4cc3a1c9
 def _first_line(e:Exception)->str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-_OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}
-
-def course_opt(opt:str='sgd', # 'sgd' (with momentum), 'adam' or 'adamw'
-               mom:float=0.9, # momentum of SGD
-               wd:float=0., # weight decay: L2 for 'sgd' and 'adam', decoupled for 'adamw'
-              ):
-    "An `opt_func` for `Learner` that wraps the plain PyTorch optimizer the course uses."
-    if opt not in _OPTS: raise FastpipesError(f"Unknown optimizer {opt!r}; use one of {sorted(_OPTS)}.")
-    return partial(_course_opt, opt=opt, mom=mom, wd=wd)   # a partial, so `learn.export()` can pickle it
-
-def _course_opt(params, lr=1e-3, opt='sgd', mom=0.9, wd=0., **_):
-    "The torch optimizer `opt` over `params`, wrapped for fastai."
-    kw = dict(momentum=mom) if opt == 'sgd' else {}
-    return OptimWrapper(params, _OPTS[opt], lr=lr, weight_decay=wd, **kw)
 
 def show_train_metrics(learn:Learner)->Learner:
     "Make `learn` record and print its metrics on the training batches as well as on the validation set."
     learn.recorder.train_metrics = True
     return learn
-
-# %% ../../nbs/23_cnn.ipynb #8e6962a8
-def _defines(cb, event_name:str)->bool:
-    "Whether callback `cb` does something on `event_name`."
-    return callable(getattr(type(cb), event_name, None)) or event_name in vars(cb)
-
-class CourseRecorder(Recorder):
-    "fastai's `Recorder` with a leaner `after_batch`: the same records, fewer look-ups per batch."
-    name = 'recorder'
-    def before_train(self): super().before_train(); self._mets = self._train_mets        # built once per pass,
-    def before_validate(self): super().before_validate(); self._mets = self._valid_mets  # not once per batch
-    def after_batch(self):
-        learn = self.learn
-        if not len(learn.yb): return
-        for met in self._mets: met.accumulate(learn)
-        if not learn.training: return
-        opt = learn.opt
-        self.lrs.append(opt.opt.param_groups[-1]['lr'] if isinstance(opt, OptimWrapper) else opt.hypers[-1]['lr'])
-        learn.smooth_loss = v = self.smooth_loss.value
-        self.losses.append(v)
-
-class CourseCast(CastToTensor):
-    "fastai's `CastToTensor`, which has nothing to do when the batch holds plain tensors."
-    name = 'cast_to_tensor'
-    def before_batch(self):
-        if any(type(o) is not torch.Tensor for o in (*self.learn.xb, *self.learn.yb)): super().before_batch()
-
-def _lean(cb):
-    "The lean twin of fastai's default callback `cb`, or `None`."
-    if type(cb) is Recorder: return CourseRecorder(cb.add_time, cb.train_metrics, cb.valid_metrics, cb.smooth_loss.beta)
-    if type(cb) is CastToTensor: return CourseCast()
-
-class CourseLearner(Learner):
-    "A `Learner` that dispatches per-batch events only to the callbacks that handle them."
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for cb in list(self.cbs):
-            if (new := _lean(cb)) is not None: self.remove_cb(cb); self.add_cb(new)
-    def __call__(self, event_name):
-        if isinstance(event_name, str): self._call_one(event_name)
-        else: super().__call__(event_name)
-    def _call_one(self, event_name:str):
-        if event_name not in _inner_loop: return super()._call_one(event_name)
-        cache = self.__dict__.setdefault('_dispatch', {})
-        key = (event_name, *map(id, self.cbs))
-        cbs = cache.get(key)
-        if cbs is None:
-            if len(cache) > 256: cache.clear()   # callbacks come and go with each `fit(cbs=...)`: keep none alive
-            cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
-        for cb in cbs: cb(event_name)
-    def _set_device(self, b):
-        "Batches already on the model's device (like `TensorDL`'s) go through untouched; others as in fastai."
-        p = next(self.model.parameters(), None)
-        if p is not None and isinstance(b, tuple) and all(type(o) is torch.Tensor and o.device == p.device for o in b): return b
-        return super()._set_device(b)
 
 # %% ../../nbs/23_cnn.ipynb #c3a96a1b
 class BCELogitsLoss(nn.Module):
@@ -165,6 +97,7 @@ def _input_shape(dls)->tuple:
     if getattr(dl, 'x', None) is None: return tuple(dls.one_batch()[0].shape[1:])
     return (int(np.prod(dl.x.shape[1:])),) if dl.flat else tuple(dl.x.shape[1:])
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics', 'cbs'])
 def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`)
                 sizes:tuple=(784, 64, 1), # layer widths; a last width of 1 means sigmoid + BCE
                 opt:str='adam', # 'sgd', 'adam' or 'adamw' (see `course_opt`)
@@ -180,8 +113,8 @@ def mlp_learner(dls, # `DataLoaders` of flat images (`mnist_dls(..., flat=True)`
                              f"use flat images (`flat=True`) and sizes starting with {int(np.prod(shape))}.")
     binary = sizes[-1] == 1
     loss = BCELogitsLoss() if binary else CELoss()
-    learn = CourseLearner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
-                          metrics=ItemAccuracy(binary), **kwargs)
+    learn = LeanLearner(dls, mlp(sizes), loss_func=loss, opt_func=course_opt(opt, mom, wd), lr=lr,
+                        metrics=ItemAccuracy(binary), **kwargs)
     return show_train_metrics(learn)
 
 # %% ../../nbs/23_cnn.ipynb #1a85121f
@@ -309,6 +242,7 @@ class BatchAug(Callback):
         if self.training and self.x.ndim == 4: self.learn.xb = (shift_flip(self.x, self.shift, self.flip),)
 
 # %% ../../nbs/23_cnn.ipynb #db3e6ab4
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics', 'cbs'])
 def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, ...)
                    kind:str='mnist', # one of `CNN_KINDS`
                    opt:str='sgd', # 'sgd' (with momentum `mom`), 'adam' or 'adamw'
@@ -332,8 +266,8 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
     nll = (kind == 'mnist') if nll is None else nll
     model = course_cnn(kind, n_out, in_ch=c, size=h, bn=bn, dropout=dropout, xavier=xavier, log_softmax=nll)
     cbs = L(cbs) + ([BatchAug(shift=max(1, h//14), flip=c == 3)] if aug else [])
-    learn = CourseLearner(dls, model, loss_func=NLLLoss() if nll else CELoss(), lr=lr,
-                    opt_func=course_opt(opt, mom, wd), metrics=ItemAccuracy(), cbs=cbs, **kwargs)
+    learn = LeanLearner(dls, model, loss_func=NLLLoss() if nll else CELoss(), lr=lr,
+                        opt_func=course_opt(opt, mom, wd), metrics=ItemAccuracy(), cbs=cbs, **kwargs)
     return show_train_metrics(learn)
 
 # %% ../../nbs/23_cnn.ipynb #14409565
@@ -356,6 +290,7 @@ def pets_model(pretrained:bool=True, # start from torchvision's ImageNet weights
     m.fc = nn.Linear(512, 1)
     return m
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics', 'cbs'])
 def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, size, bs)`)
                  path=None, # the pets folder, when `dls` is not given
                  pretrained:bool=True, # start from ImageNet weights
@@ -366,11 +301,9 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
                  **kwargs, # passed to `Learner`
                 )->Learner:
     "The course's cat-vs-dog `Learner`: ResNet18 → `Linear(512, 1)`, `BCEWithLogitsLoss`, Adam."
-    if dls is None:
-        from fastpipes.course.datasets import pets_dls
-        dls = pets_dls(path, size=size or pets_size(), bs=bs, download=download)
-    learn = CourseLearner(dls, pets_model(pretrained), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'),
-                          lr=lr, metrics=ItemAccuracy(binary=True), **kwargs)
+    if dls is None: dls = pets_dls(path, size=size or pets_size(), bs=bs, download=download)
+    learn = LeanLearner(dls, pets_model(pretrained), loss_func=BCELogitsLoss(), opt_func=course_opt('adam'),
+                        lr=lr, metrics=ItemAccuracy(binary=True), **kwargs)
     return show_train_metrics(learn)
 
 # %% ../../nbs/23_cnn.ipynb #fad6f0d2
@@ -380,13 +313,19 @@ def _check_resnet(model:nn.Module)->nn.Module:
         raise FastpipesError("explain needs a ResNet with a one-logit `fc` head like pets_learner's; for other learners use fastpipes.cam.cam_grid.")
     return model
 
-def _cam_of(learn:Learner, xb:torch.Tensor)->tuple:
-    "Logits and class activation maps (towards class 1) of `learn`'s ResNet on the batch `xb`."
-    from fastai.callback.hook import hook_output
-    from fastpipes.cam import _eval_mode, _xb
+def _cam_view(model:nn.Module)->nn.Sequential:
+    "`Sequential(body, cam_head)` made of `model`'s ResNet body and a head that shares `fc`'s weights."
+    head = cam_head(model.fc.in_features, model.fc.out_features)
+    head[-1].weight = model.fc.weight
+    return nn.Sequential(nn.Sequential(*list(model.children())[:-2]), head)
+
+def pets_cam(learn:Learner, # a `pets_learner` (a ResNet with a one-logit `fc` head)
+             xb:torch.Tensor, # a batch of model inputs `(n, 3, H, W)`
+            )->tuple:
+    "Logits `(n,)` and class activation maps towards class 1 (dog) `(n, h, w)`, by `fastpipes.cam.cam_maps`."
     model = _check_resnet(learn.model)
-    with _eval_mode(model), torch.no_grad(), hook_output(model.layer4) as h: logits = model(_xb(learn, xb)).reshape(-1)
-    return logits, torch.einsum('bchw,c->bhw', h.stored, model.fc.weight[0].detach())
+    maps, _ = cam_maps(Learner(learn.dls, _cam_view(model), loss_func=learn.loss_func), xb)
+    return maps.mean((2, 3))[:, 0] + model.fc.bias.detach(), maps[:, 0]
 
 def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
     "A figure with the photo and the CAM over it."
@@ -400,22 +339,34 @@ def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
     plt.close(fig)
     return fig
 
+def _photo(image):
+    "`image` (a file name, PIL image or uint8 array) as an RGB PIL image, or the file name when it exists."
+    from PIL import Image
+    if isinstance(image, np.ndarray): image = Image.fromarray(image)
+    if isinstance(image, Image.Image): return image.convert('RGB')
+    if not Path(image).is_file(): raise FastpipesError(f"{image} does not exist: give a photo file, a PIL image or a uint8 array.")
+    return image
+
+def _hwc(img:torch.Tensor)->np.ndarray:
+    "A decoded image `(3, H, W)` (0–255, or floats in [0, 1]) as uint8 `(H, W, 3)`."
+    img = img.as_subclass(torch.Tensor).detach().float().cpu()
+    if img.max() <= 1: img = img*255
+    return img.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
 def explain(learn:Learner, # a `pets_learner` (any ResNet with a `Linear(512, 1)` head and a fastai `DataBlock`)
             image, # a photo: file name, PIL image or uint8 array
             figsize:tuple=(8, 4), # size of the figure
            )->dict:
     "The logit, the probability of dog, the decision and the CAM figure for one photo."
-    from PIL import Image
-    from fastpipes.cam import _items_dl, _plain, _to_hwc, _upsample
     _check_resnet(learn.model)
-    if isinstance(image, np.ndarray): image = Image.fromarray(image)
-    dl = _items_dl(learn, [image], 1)           # fastpipes.cam's checks: a missing file is a clear error
+    dl = learn.dls.test_dl([_photo(image)], bs=1, num_workers=0)
     xb = dl.one_batch()[0]
-    logits, cams = _cam_of(learn, xb)
+    logits, cams = pets_cam(learn, xb)
     logit = logits[0].item(); prob = torch.sigmoid(logits[0]).item()
     vocab = list(getattr(learn.dls, 'vocab', None) or PETS_CLASSES)
     decision = vocab[int(prob > 0.5)] if len(vocab) == 2 else PETS_CLASSES[int(prob > 0.5)]
     cam = cams[0] if prob > 0.5 else -cams[0]
-    img = _to_hwc(_plain(dl.decode((xb,))[0][0]).cpu())
-    fig = _show_cam(img, _upsample(cam[None], img.shape[:2])[0].cpu().numpy(), f"{decision}: P(dog) = {prob:.3f}, logit {logit:+.2f}", figsize)
+    img = _hwc(dl.decode((xb,))[0][0])
+    up = F.interpolate(cam[None, None].float(), size=img.shape[:2], mode='bilinear', align_corners=False)[0, 0]
+    fig = _show_cam(img, up.cpu().numpy(), f"{decision}: P(dog) = {prob:.3f}, logit {logit:+.2f}", figsize)
     return dict(logit=logit, prob=prob, decision=decision, cam=cam.cpu().numpy(), figure=fig)

@@ -291,8 +291,8 @@ def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`,
 # %% ../../nbs/21_datasets.ipynb #5203ce06
 class TensorDL(DataLoader):
     "A fastai `DataLoader` over in-memory tensors `x`, `y` that slices whole batches at once."
-    def __init__(self, x:torch.Tensor, # stored images (n, c, h, w), usually uint8
-                 y:torch.Tensor, # labels (n,)
+    def __init__(self, x:torch.Tensor, # stored inputs: images (n, c, h, w), usually uint8, or rows (n, p)
+                 y:torch.Tensor, # targets: labels (n,) or values (n, k)
                  bs:int=64, # batch size
                  shuffle:bool=False, # a new random order each epoch
                  drop_last:bool=False, # drop a last, smaller batch
@@ -305,9 +305,6 @@ class TensorDL(DataLoader):
         super().__init__(None, bs=bs, shuffle=shuffle, drop_last=drop_last, n=len(x), indexed=True, **kwargs)
         store_attr('x,y,flat,scale,stats,vocab')
         self.c = len(vocab) if vocab is not None else None
-    def get_idxs(self)->torch.Tensor:
-        if not self.shuffle: return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.rng.randint(0, 2**62)))
     def create_batches(self, samps):
         idxs = samps if isinstance(samps, torch.Tensor) else torch.as_tensor(list(samps), dtype=torch.long)
         for b in idxs.split(self.bs):
@@ -352,7 +349,7 @@ class TensorDLs(DataLoaders):
     def new_empty(self):
         return type(self)(*[dl.new(x=dl.x[:0], y=dl.y[:0]) for dl in self.loaders], path=self.path, device=self.device)
 
-def _images(x:np.ndarray)->torch.Tensor:
+def _nchw(x:np.ndarray)->torch.Tensor:
     "uint8 images (n,h,w) or (n,c,h,w) as a (n,c,h,w) tensor."
     t = torch.from_numpy(np.ascontiguousarray(x))
     return t[:, None] if t.ndim == 3 else t
@@ -373,7 +370,7 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
         if not len(x): raise FastpipesError(f"The {split} set is empty.")
         if np.ndim(x) not in (3, 4): raise FastpipesError(f"Images must be an array (n, h, w) or (n, c, h, w); the {split} set's has shape {np.shape(x)}.")
     if bs < 1: raise FastpipesError(f"The batch size must be 1 or more (got {bs}).")
-    xt, xv = _images(x_train), _images(x_test)
+    xt, xv = _nchw(x_train), _nchw(x_test)
     yt, yv = (torch.from_numpy(np.asarray(o, dtype=np.int64)) for o in (y_train, y_test))
     stats = None
     if norm:

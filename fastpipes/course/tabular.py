@@ -5,39 +5,35 @@ descent by hand, over-parameterised models, maximum likelihood, iris and a linea
 
 # %% ../../nbs/22_tabular.ipynb #10bef6cf
 from __future__ import annotations
-from contextlib import ExitStack
-from functools import partial
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 from fastcore.basics import listify
 from fastcore.foundation import L
-from fastai.callback.progress import ProgressCallback  # registers the per-epoch table
+from fastcore.meta import delegates
 import fastai.callback.schedule  # Learner.fit_one_cycle
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.data.block import CategoryBlock
+from fastai.data.transforms import RandomSplitter, get_c
 from fastai.callback.core import Callback, CancelFitException
-from fastai.learner import Learner, event
-
+from fastai.learner import Learner
 from fastai.metrics import AvgMetric, Metric, accuracy
-from fastai.optimizer import OptimWrapper
 from fastai.tabular.core import Categorify, FillMissing, Normalize, ReadTabBatch, TabDataLoader, TabularPandas
-from fastai.tabular.learner import TabularLearner, tabular_learner
+from fastai.tabular.learner import TabularLearner
+from fastai.tabular.model import TabularModel, get_emb_sz
 
-from ..core import FastpipesError, set_seed
+from ..core import FastpipesError, eval_mode, set_seed
+from .core import LeanLearner, course_opt
+from .datasets import TensorDL, TensorDLs
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'plain_opt', 'LeanLearner', 'RegressionLearner',
-           'FiniteLoss', 'Tensors', 'SliceDL', 'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay',
-           'lstsq_coefs', 'plot_fit', 'SumLinear', 'overparam_learner', 'line_data', 'fit_mle', 'iris_df',
-           'course_split', 'TrainAccuracy', 'NamedAccuracy', 'LeanTabularLearner', 'ReadTensors', 'SliceTabDL',
-           'table_classifier', 'Standardize', 'AutoEncoder', 'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse',
-           'show_reconstruction']
+__all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'FiniteLoss', 'TableLearner', 'RegressionLearner',
+           'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear',
+           'overparam_learner', 'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy',
+           'TabularClassifier', 'ReadTensors', 'SliceTabDL', 'table_classifier', 'Standardize', 'AutoEncoder',
+           'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse', 'show_reconstruction']
 
 # %% ../../nbs/22_tabular.ipynb #736bef37
 def _check_cols(df:pd.DataFrame, cols:list):
@@ -153,38 +149,39 @@ def _known(kw:dict, names:list)->dict:
     return out
 
 # %% ../../nbs/22_tabular.ipynb #893090bd
-_OPTS = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}
-
-def plain_opt(opt:str='sgd', # 'sgd' or 'adam': the plain PyTorch optimisers
-               mom:float=0., # momentum of SGD
-              ):
-    "An `opt_func` for a `Learner` that uses the plain PyTorch optimiser `opt`, without weight decay."
-    if opt not in _OPTS: raise FastpipesError(f"Unknown optimiser {opt!r}; use one of {sorted(_OPTS)}.")
-    return partial(OptimWrapper, opt=_OPTS[opt], **({'momentum': mom} if opt == 'sgd' else {}))
-
 def _on(model:nn.Module, a)->torch.Tensor:
     "`a` as a float32 tensor on the device of `model`."
     return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=next(model.parameters()).device)
 
-class LeanLearner(Learner):
-    "A `Learner` that sends each training-loop event only to the callbacks that handle it (same order, same result)."
-    def __call__(self, event_name):
-        for e in ([event_name] if isinstance(event_name, str) else event_name): self._call_one(e)
-    def _call_one(self, event_name):
-        cbs = tuple(self.cbs)
-        if self.__dict__.get('_ev_key') != cbs: self._ev_key, self._ev_cbs = cbs, {}
-        todo = self._ev_cbs.get(event_name)
-        if todo is None:
-            if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
-            todo = self._ev_cbs[event_name] = [cb for cb in self.cbs.sorted('order') if _handles(cb, event_name)]
-        for cb in todo: cb(event_name)
-    def __getstate__(self): return {k: v for k, v in super().__getstate__().items() if k not in ('_ev_key', '_ev_cbs')}
+class FiniteLoss(Callback):
+    "Stop training at the first loss that is NaN or inf, and keep where it happened in `diverged`."
+    order = 1
+    def before_fit(self): self.diverged = None
+    def after_loss(self):
+        if not torch.isfinite(self.learn.loss_grad).all():
+            self.diverged = (self.epoch, float(self.learn.loss_grad.detach().float().mean()), self.opt.hypers[-1]['lr'])
+            raise CancelFitException()
 
-def _handles(cb, event_name:str)->bool:
-    "Whether `cb` does anything on `event_name` (`after_fit` always: fastai resets `cb.run` then)."
-    return event_name == 'after_fit' or event_name in cb.__dict__ or hasattr(type(cb), event_name)
+class TableLearner(LeanLearner):
+    "A `LeanLearner` whose `fit` stops with a `FastpipesError` when the loss turns NaN or inf."
+    @delegates(Learner.fit)
+    def fit(self, n_epoch:int, # epochs
+            **kwargs):
+        "fastai's `fit`, with a one-sentence error when the loss diverges."
+        super().fit(n_epoch, **kwargs)
+        d = getattr(getattr(self, 'finite_loss', None), 'diverged', None)
+        if d: raise FastpipesError(f"The loss became {d[1]} in epoch {d[0]}; lower `lr` (now {d[2]:g}) or check the data for NaN/inf.")
 
-class RegressionLearner(LeanLearner):
+def _check_lr(lr):
+    if not isinstance(lr, (int, float, np.number)) or not lr > 0: raise FastpipesError(f"`lr` must be a positive number, got {lr!r}.")
+
+@delegates(Learner, but=['dls', 'model', 'lr'])
+def _table_learner(cls, dls, model, lr:float, cbs=None, **kwargs)->Learner:
+    "A `cls` learner on `dls` and `model` at rate `lr`, with `FiniteLoss` among its callbacks."
+    _check_lr(lr)
+    return cls(dls, model, lr=lr, cbs=L(cbs) + FiniteLoss(), **kwargs)
+
+class RegressionLearner(TableLearner):
     "A `Learner` for a regression on named columns whose `predict` takes raw inputs."
     def predict(self, x, # a DataFrame with the input columns, or raw values (n,) / (n, p)
                )->np.ndarray:
@@ -197,68 +194,30 @@ class RegressionLearner(LeanLearner):
         apply_transform(self.model.transform, x, self.x_names)
         with torch.no_grad(): return self.model.eval()(_on(self.model, x)).cpu().numpy()[:, 0].astype(np.float64)
 
-class FiniteLoss(Callback):
-    "Stop training at the first loss that is NaN or inf; `_fit` then raises a `FastpipesError`."
-    order = 1
-    def after_loss(self):
-        if not torch.isfinite(self.learn.loss_grad).all():
-            self.learn.diverged = (self.epoch, float(self.learn.loss_grad.detach().float().mean()))
-            raise CancelFitException()
-
-def _check_fit(epochs, lr):
-    if not isinstance(epochs, (int, np.integer)) or epochs < 0: raise FastpipesError(f"`epochs` must be a whole number >= 0, got {epochs!r}.")
-    if not isinstance(lr, (int, float, np.number)) or not lr > 0: raise FastpipesError(f"`lr` must be a positive number, got {lr!r}.")
-
-def _fit(learn:Learner, epochs:int, quiet:bool, one_cycle:bool=False, lr=None)->Learner:
-    "Train `learn` for `epochs` (none when 0), without the progress table when `quiet`; a NaN/inf loss raises."
-    if not epochs: return learn
-    learn.diverged = None
-    with ExitStack() as st:
-        if quiet: st.enter_context(learn.no_bar()); st.enter_context(learn.no_logging())
-        st.enter_context(learn.added_cbs(FiniteLoss()))
-        (learn.fit_one_cycle if one_cycle else learn.fit)(epochs, lr)
-    if learn.diverged:
-        e, v = learn.diverged
-        raise FastpipesError(f"The loss became {v} in epoch {e}; lower `lr` (now {lr or learn.lr}) or check the data for NaN/inf.")
-    return learn
-
-class Tensors(TensorDataset):
-    "A `TensorDataset` that fastai can empty when it exports a `Learner`."
-    def new_empty(self): return Tensors(*[t[:0] for t in self.tensors])
-
-class SliceDL(DataLoader):
-    "A fastai `DataLoader` over `Tensors` that indexes each batch at once instead of collating it row by row."
-    def create_batches(self, samps):
-        ts = self.dataset.tensors
-        idx = torch.as_tensor(list(samps), dtype=torch.long)
-        if len(idx) == len(ts[0]) <= self.bs and not self.shuffle: yield ts; return  # the whole table, as is
-        stop = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
-        for i in range(0, stop, self.bs): yield tuple(t[idx[i:i+self.bs]] for t in ts)
-
-def _tensor_dls(x:np.ndarray, y:np.ndarray, bs:int|None, valid=None)->DataLoaders:
-    "Full-batch (or `bs`) `DataLoaders` over tensors; the validation set is `valid` or the training set."
+def _tensor_dls(x:np.ndarray, y:np.ndarray, bs:int|None, valid=None)->TensorDLs:
+    "Full-batch (or `bs`) `TensorDL`s over float tensors; the validation set is `valid` or the training set."
     if bs is not None and (not isinstance(bs, (int, np.integer)) or bs < 1):
         raise FastpipesError(f"`bs` must be a positive whole number or None (the whole table), got {bs!r}.")
-    t = Tensors(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
-    v = t if valid is None else Tensors(*[torch.as_tensor(a, dtype=torch.float32) for a in valid])
+    t = [torch.as_tensor(a, dtype=torch.float32) for a in (x, y)]
+    v = t if valid is None else [torch.as_tensor(a, dtype=torch.float32) for a in valid]
     bs = min(bs or len(x), len(x))
-    return DataLoaders(SliceDL(t, bs=bs, shuffle=bs < len(x), drop_last=False, num_workers=0),
-                       SliceDL(v, bs=len(v), num_workers=0))
+    return TensorDLs(TensorDL(*t, bs=bs, shuffle=bs < len(x), scale=False), TensorDL(*v, bs=len(v[0]), scale=False))
 
-def _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)->RegressionLearner:
-    "Check the table, build the model with `model_fn(features)`, train and return the `RegressionLearner`."
+def _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)->RegressionLearner:
+    "Check the table, build the model with `model_fn(features)` and return the untrained `RegressionLearner`."
     xs = listify(x)
     if not xs: raise FastpipesError("Give at least one input column `x`.")
-    _check_fit(epochs, lr)
+    _check_lr(lr)
     X, Y = _numeric(df, xs), _numeric(df, [y])
     if len(X) < 2: raise FastpipesError(f"A regression needs at least two rows; the table has {len(X)}.")
     set_seed(seed)
     model = model_fn(X)
-    learn = RegressionLearner(_tensor_dls(X, Y, bs), model, loss_func=nn.MSELoss(), opt_func=plain_opt(opt, mom),
-                              lr=lr, **kwargs)
+    learn = _table_learner(RegressionLearner, _tensor_dls(X, Y, bs), model, lr, loss_func=nn.MSELoss(),
+                           opt_func=course_opt(opt, mom), **kwargs)
     learn.x_names, learn.y_name = xs, y
-    return _fit(learn, epochs, quiet)
+    return learn
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr'])
 def regression_learner(df:pd.DataFrame, # the table
                        x:str|list, # input column(s)
                        y:str, # target column
@@ -269,16 +228,14 @@ def regression_learner(df:pd.DataFrame, # the table
                        lr:float=0.45, # learning rate (with `norm`, each full-batch step shrinks the error by |1-2·lr|)
                        mom:float=0., # momentum of SGD
                        bs:int|None=None, # batch size; None: the whole table (one step per epoch); use a smaller `lr` with mini-batches
-                       epochs:int=10, # epochs to train now (0: return it untrained)
-                       quiet:bool=False, # no progress bar nor per-epoch table
                        seed:int|None=42, # seed for the initial weights
                        **kwargs, # passed to `Learner`
                       )->RegressionLearner:
-    "A `Learner` fitting `y ≈ b0 + Σ bi·transform(xi)` by gradient descent on the MSE, trained for `epochs`."
+    "An untrained `Learner` for `y ≈ b0 + Σ bi·transform(xi)` by gradient descent on the MSE: `learn.fit(10)` reaches least squares."
     def model_fn(X):
         F = apply_transform(transform, X, listify(x)).double()
         return LinearModel(X.shape[1], transform, bias, *(_whitener(F, bias, listify(x)) if norm else ()))
-    return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)
+    return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)
 
 def _reg_model(learn:Learner)->nn.Module:
     m = getattr(learn, 'model', None)
@@ -331,7 +288,7 @@ def plot_fit(learn:RegressionLearner, # a fitted regression
     "Scatter the training data and draw the fitted curve (one input) or predicted vs observed (several)."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
-    x, y = [t.cpu().numpy() for t in learn.dls.train.dataset.tensors]
+    x, y = [t.cpu().numpy() for t in (learn.dls.train.x, learn.dls.train.y)]
     if not len(x): raise FastpipesError("This learner holds no data (an exported one?); plot it before `export`.")
     if len(learn.x_names) == 1:
         ax.scatter(x[:, 0], y[:, 0], s=10, alpha=0.6, label='data')
@@ -365,6 +322,7 @@ class SumLinear(nn.Module):
         c = {**self.coefs(), **_known(kw, self.names())}
         self.a.copy_(torch.tensor([c[k] for k in self.intercepts])); self.b.copy_(torch.tensor([c[k] for k in self.slopes]))
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr'])
 def overparam_learner(df:pd.DataFrame, # the table
                       x:str, # the input column
                       y:str, # the target column
@@ -375,17 +333,15 @@ def overparam_learner(df:pd.DataFrame, # the table
                       lr:float=0.3, # learning rate (no whitening here: the parameters are the coefficients)
                       mom:float=0., # momentum of SGD
                       bs:int|None=None, # batch size; None: the whole table
-                      epochs:int=60, # epochs to train now (0: untrained)
-                      quiet:bool=False, # no progress bar nor per-epoch table
                       seed:int|None=42, # seed of the initial values (they set how equal terms share their sum)
                       **kwargs, # passed to `Learner`
                      )->RegressionLearner:
-    "A `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x`, e.g. the course's `α0 + β0 + (α1 + β1)x`."
+    "An untrained `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x` (the course's `α0 + β0 + (α1 + β1)x`): `learn.fit(60)`."
     if len(listify(x)) != 1: raise FastpipesError(f"`overparam_learner` takes one input column `x`, got {listify(x)}.")
     def model_fn(X):
         apply_transform(transform, X, [x])
         return SumLinear(intercepts, slopes, transform)
-    return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, epochs, quiet, seed, **kwargs)
+    return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)
 
 def line_data(n:int=100, # number of points
               b0:float=3.14, b1:float=6.28, # true intercept and slope
@@ -434,7 +390,7 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
     "Maximum likelihood by gradient descent: the estimate (a float or a dict) and the history (a DataFrame)."
     p = _as_params(init)
     if not isinstance(steps, (int, np.integer)) or steps < 0: raise FastpipesError(f"`steps` must be a whole number >= 0, got {steps!r}.")
-    _check_fit(0, lr)
+    _check_lr(lr)
     cons = [constraint]*len(p) if constraint is None or isinstance(constraint, str) else list(constraint)
     if len(cons) != len(p) or any(c not in (None, 'positive') for c in cons):
         raise FastpipesError(f"`constraint` must be None, 'positive' or one of those per parameter ({len(p)}).")
@@ -442,8 +398,7 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
     if any(v <= 0 for v, q in zip(p.values(), pos) if q): raise FastpipesError("A positive parameter must start above 0.")
     x = _mle_data(data)
     theta = torch.tensor([np.log(v) if q else v for v, q in zip(p.values(), pos)], dtype=torch.float64, requires_grad=True)
-    if opt not in _OPTS: raise FastpipesError(f"Unknown optimiser {opt!r}; use one of {sorted(_OPTS)}.")
-    o = _OPTS[opt]([theta], lr=lr)
+    o = course_opt(opt, mom=0.)([theta], lr=lr).opt   # the plain torch optimiser
     mask = torch.tensor(pos)
     def values(t): return torch.where(mask, t.exp(), t)
     hist = torch.empty(steps, len(p) + 1, dtype=torch.float64)
@@ -519,15 +474,11 @@ class NamedAccuracy(AvgMetric):
 @torch.no_grad()
 def _accuracy_on(learn:Learner, b:tuple)->float:
     "Accuracy of `learn.model` on the batch `b` (inputs then target), in evaluation mode."
-    was = learn.model.training
-    learn.model.eval()
     xb, yb = b[:learn.dls.n_inp], b[learn.dls.n_inp]
-    acc = (learn.model(*xb).argmax(-1) == yb.view(-1)).float().mean().item()
-    learn.model.train(was)
-    return acc
+    with eval_mode(learn.model) as m: return (m(*xb).argmax(-1) == yb.view(-1)).float().mean().item()
 
-class LeanTabularLearner(LeanLearner, TabularLearner):
-    "fastai's `TabularLearner` with `LeanLearner`'s event dispatch."
+class TabularClassifier(TableLearner, TabularLearner):
+    "fastai's `TabularLearner` with `LeanLearner`'s event dispatch and `TableLearner`'s check of the loss."
 
 class ReadTensors(ReadTabBatch):
     "`ReadTabBatch` that passes through batches already read as tensors (decoding unchanged)."
@@ -548,7 +499,6 @@ def _splits(df, y, split, valid_pct, seed)->tuple:
     "Training and test positions for `split`, checked."
     if split == 'course': tr, va = course_split(df, valid_pct, seed)
     elif split == 'random':
-        from fastai.data.transforms import RandomSplitter
         tr, va = [list(s) for s in RandomSplitter(valid_pct, seed)(range(len(df)))]
     else: raise FastpipesError(f"Unknown split {split!r}; use 'course' or 'random'.")
     if not va or len(tr) < 2:
@@ -579,6 +529,7 @@ def _check_table(df:pd.DataFrame, y:str, xs:list, valid_pct:float):
     inf = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) and np.isinf(df[c].to_numpy(np.float64)).any()]
     if inf: raise FastpipesError(f"Column(s) {inf} have infinite values; drop or clip those rows (missing values are filled).")
 
+@delegates(Learner, but=['dls', 'model', 'lr', 'metrics'])
 def table_classifier(df:pd.DataFrame, # the table
                      y:str, # the class column
                      x:list|None=None, # input columns (default: all others; text columns become categories)
@@ -586,18 +537,16 @@ def table_classifier(df:pd.DataFrame, # the table
                      seed:int=42, # seed of the split and of the training
                      split:str='course', # 'course' (`df.sample(frac=1-valid_pct, random_state=seed)`) or 'random'
                      layers:list=(20, 10), # hidden layer sizes of fastai's tabular model
-                     epochs:int=20, # epochs of one-cycle training (0: untrained)
                      lr:float=1e-2, # maximum learning rate
                      bs:int=16, # batch size
-                     quiet:bool=False, # no progress bar nor per-epoch table
-                     **kwargs, # passed to `tabular_learner`
+                     **kwargs, # passed to `Learner`
                     )->TabularLearner:
-    "fastai's `tabular_learner` on `df` predicting `y`, trained, with train and test accuracy every epoch."
+    "fastai's tabular model on `df` predicting `y`, untrained, with train and test accuracy every epoch: `learn.fit_one_cycle(20)`."
     _check_cols(df, [y] + listify(x))
     xs = listify(x) or [c for c in df.columns if c != y]
     if not xs: raise FastpipesError("The table has no input columns besides the class column.")
     _check_table(df, y, xs, valid_pct)
-    _check_fit(epochs, lr)
+    _check_lr(lr)
     df = df.reset_index(drop=True) if not df.index.is_unique else df
     conts = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     cats = [c for c in xs if c not in conts]
@@ -607,9 +556,8 @@ def table_classifier(df:pd.DataFrame, # the table
     to = TabularPandas(df, [Categorify, FillMissing, Normalize], cats, conts, y_names=y, y_block=CategoryBlock(),
                        splits=(tr, va))
     dls = to.dataloaders(bs=bs, num_workers=0, dl_type=SliceTabDL)
-    learn = tabular_learner(dls, layers=list(layers), metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
-    learn.__class__ = LeanTabularLearner  # fastai's own learner, with the lean event dispatch
-    return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)
+    model = TabularModel(get_emb_sz(dls.train_ds), len(dls.cont_names), get_c(dls), list(layers))  # as `tabular_learner`
+    return _table_learner(TabularClassifier, dls, model, lr, metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
 
 # %% ../../nbs/22_tabular.ipynb #8197ad9a
 class Standardize(nn.Module):
@@ -647,6 +595,7 @@ def _rows_for(learn:Learner, X)->np.ndarray:
     if a.shape[1] != len(learn.x_names): raise FastpipesError(f"Expected {len(learn.x_names)} column(s) {learn.x_names}, got {a.shape[1]}.")
     return a
 
+@delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr'])
 def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFrame's columns name the features
                         latent:int=2, # size of the code Z
                         linear:bool=True, # linear encoder/decoder (else one hidden ReLU layer each)
@@ -655,26 +604,24 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
                         opt:str='adam', # 'sgd' or 'adam'
                         lr:float=0.05, # maximum learning rate (one-cycle)
                         bs:int=32, # batch size
-                        epochs:int=40, # epochs to train now (0: untrained)
-                        quiet:bool=False, # no progress bar nor per-epoch table
                         seed:int|None=42, # seed of the initial weights and the shuffling
                         **kwargs, # passed to `Learner`
                        )->Learner:
-    "A `Learner` for the course's autoencoder `p → latent → p` with the MSE between input and output."
+    "An untrained `Learner` for the course's autoencoder `p → latent → p` with the MSE between input and output: `learn.fit_one_cycle(40)`."
     a, names = _table(X)
     if a.shape[1] < 2: raise FastpipesError(f"An autoencoder needs at least two columns; the table has {a.shape[1]}.")
     if not isinstance(latent, (int, np.integer)) or not 0 < latent < a.shape[1]: raise FastpipesError(f"`latent` must be between 1 and {a.shape[1]-1} for {a.shape[1]} columns.")
     if len(a) < 2: raise FastpipesError("An autoencoder needs at least two rows.")
-    _check_fit(epochs, lr)
+    _check_lr(lr)
     mean, std = (a.mean(0), a.std(0)) if norm else (np.zeros(a.shape[1]), np.ones(a.shape[1]))
     if (std == 0).any(): raise FastpipesError("A column is constant; drop it before standardising.")
     set_seed(seed)
     model = AutoEncoder(a.shape[1], latent, linear, hidden, mean, std)
     target = (a - mean)/std
-    learn = LeanLearner(_tensor_dls(a, target, bs, valid=(a, target)), model, loss_func=nn.MSELoss(),
-                        opt_func=plain_opt(opt), lr=lr, **kwargs)
+    learn = _table_learner(TableLearner, _tensor_dls(a, target, bs, valid=(a, target)), model, lr,
+                           loss_func=nn.MSELoss(), opt_func=course_opt(opt, mom=0.), **kwargs)
     learn.x_names = names
-    return _fit(learn, epochs, quiet, one_cycle=True, lr=lr)
+    return learn
 
 @torch.no_grad()
 def encode(learn:Learner, X)->np.ndarray:
