@@ -144,7 +144,7 @@ def load_cifar_batch(path:Path, # a CIFAR python batch: `data_batch_1`, ..., `te
     return x.reshape(-1, 3, 32, 32), y
 
 # %% ../../nbs/21_datasets.ipynb #b3477b40
-_IMG_EXTS = {'.jpg', '.jpeg', '.png'}
+_PHOTO_EXTS = {'.jpg', '.jpeg', '.png'}
 
 def _label_of(name:str, classes:tuple)->int|None:
     "The label of sub-folder `name`: its position in `classes`, or itself when it is a label number."
@@ -163,7 +163,7 @@ def load_image_folder(path:Path, # a folder with one sub-folder of images per cl
     if not subs or bad:
         raise FastpipesError(f"{path} needs one sub-folder per class named {classes[0]!r}, {classes[1]!r}, … or 0, 1, …; "
                              f"{'it has ' + repr(bad[:3]) if bad else 'it has none'}.")
-    fns = [(fn, _label_of(d, classes)) for d in subs for fn in sorted((path/d).iterdir()) if fn.suffix.lower() in _IMG_EXTS]
+    fns = [(fn, _label_of(d, classes)) for d in subs for fn in sorted((path/d).iterdir()) if fn.suffix.lower() in _PHOTO_EXTS]
     rgb = len(shape) == 3
     x = np.empty((len(fns), *shape[-2:], *((3,) if rgb else ())), np.uint8)
     for i, (fn, _) in enumerate(fns):
@@ -437,7 +437,7 @@ def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the
     "The pet photos under `path` (default: fastai's `oxford-iiit-pet`), sorted."
     root = Path(path) if path is not None else data_root()/'oxford-iiit-pet'
     def _files(): return L(sorted(p for d in (root/'images', root, root/'oxford-iiit-pet'/'images') if d.is_dir()
-                                  for p in d.iterdir() if p.suffix.lower() in _IMG_EXTS))
+                                  for p in d.iterdir() if p.suffix.lower() in _PHOTO_EXTS))
     fs = _files()
     if not fs and download:   # into `root` itself when it is named like fastai's folder, else into `root/oxford-iiit-pet`
         from fastai.data.external import untar_data, URLs

@@ -8,20 +8,20 @@ import json, warnings
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
+from fastcore.meta import delegates
 from fastai.callback.core import Callback, CancelFitException
-from fastai.data.block import DataBlock, TransformBlock
-from fastai.data.transforms import IndexSplitter
-from fastai.learner import Metric, ValueMetric
+from fastai.learner import ValueMetric
 from fastai.optimizer import Adam
-from fastai.torch_core import TensorImage
-from fastai.vision.gan import GANLearner, GANTrainer, FixedGANSwitcher, AdaptiveGANSwitcher, generate_noise
+from fastai.torch_core import default_device
+from fastai.vision.gan import GANLearner, GANTrainer, FixedGANSwitcher
 from ..core import FastpipesError, atomic_write
-from .datasets import mnist_arrays, sklearn_digits
+from .datasets import TensorDL, TensorDLs, mnist_arrays, sklearn_digits
 
 # %% auto #0
 __all__ = ['digit_images', 'DigitGenerator', 'digit_critic', 'bce_gen_loss', 'bce_crit_loss', 'wgan_gen_loss', 'wgan_crit_loss',
-           'GradientPenalty', 'GANMonitor', 'gan_dls', 'gan_learner', 'generate', 'show_samples', 'save_generator',
-           'load_generator', 'DigitClassifier', 'digit_classifier', 'frechet_distance', 'diversity', 'sample_scores']
+           'GradientPenalty', 'GANMonitor', 'NoiseDL', 'gan_dls', 'gan_learner', 'generate', 'show_samples',
+           'save_generator', 'load_generator', 'DigitClassifier', 'digit_classifier', 'frechet_distance', 'diversity',
+           'sample_scores']
 
 # %% ../../nbs/24_gan.ipynb #ff5f6daf
 def digit_images(source:Path|str|None=None, # MNIST folder (idx files or `MNIST/raw`), or 'sklearn'
@@ -171,24 +171,34 @@ def _quiet_trainer(learn:GANLearner)->GANLearner:
     return learn.add_cb(_Trainer(switch_eval=t.switch_eval, clip=t.clip, beta=t.gen_loss.beta, gen_first=t.gen_first, show_img=t.show_img))
 
 # %% ../../nbs/24_gan.ipynb #c0a0e955
-class _Cycle:
-    "Item `i` is image `i % len(images)` as a `TensorImage` in [-1, 1]."
-    def __init__(self, x:torch.Tensor): self.x = x*2 - 1
-    def __call__(self, i:int)->TensorImage: return TensorImage(self.x[i % len(self.x)])
+class NoiseDL(TensorDL):
+    "A `TensorDL` of (noise `(bs, nz)`, real images) batches: the generator's input and the critic's examples."
+    def __init__(self, x:torch.Tensor, # real images, in the generator's output range
+                 y=None, # unused (a `TensorDL` has targets)
+                 nz:int=6, # size of the noise vector
+                 **kwargs, # passed to `TensorDL`
+                ):
+        super().__init__(x, torch.zeros(len(x)) if y is None else y, **{'scale': False, **kwargs})
+        self.nz = nz
+    def create_batches(self, samps):
+        for xb, _ in super().create_batches(samps): yield torch.randn(len(xb), self.nz, device=xb.device), xb
+    def new(self, dataset=None, cls=None, **kwargs): return super().new(dataset, cls, **{'nz': self.nz, **kwargs})
 
+@delegates(TensorDL, but=['x', 'y', 'bs', 'shuffle', 'drop_last', 'scale'])
 def gan_dls(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`
             nz:int=6, # size of the noise vector
             bs:int=64, # batch size
             epoch_size:int|None=None, # items per epoch; default: the number of images, at least 16 batches
-            **kwargs, # passed to `DataBlock.dataloaders`
-           ):
+            device=None, # where batches go (default: the default device)
+            **kwargs, # passed to `TensorDL`
+           )->TensorDLs:
     "fastai `DataLoaders` of (noise `(bs, nz)`, real images `(bs, c, h, w)` in [-1, 1]) batches."
     if not isinstance(nz, (int, np.integer)) or nz < 1: raise FastpipesError(f"`nz` must be a positive integer, not {nz!r}.")
-    x = _as_images(images)
+    x = _as_images(images)*2 - 1
     n = max(epoch_size or max(len(x), 16*bs), bs)
-    dblock = DataBlock(blocks=(TransformBlock([lambda _: generate_noise(_, size=int(nz))]), TransformBlock()),
-                       get_y=_Cycle(x), splitter=IndexSplitter([]))
-    return dblock.dataloaders(range(n), bs=bs, drop_last=True, num_workers=0, **kwargs)
+    if n != len(x): x = x[torch.arange(n) % len(x)]   # item `i` is image `i % len(images)`
+    dl = NoiseDL(x, nz=int(nz), bs=bs, shuffle=True, drop_last=True, **kwargs)
+    return TensorDLs(dl, dl.new(x=x[:0], shuffle=False), device=device or default_device())
 
 # %% ../../nbs/24_gan.ipynb #2b81d9ee
 _RECIPES = {
