@@ -184,7 +184,7 @@ class NoiseDL(TensorDL):
         for xb, _ in super().create_batches(samps): yield torch.randn(len(xb), self.nz, device=xb.device), xb
     def new(self, dataset=None, cls=None, **kwargs): return super().new(dataset, cls, **{'nz': self.nz, **kwargs})
 
-@delegates(TensorDL, but=['x', 'y', 'bs', 'shuffle', 'drop_last', 'scale'])
+@delegates(TensorDL, but=['x', 'y', 'bs', 'shuffle', 'drop_last', 'flat', 'scale', 'stats', 'vocab'])
 def gan_dls(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`
             nz:int=6, # size of the noise vector
             bs:int=64, # batch size
