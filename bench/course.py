@@ -15,7 +15,7 @@ for `--reps` rounds; the script prints the best and the median round of each sid
 thread it also prints the ratio of thread CPU time, which other processes on the machine disturb much less.
 
 Run: `OMP_NUM_THREADS=1 python bench/course.py [--n 6000] [--bs 64] [--reps 7] [--threads 1]`
-MNIST is used when it is on disk (`fastpipes.datasets.mnist_arrays`), otherwise scikit-learn's real digits
+MNIST is used when it is on disk (`fastpipes.course.datasets.mnist_arrays`), otherwise scikit-learn's real digits
 repeated to `--n` images (the CIFAR-shaped LeNet sees them padded to 32x32 and repeated over 3 channels).
 """
 import argparse, contextlib, copy, os, random, sys, time
@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fastai.callback.core import Callback
 
 from fastpipes.core import FastpipesError
-from fastpipes.datasets import mnist_arrays, sklearn_digits, tensor_dls
-from fastpipes.course import course_learner, mlp_learner
+from fastpipes.course.datasets import mnist_arrays, sklearn_digits, tensor_dls
+from fastpipes.course.cnn import course_learner, mlp_learner
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.thread_time}
 

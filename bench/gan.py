@@ -16,8 +16,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.optimizer import Adam
 from fastai.vision.gan import GANLearner, basic_generator, basic_critic
 from fastpipes.core import set_seed
-from fastpipes.datasets import sklearn_digits
-from fastpipes.gan import gan_learner, gan_dls, generate, digit_classifier, sample_scores
+from fastpipes.course.datasets import sklearn_digits
+from fastpipes.course.gan import gan_learner, gan_dls, generate, digit_classifier, sample_scores
 
 class TimeBudget(Callback):
     "Stop training once `secs` seconds have passed since `before_fit`."

@@ -2,7 +2,7 @@
 
 For each exercise both sides make the same number of parameter updates on the same data, in one process:
 
-- fastpipes: the factory of `fastpipes.tabular` with its defaults (fastai `Learner`, per-epoch validation,
+- fastpipes: the factory of `fastpipes.course.tabular` with its defaults and the recipe of its docstring (fastai `Learner`, per-epoch validation,
   progress machinery on but not printed);
 - course: the loop the course writes by hand, `yhat = net(X); loss = mse(yhat, y); loss.backward();
   opt.step(); opt.zero_grad()`, on the transformed features, with the course's optimiser settings (SGD at
@@ -28,7 +28,7 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 
 from fastpipes.core import set_seed
-from fastpipes.tabular import (IRIS_COLS, apply_transform, autoencoder_learner, coefs, course_split, exp_decay,
+from fastpipes.course.tabular import (IRIS_COLS, apply_transform, autoencoder_learner, coefs, course_split, exp_decay,
                                fit_mle, free_fall, iris_df, line_data, lstsq_coefs, overparam_learner, pca_mse,
                                regression_learner, table_classifier)
 
@@ -73,13 +73,19 @@ def row(name, updates, fp, course, fp_d, co_d, extra=''):
           f"{co_d:>10.2e} | {r:>9} | {fp[1]/course[1]:6.1f}x  {extra}")
 
 
+def fitted(learn, epochs:int, one_cycle:bool=False):
+    "`learn` trained quietly with the factory's recipe (its docstring): `fit(epochs)`, or `fit_one_cycle(epochs)`."
+    with learn.no_bar(), learn.no_logging(): (learn.fit_one_cycle if one_cycle else learn.fit)(epochs)
+    return learn
+
+
 def val(learn):
     with learn.no_bar(): return learn.validate()
 
 
 def regression(name, df, x, y, tfm, init=None):
     ls = lstsq_coefs(df, x, y, tfm)
-    learn, t = timed(lambda: regression_learner(df, x, y, tfm, quiet=True))
+    learn, t = timed(lambda: fitted(regression_learner(df, x, y, tfm), 10))
     steps = len(learn.recorder.losses)
     F = apply_transform(tfm, df[[x]].to_numpy(), [x]).numpy()
     (cc, closs), tc = timed(lambda: course_linear(F, df[y].to_numpy(), steps, init=init))
@@ -92,7 +98,7 @@ def regression(name, df, x, y, tfm, init=None):
 def overparam():
     ld = line_data()
     ls = lstsq_coefs(ld, 'x', 'y')
-    learn, t = timed(lambda: overparam_learner(ld, 'x', 'y', ('a0', 'b0'), ('a1', 'b1'), quiet=True))
+    learn, t = timed(lambda: fitted(overparam_learner(ld, 'x', 'y', ('a0', 'b0'), ('a1', 'b1')), 60))
     steps = len(learn.recorder.losses)
     c = coefs(learn)
     fp = {'b0': c['a0'] + c['b0'], 'b1': c['a1'] + c['b1']}
@@ -128,7 +134,7 @@ def mle(scale):
 
 def autoencoder(X):
     best = pca_mse(X)
-    learn, t = timed(lambda: autoencoder_learner(X, quiet=True))
+    learn, t = timed(lambda: fitted(autoencoder_learner(X), 40, one_cycle=True))
     steps = len(learn.recorder.losses)
     a = X.to_numpy(np.float32)
     def course():
@@ -147,7 +153,7 @@ def autoencoder(X):
 
 def iris():
     df = iris_df()
-    learn, t = timed(lambda: table_classifier(df, 'species', quiet=True))
+    learn, t = timed(lambda: fitted(table_classifier(df, 'species'), 20, one_cycle=True))
     steps = len(learn.recorder.losses)
     tr, va = course_split(df)
     x = torch.tensor(df[IRIS_COLS[:4]].to_numpy(np.float32)); y = torch.tensor(df.species.astype('category').cat.codes.to_numpy(np.int64))
@@ -175,8 +181,8 @@ def main():
     print(f"torch {torch.__version__}, {a.threads} thread(s), best of {a.repeat} run(s)")
     print(f"{'exercise':<22}{'updates':>8} | {'fastpipes: wall, final loss, distance':<40}| "
           f"{'course loop: wall, final loss, distance':<40}| dist ratio | wall ratio fastpipes/course")
-    regression_learner(free_fall(), 'h', 't', 'sqrt', quiet=True, epochs=2)  # warm-up
-    table_classifier(iris_df(), 'species', quiet=True, epochs=1)
+    fitted(regression_learner(free_fall(), 'h', 't', 'sqrt'), 2)  # warm-up
+    fitted(table_classifier(iris_df(), 'species'), 1, one_cycle=True)
     regression('free fall t~sqrt(h)', free_fall(), 'h', 't', 'sqrt')
     regression('exp y~exp(-x)', exp_decay(), 'x', 'y', 'exp(-x)')
     five = pd.DataFrame(dict(x=[11., 12, 13, 14, 15], y=[17.7, 18.5, 21.2, 23.6, 24.2]))

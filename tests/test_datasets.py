@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fastpipes.core import FastpipesError
-from fastpipes.datasets import (load_idx, save_idx, sklearn_digits, load_csv, load_cifar_batch, mnist_arrays,
+from fastpipes.course.datasets import (load_idx, save_idx, sklearn_digits, load_csv, load_cifar_batch, mnist_arrays,
                                 mnist_dls, cifar10_arrays, cifar10_dls, pets_files, pets_label, pets_dls, tensor_dls,
                                 data_root, FASHION_CLASSES, PETS_CLASSES, CIFAR_CLASSES, load_image_folder)
 

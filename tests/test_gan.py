@@ -2,8 +2,8 @@
 import time, warnings
 import numpy as np, pytest, torch, torch.nn as nn
 from fastpipes.core import FastpipesError, set_seed
-from fastpipes.datasets import sklearn_digits, save_idx
-from fastpipes.gan import (gan_learner, generate, show_samples, save_generator, load_generator, digit_images,
+from fastpipes.course.datasets import sklearn_digits, save_idx
+from fastpipes.course.gan import (gan_learner, generate, show_samples, save_generator, load_generator, digit_images,
                            DigitGenerator, digit_classifier, sample_scores, diversity)
 
 @pytest.fixture(scope='module')
