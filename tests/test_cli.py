@@ -307,3 +307,13 @@ def test_export_safetensors(trained, tmp_path):
     rc, o, e = cli('export', trained, '--out', tmp_path/'x', '--no-onnx')
     assert rc == 0, e
     assert (tmp_path/'x'/'model.safetensors').stat().st_size > 1000 and not (tmp_path/'x'/'model.onnx').exists()
+
+def test_train_on_two_processes(data, tmp_path):
+    "The README's `--processes 2` on two CPU processes (gloo): one model, one report, metrics over the whole validation set."
+    out = tmp_path/'r'
+    rc, o, e = cli('train', data, '--out', out, *TINY, '--processes', '2', timeout=600)
+    assert rc == 0, e[-3000:]
+    assert (out/'model'/'weights.pth').is_file() and (out/'report.html').is_file()
+    assert (out/'checkpoints'/'last.pth').is_file()
+    assert json.loads((out/'metrics.json').read_text())['n'] == len(list((data/'test').rglob('*.jpg')))
+    assert o.count('Report:') == 1, o

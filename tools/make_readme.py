@@ -19,6 +19,7 @@ def _code(cell):
     out = ['```python', _DIRECTIVE.sub('', src).strip(), '```']
     for o in cell.get('outputs', []):
         if o.get('name') == 'stderr': continue  # warnings from dependencies are not part of the example
+        if 'image/png' in o.get('data', {}): continue  # a figure: its text form (`<Figure size ...>`) says nothing
         txt = _text(o.get('text') or o.get('data', {}).get('text/plain', ''))
         if txt.strip(): out += ['', '```', txt.rstrip(), '```']
     return '\n'.join(out)
