@@ -4,9 +4,10 @@
 
 # %% ../nbs/09_pipeline.ipynb #19d544d5
 from __future__ import annotations
-import json, math, tempfile
+import inspect, json, tempfile
 from itertools import zip_longest
 from pathlib import Path
+from fastcore.meta import delegates
 from .core import FastpipesError, atomic_write, read_manifest
 
 # %% auto #0
@@ -244,19 +245,15 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
     clean_images(data, max_size=max_size, quiet=quiet)
     return data, f"fastpipes run: {' vs '.join(map(str, classes))}"
 
+@delegates(prepare_run, keep=True)
 def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
         out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
-        spec:Path|None=None, # or a spec file with the classes (and `n_train`, `n_test`)
-        n_train:int=200, # training images per class
-        n_test:int=0, # test images per class, from the test queries
-        max_size:int=400, # presize images to this longest side when cleaning
-        crawl_kw:dict|None=None, # more arguments for `crawl` (pause, allow_private, proxy, ...)
-        quiet:bool=False, # no progress bars
-        **kwargs, # passed to `train_run` (and on to `train_classifier`)
+        **kwargs, # `prepare_run`'s arguments (spec, n_train, n_test, max_size, crawl_kw, quiet); the rest go to `train_run`
        ):
     "Crawl, clean, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
-    data, title = prepare_run(classes, out, spec, n_train, n_test, max_size, crawl_kw, quiet)
-    return train_run(data, out, title=title, quiet=quiet, **kwargs)
+    prep = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(prepare_run).parameters}
+    data, title = prepare_run(classes, out, **prep)
+    return train_run(data, out, title=title, quiet=prep.get('quiet', False), **kwargs)
 
 # %% ../nbs/09_pipeline.ipynb #8cce2065
 def _image_size(fn)->tuple[int, int]:

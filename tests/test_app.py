@@ -1,7 +1,7 @@
 """The local app in a real browser: headless Chromium (Debian's, as `.ci/run` installs it), driven by Playwright,
 opens the app served on 127.0.0.1, uploads an image, reads the label and sees a CAM image with a non-zero natural
 size; in the Review tab it selects an image, marks it for deletion and applies the mark (the file moves on disk)."""
-import os, shutil, socket, tempfile
+import socket, tempfile
 from pathlib import Path
 import pytest
 from fastpipes.core import read_manifest
@@ -9,19 +9,7 @@ from fastpipes.synth import make_marks
 from fastpipes.data import image_dls
 from fastpipes.train import train_classifier, save_classifier
 
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-dev-shm-usage',
-                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
-
-def chromium_path()->str:
-    "Debian's chromium, or fail in CI / skip locally when it is missing."
-    exe = os.environ.get('FASTPIPES_CHROMIUM') or shutil.which('chromium') or '/usr/bin/chromium'
-    missing = None if Path(exe).exists() else f"headless Chromium not found at {exe}: `apt-get install chromium`"
-    try: import playwright.sync_api  # noqa: F401
-    except ImportError: missing = missing or "the `playwright` Python package is missing: `pip install playwright`"
-    if missing:
-        if os.environ.get('CI'): pytest.fail(missing)
-        pytest.skip(missing)
-    return exe
+from test_report import CHROMIUM_FLAGS, chromium_path   # one way to find and start Chromium, shared with the report's test
 
 @pytest.fixture
 def run(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-dev-shm-usage',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 def chromium_path():
