@@ -23,7 +23,7 @@ from .core import FastpipesError, eval_mode
 from .train import is_cam_model
 
 # %% auto #0
-__all__ = ['cam_maps', 'grad_cam', 'cam_grid', 'pointing_game', 'deletion_auc', 'insertion_auc', 'average_drop',
+__all__ = ['cam_maps', 'grad_cam', 'cam_grid', 'pointing_game', 'saliency_auc', 'deletion_auc', 'insertion_auc', 'average_drop',
            'increase_in_confidence']
 
 # %% ../nbs/05_cam.ipynb #b038e03b
@@ -233,27 +233,27 @@ def _curve(learn, xb, maps, target, steps, insert)->tuple:
 
 def _auc(curve)->torch.Tensor: return torch.trapezoid(curve, dx=1/(curve.shape[1]-1), dim=1)
 
-def deletion_auc(learn:Learner, # the model that is explained
+def saliency_auc(learn:Learner, # the model that is explained
                  xb, # a batch of inputs (n, 3, H, W)
                  maps, # maps of the target class (n, h, w)
                  target=None, # None (predicted), a label or an index
-                 steps:int=16, # number of deletion steps
+                 steps:int=16, # number of deletion or insertion steps
                  reduce:bool=True, # mean (True) or one AUC per image (False)
+                 insert:bool=False, # False: deletion (blacked out, lower is better); True: insertion (put back into a blur, higher is better)
                 ):
-    "Area under the probability curve as the most salient pixels are blacked out first (lower is better)."
-    auc = _auc(_curve(learn, xb, maps, target, steps, insert=False)[0])
+    "Area under the class-probability curve as the most salient pixels are removed (or, with `insert`, put back) first."
+    auc = _auc(_curve(learn, xb, maps, target, steps, insert=insert)[0])
     return auc.mean().item() if reduce else auc
 
-def insertion_auc(learn:Learner, # the model that is explained
-                  xb, # a batch of inputs (n, 3, H, W)
-                  maps, # maps of the target class (n, h, w)
-                  target=None, # None (predicted), a label or an index
-                  steps:int=16, # number of insertion steps
-                  reduce:bool=True, # mean (True) or one AUC per image (False)
-                 ):
-    "Area under the probability curve as the most salient pixels are put back into a blurred image first (higher is better)."
-    auc = _auc(_curve(learn, xb, maps, target, steps, insert=True)[0])
-    return auc.mean().item() if reduce else auc
+@delegates(saliency_auc, but=['insert'])
+def deletion_auc(learn:Learner, xb, maps, **kwargs):
+    "`saliency_auc` by deletion: the most salient pixels are blacked out first (lower is better)."
+    return saliency_auc(learn, xb, maps, insert=False, **kwargs)
+
+@delegates(saliency_auc, but=['insert'])
+def insertion_auc(learn:Learner, xb, maps, **kwargs):
+    "`saliency_auc` by insertion: the most salient pixels are put back into a blurred image first (higher is better)."
+    return saliency_auc(learn, xb, maps, insert=True, **kwargs)
 
 # %% ../nbs/05_cam.ipynb #aeef41a9
 def _explanation_probs(learn, xb, maps, target)->tuple:
