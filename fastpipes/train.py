@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #a1e2644a
 from __future__ import annotations
-import io, json, pickle, time, zipfile
+import io, json
 from pathlib import Path
 from typing import Callable
 from urllib.error import URLError
