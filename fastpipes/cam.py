@@ -19,7 +19,7 @@ from fastai.callback.hook import hook_output
 from fastai.data.load import DataLoader
 from fastai.data.transforms import get_image_files
 from fastai.vision.augment import Normalize
-from .core import FastpipesError, eval_mode
+from .core import FastpipesError, eval_mode, literal_text
 from .train import is_cam_model
 
 # %% auto #0
@@ -168,15 +168,16 @@ def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other h
     n = nrows*ncols
     imgs, maps, probs, ts = _collect(learn, _items_dl(learn, items, n), n, target, method)
     vocab = list(getattr(learn.dls, 'vocab', []) or range(probs.shape[1]))
-    fig = Figure(figsize=figsize or (2.2*ncols, 2.4*nrows))
-    axs = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    for ax, img, m, p, t in zip(axs.flat, imgs, maps, probs, ts):
-        h, w = img.shape[-2:]
-        ax.imshow(_to_hwc(img), extent=(0, w, h, 0))
-        ax.imshow(m.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0), interpolation='nearest')
-        ax.set_title(f'{vocab[t]} ({p[t]:.2f})', fontsize=9, parse_math=False)   # labels as they are, never as math
-    fig.tight_layout()
+    with literal_text():   # labels are shown as they are, never as matplotlib math
+        fig = Figure(figsize=figsize or (2.2*ncols, 2.4*nrows))
+        axs = fig.subplots(nrows, ncols, squeeze=False)
+        for ax in axs.flat: ax.axis('off')
+        for ax, img, m, p, t in zip(axs.flat, imgs, maps, probs, ts):
+            h, w = img.shape[-2:]
+            ax.imshow(_to_hwc(img), extent=(0, w, h, 0))
+            ax.imshow(m.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0), interpolation='nearest')
+            ax.set_title(f'{vocab[t]} ({p[t]:.2f})', fontsize=9)
+        fig.tight_layout()
     return fig
 
 @patch

@@ -123,9 +123,6 @@ def _check(ips:list[str], host:str, allow_private:bool)->list[str]:
         if bad: raise _Fail(f'refused private/loopback/reserved address {bad[0]} of {host!r} (allow_private=True allows it)')
     return ips
 
-def _resolve(host:str, port:int, allow_private:bool)->list[str]:
-    "The IP addresses of `host`, all of them public unless `allow_private`."
-    return _check(_lookup(host, port), host, allow_private)
 
 # %% ../nbs/01_crawl.ipynb #e0e6e651
 def _settle(fut:asyncio.Future, ips, err):

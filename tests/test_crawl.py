@@ -168,7 +168,7 @@ def test_redirect_to_private_refused_at_the_hop(tmp_path, monkeypatch):
 def test_all_resolved_addresses_checked(monkeypatch):
     "A host that resolves to a public and a private address is refused."
     monkeypatch.setattr(fc.socket, 'getaddrinfo', lambda *a, **k: [(2, 1, 6, '', ('93.184.216.34', 80)), (2, 1, 6, '', ('10.0.0.1', 80))])
-    with pytest.raises(fc._Fail, match='10.0.0.1'): fc._resolve('example.com', 80, False)
+    with pytest.raises(fc._Fail, match='10.0.0.1'): fc._check(fc._lookup('example.com', 80), 'example.com', False)
 
 @pytest.mark.parametrize('bad', ['file:///etc/passwd', 'javascript:alert(1)', 'http:///nohost', 'http://127.0.0.1:99999/x', 'data:image/png;base64,AAAA'])
 def test_bad_urls(tmp_path, bad):
