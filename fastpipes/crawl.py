@@ -174,23 +174,6 @@ class _Backend(httpcore.AsyncNetworkBackend):
     async def sleep(self, seconds): await self.inner.sleep(seconds)
 
 # %% ../nbs/01_crawl.ipynb #7dfca05e
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, resp): self.resp = resp
-    async def __aiter__(self):
-        async for b in self.resp.aiter_stream(): yield b
-    async def aclose(self): await self.resp.aclose()
-
-class _Transport(httpx.AsyncBaseTransport):
-    "httpx over an httpcore connection pool: direct through `_Backend`, or through a proxy."
-    def __init__(self, pool): self.pool = pool
-    async def handle_async_request(self, request:httpx.Request)->httpx.Response:
-        u = request.url
-        r = await self.pool.handle_async_request(httpcore.Request(
-            request.method, httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
-            headers=request.headers.raw, content=request.stream, extensions=request.extensions))
-        return httpx.Response(r.status, headers=r.headers, stream=_Body(r), extensions=r.extensions)
-    async def aclose(self): await self.pool.aclose()
-
 def _pool(proxy:str|None, ctx, n:int, backend:_Backend):
     "An httpcore pool for one host, `n` requests at once at most: direct through `backend`, or through the HTTP(S) `proxy`."
     # One pool per host: httpcore's pool does work in the square of its connections at every request (a pool for
@@ -230,15 +213,24 @@ def _create(part:Path):
     except FileExistsError: part.unlink()
     return open(os.open(part, _NEW, 0o644), 'wb')
 
+class _Response:
+    "An httpcore response, with its status, reason and headers (names in lower case) at hand."
+    def __init__(self, r:httpcore.Response):
+        self.raw, self.status = r, r.status
+        self.reason = r.extensions.get('reason_phrase', b'').decode('latin-1')
+        self.headers = {k.decode('latin-1').lower(): v.decode('latin-1') for k,v in r.headers}
+    async def aread(self): await self.raw.aread()
+    async def aclose(self): await self.raw.aclose()
+
 class _Fetcher:
     "Downloads items (manifest rows) into `dest` on an asyncio loop; `run` settles each as one finished row."
     def __init__(self, dest, max_workers, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
                  allow_private, user_agent, proxy, chunk=1<<16):
         store_attr()
-        self.resolve, self.clients, self.ctx, self.made = _Resolver(allow_private), OrderedDict(), httpx.create_ssl_context(), set()
-        self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
+        self.resolve, self.pools, self.ctx, self.made = _Resolver(allow_private), OrderedDict(), httpx.create_ssl_context(), set()
+        self.ext = {'timeout': dict(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)}
         self.env = urllib.request.getproxies_environment()
-        self.headers = {'User-Agent': user_agent, 'Accept': 'image/*,*/*;q=0.5', 'Accept-Encoding': 'identity'}
+        self.headers = [(b'User-Agent', user_agent.encode()), (b'Accept', b'image/*,*/*;q=0.5'), (b'Accept-Encoding', b'identity')]
 
     async def run(self, rows:list[dict], emit:Callable):
         "Fetch `rows`: at most `per_host` at a time on one host and `max_workers` in all; `emit(row)` as each one settles."
@@ -253,29 +245,27 @@ class _Fetcher:
         workers = [worker(q) for k in range(self.per_host) for q in queues.values() if len(q) > k]
         try: await asyncio.gather(*workers)
         finally:
-            for c,_,_ in self.clients.values(): await c.aclose()
+            for p,_ in self.pools.values(): await p.aclose()
 
     @contextlib.asynccontextmanager
-    async def client(self, u, proxy:str|None):
-        "The client for the host of `u` (its own connection pool, per proxy), while a request uses it."
+    async def pool(self, u, proxy:str|None):
+        "The connection pool of the host of `u` (per proxy), while a request uses it."
         key = (proxy, u.scheme, u.hostname, u.port)
-        if key not in self.clients:
-            t = _Transport(_pool(proxy, self.ctx, 2*self.per_host, _Backend(self.resolve)))
-            self.clients[key] = [httpx.AsyncClient(transport=t, timeout=self.timeout, headers=self.headers, trust_env=False), t, 0]
-        self.clients.move_to_end(key)
-        c = self.clients[key]; c[2] += 1
-        try: yield c[0]
+        if key not in self.pools: self.pools[key] = [_pool(proxy, self.ctx, 2*self.per_host, _Backend(self.resolve)), 0]
+        self.pools.move_to_end(key)
+        p = self.pools[key]; p[1] += 1
+        try: yield p[0]
         finally:
-            c[2] -= 1
+            p[1] -= 1
             await self.trim()
 
     async def trim(self):
         "Close the pools of the hosts used least recently while the pools hold more than `2 × max_workers` connections in all."
-        n = sum(len(t.pool.connections) for _,t,_ in self.clients.values())
-        for key in [k for k,(_,_,users) in self.clients.items() if not users]:   # oldest first
+        n = sum(len(p.connections) for p,_ in self.pools.values())
+        for key in [k for k,(_,users) in self.pools.items() if not users]:   # oldest first
             if n <= 2*self.max_workers: break
-            c, t, _ = self.clients.pop(key)
-            n -= len(t.pool.connections); await c.aclose()
+            p, _ = self.pools.pop(key)
+            n -= len(p.connections); await p.aclose()
 
     async def fetch(self, row:dict)->dict:
         "The finished manifest row of one item. Its deadline starts now, when its request starts."
@@ -310,36 +300,42 @@ class _Fetcher:
             proxy = _proxy_for(url, self.proxy, self.env)
             if proxy: await self.resolve.proxied(u.hostname, u.port or (443 if u.scheme == 'https' else 80), self.connect_timeout)
             # a redirect's host has slots of its own
-            async with (self.hops[u.hostname] if u.hostname != first else contextlib.nullcontext()), self.client(u, proxy) as client:
-                resp = await self.send(client, url)
+            async with (self.hops[u.hostname] if u.hostname != first else contextlib.nullcontext()), self.pool(u, proxy) as pool:
+                resp = await self.send(pool, url)
                 try:
-                    if resp.status_code != 200 and int(resp.headers.get('Content-Length') or _SMALL+1) <= _SMALL: await resp.aread()
-                    if resp.status_code in _REDIRECTS:
-                        loc = resp.headers.get('Location')
-                        if not loc: raise _Fail(f'http {resp.status_code} redirect without a Location')
+                    if resp.status != 200 and int(resp.headers.get('content-length') or _SMALL+1) <= _SMALL: await resp.aread()
+                    if resp.status in _REDIRECTS:
+                        loc = resp.headers.get('location')
+                        if not loc: raise _Fail(f'http {resp.status} redirect without a Location')
                         url = urljoin(url, loc.strip()); continue
-                    if resp.status_code != 200: raise _Fail(f'http {resp.status_code} {resp.reason_phrase}'.strip())
+                    if resp.status != 200: raise _Fail(f'http {resp.status} {resp.reason}'.strip())
                     return await self.save(resp, url, folder, part)
                 finally: await resp.aclose()
         raise _Fail(f'more than {self.max_redirects} redirects')
 
-    async def send(self, client:httpx.AsyncClient, url:str)->httpx.Response:
+    def request(self, url:str)->httpcore.Request:
+        "A GET of `url` for httpcore; httpx's URL parser encodes the host (IDNA) and the path."
+        u = httpx.URL(url)
+        return httpcore.Request('GET', httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
+                                headers=[(b'Host', u.netloc), *self.headers], extensions=self.ext)
+
+    async def send(self, pool, url:str)->_Response:
         "GET `url`, its headers read; once more if a kept-alive connection turns out closed before any answer."
         for attempt in (0, 1):
-            try: return await client.send(client.build_request('GET', url), stream=True)
+            try: return _Response(await pool.handle_async_request(self.request(url)))
             except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
                 if attempt or (isinstance(e, httpcore.RemoteProtocolError) and 'without sending' not in str(e)): raise
 
-    async def save(self, resp:httpx.Response, url:str, folder:Path, part:Path)->dict:
+    async def save(self, resp:_Response, url:str, folder:Path, part:Path)->dict:
         "Stream the body of `resp` through `part` into its final file; the row's fields."
-        size = resp.headers.get('Content-Length')
+        size = resp.headers.get('content-length')
         size = int(size) if size and size.strip().isdigit() else None
         if size is not None and size > self.max_bytes: raise _Fail(f'larger than the {_mb(self.max_bytes)} cap (Content-Length {size})')
         got = 0
         async def body():
             nonlocal got
             try:
-                async with contextlib.aclosing(resp.aiter_raw()) as raw:
+                async with contextlib.aclosing(resp.raw.aiter_stream()) as raw:
                     async for b in raw:
                         got += len(b); yield b
             except httpcore.RemoteProtocolError:
@@ -349,7 +345,7 @@ class _Fetcher:
             head = b''
             while len(head) < 64 and (b := await anext(chunks, b'')): head += b
             ext, why = sniff(head)
-            if why: raise _Fail(why + (f" (served as {resp.headers.get('Content-Type')})" if 'image' in (resp.headers.get('Content-Type') or '') else ''))
+            if why: raise _Fail(why + (f" (served as {resp.headers['content-type']})" if 'image' in resp.headers.get('content-type', '') else ''))
             if folder not in self.made: folder.mkdir(parents=True, exist_ok=True); self.made.add(folder)
             sha, n, b = hashlib.sha256(), 0, head
             with _create(part) as f:
