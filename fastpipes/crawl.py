@@ -5,7 +5,7 @@ which turns classes and their queries into `train/` and `test/` folders with a m
 
 # %% ../nbs/01_crawl.ipynb #49619878
 from __future__ import annotations
-import asyncio, contextlib, hashlib, inspect, ipaddress, json, math, os, queue, random, re, socket, struct, threading, time, urllib.request
+import asyncio, contextlib, functools, hashlib, inspect, ipaddress, json, math, os, queue, random, re, socket, ssl, struct, threading, time, urllib.request
 from collections import Counter, OrderedDict, defaultdict, deque
 from functools import partial
 from itertools import zip_longest
@@ -25,7 +25,8 @@ __all__ = ['SEARCHES', 'search_images', 'download_images', 'crawl']
 def _proxy_for(url:str, proxy:str|None=None, env:dict|None=None)->str|None:
     "The proxy for `url`: `proxy`, else the environment's (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY); None where NO_PROXY covers the host or `proxy` is ''."
     if proxy == '': return None
-    if env is None: env = urllib.request.getproxies_environment()   # `env`: these variables, read once per run
+    if env is None: env = urllib.request.getproxies_environment()
+    if proxy is None and not env: return None   # `env`: these variables, read once per run
     u = urlsplit(url)
     if env.get('no') and urllib.request.proxy_bypass_environment(u.netloc.rpartition('@')[2], env): return None
     p = proxy or env.get(u.scheme) or env.get('all')
@@ -124,6 +125,88 @@ def _check(ips:list[str], host:str, allow_private:bool)->list[str]:
     return ips
 
 
+# %% ../nbs/01_crawl.ipynb #ba5f4a84
+_HIGH, _LOW = 256 << 10, 64 << 10   # bytes waiting to be read at which a connection stops reading, and starts again
+
+def _expire(fut:asyncio.Future, exc:type, timeout:float):
+    if not fut.done(): fut.set_exception(exc(f'timed out after {timeout:g} s'))
+
+class _Protocol(asyncio.Protocol):
+    "What a connection receives, kept until read; it stops reading while more than `_HIGH` bytes wait."
+    def __init__(self): self.buf, self.size, self.eof, self.err, self.paused, self.blocked, self.waiter = deque(), 0, False, None, False, False, None
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data):
+        self.buf.append(data); self.size += len(data)
+        if self.size > _HIGH and not self.paused: self.paused = True; self.transport.pause_reading()
+        self.wake()
+    def eof_received(self): self.eof = True; self.wake()
+    def connection_lost(self, exc): self.eof, self.err = True, exc; self.wake()
+    def pause_writing(self): self.blocked = True
+    def resume_writing(self): self.blocked = False; self.wake()
+    def wake(self):
+        if self.waiter is not None and not self.waiter.done(): self.waiter.set_result(None)
+
+    async def wait(self, timeout:float|None, exc:type):
+        "Until something happens (data, the end, room to write), or `exc` after `timeout` seconds."
+        loop = asyncio.get_running_loop()
+        fut = self.waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, fut, exc, timeout)
+        try: await fut
+        finally:
+            self.waiter = None
+            if timer is not None: timer.cancel()
+
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    "An httpcore connection on an asyncio transport."
+    def __init__(self, transport, protocol): self.transport, self.p = transport, protocol
+
+    async def read(self, max_bytes:int, timeout:float|None=None)->bytes:
+        p = self.p
+        while not p.buf:
+            if p.eof:
+                if p.err is not None: raise httpcore.ReadError(str(p.err) or type(p.err).__name__)
+                return b''
+            await p.wait(timeout, httpcore.ReadTimeout)
+        b = p.buf.popleft()
+        if len(b) > max_bytes: p.buf.appendleft(b[max_bytes:]); b = b[:max_bytes]
+        p.size -= len(b)
+        if p.paused and p.size <= _LOW: p.paused = False; self.transport.resume_reading()
+        return b
+
+    async def write(self, buffer:bytes, timeout:float|None=None):
+        if not buffer: return
+        if self.transport.is_closing(): raise httpcore.WriteError('the connection is closed')
+        self.transport.write(buffer)
+        while self.p.blocked and not self.transport.is_closing(): await self.p.wait(timeout, httpcore.WriteTimeout)
+        if self.p.err is not None: raise httpcore.WriteError(str(self.p.err) or type(self.p.err).__name__)
+
+    async def aclose(self): self.transport.abort()   # at once: the response was read, or is given up
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        try:
+            async with asyncio.timeout(timeout):
+                t = await asyncio.get_running_loop().start_tls(self.transport, self.p, ssl_context, server_hostname=server_hostname)
+        except TimeoutError: self.transport.abort(); raise httpcore.ConnectTimeout(f'TLS handshake timed out after {timeout:g} s') from None
+        except (OSError, ssl.SSLError) as e: self.transport.abort(); raise httpcore.ConnectError(str(e) or type(e).__name__) from e
+        self.p.transport = t
+        return _AsyncioStream(t, self.p)
+
+    def get_extra_info(self, info:str):
+        if info == 'is_readable': return bool(self.p.buf) or self.p.eof   # read from the socket as soon as it arrived
+        return self.transport.get_extra_info({'client_addr': 'sockname', 'server_addr': 'peername'}.get(info, info))
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    "httpcore's network on asyncio transports."
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            async with asyncio.timeout(timeout):
+                t, p = await asyncio.get_running_loop().create_connection(_Protocol, host, port, local_addr=(local_address, 0) if local_address else None)
+        except TimeoutError: raise httpcore.ConnectTimeout(f'timed out after {timeout:g} s') from None
+        except OSError as e: raise httpcore.ConnectError(str(e)) from e
+        for o in socket_options or (): t.get_extra_info('socket').setsockopt(*o)
+        return _AsyncioStream(t, p)
+    async def sleep(self, seconds): await asyncio.sleep(seconds)
+
 # %% ../nbs/01_crawl.ipynb #e0e6e651
 def _settle(fut:asyncio.Future, ips, err):
     if not fut.done():
@@ -162,14 +245,14 @@ class _Resolver:
 
 class _Backend(httpcore.AsyncNetworkBackend):
     "Connects to a checked address of the host rather than to its name, so what was checked is what is reached (TLS still checks the name)."
-    def __init__(self, resolve:_Resolver): self.resolve, self.inner = resolve, httpcore.AnyIOBackend()
+    def __init__(self, resolve:_Resolver): self.resolve, self.inner = resolve, _AsyncioBackend()
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         err = None
         for ip in await self.resolve(host, port, timeout):
             try: return await self.inner.connect_tcp(ip, port, timeout, local_address, socket_options)
             except httpcore.ConnectTimeout: raise
             except httpcore.ConnectError as e: err = e
-        while err.__cause__ or err.__context__: err = err.__cause__ or err.__context__   # what the system said, under anyio's wrapping
+        while err.__cause__ or err.__context__: err = err.__cause__ or err.__context__   # what the system said, under httpcore's wrapping
         raise _Fail(f'cannot connect: {err}')
     async def sleep(self, seconds): await self.inner.sleep(seconds)
 
@@ -213,6 +296,11 @@ def _create(part:Path):
     except FileExistsError: part.unlink()
     return open(os.open(part, _NEW, 0o644), 'wb')
 
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cert_file:str|None, cert_dir:str|None):
+    "httpx's TLS context (certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR), made once per process: loading the CAs costs tens of ms."
+    return httpx.create_ssl_context()
+
 class _Response:
     "An httpcore response, with its status, reason and headers (names in lower case) at hand."
     def __init__(self, r:httpcore.Response):
@@ -222,12 +310,17 @@ class _Response:
     async def aread(self): await self.raw.aread()
     async def aclose(self): await self.raw.aclose()
 
+class _Lane:
+    "A worker's own connection to its host, kept alive from one URL to the next."
+    conn = None
+
 class _Fetcher:
     "Downloads items (manifest rows) into `dest` on an asyncio loop; `run` settles each as one finished row."
     def __init__(self, dest, max_workers, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
-                 allow_private, user_agent, proxy, chunk=1<<16):
+                 allow_private, user_agent, proxy, keep, chunk=1<<16):
         store_attr()
-        self.resolve, self.pools, self.ctx, self.made = _Resolver(allow_private), OrderedDict(), httpx.create_ssl_context(), set()
+        self.resolve, self.pools, self.made, self.parked, self.n_lanes = _Resolver(allow_private), OrderedDict(), set(), OrderedDict(), 0
+        self.backend = _Backend(self.resolve)
         self.ext = {'timeout': dict(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)}
         self.env = urllib.request.getproxies_environment()
         self.headers = [(b'User-Agent', user_agent.encode()), (b'Accept', b'image/*,*/*;q=0.5'), (b'Accept-Encoding', b'identity')]
@@ -238,9 +331,15 @@ class _Fetcher:
         queues = defaultdict(deque)
         for r in rows: queues[_host(r['url'])].append(r)
         async def worker(q):
-            while q:
-                r = q.popleft()
-                async with self.slots: emit(await self.fetch(r))
+            lane = _Lane()
+            try:
+                while q:
+                    r = q.popleft()
+                    async with self.slots:
+                        self.parked.pop(lane, None)
+                        emit(await self.fetch(r, lane))
+                    if q and lane.conn is not None: self.parked[lane] = None; await self.trim()
+            finally: await self.drop(lane)
         # workers started host after host, so that hosts take turns when `max_workers` is what limits
         workers = [worker(q) for k in range(self.per_host) for q in queues.values() if len(q) > k]
         try: await asyncio.gather(*workers)
@@ -251,7 +350,9 @@ class _Fetcher:
     async def pool(self, u, proxy:str|None):
         "The connection pool of the host of `u` (per proxy), while a request uses it."
         key = (proxy, u.scheme, u.hostname, u.port)
-        if key not in self.pools: self.pools[key] = [_pool(proxy, self.ctx, 2*self.per_host, _Backend(self.resolve)), 0]
+        if key not in self.pools:
+            ctx = _ssl_context(os.environ.get('SSL_CERT_FILE'), os.environ.get('SSL_CERT_DIR')) if u.scheme == 'https' or proxy else None
+            self.pools[key] = [_pool(proxy, ctx, 2*self.per_host, self.backend), 0]
         self.pools.move_to_end(key)
         p = self.pools[key]; p[1] += 1
         try: yield p[0]
@@ -259,26 +360,46 @@ class _Fetcher:
             p[1] -= 1
             await self.trim()
 
+    async def connection(self, lane, origin:httpcore.Origin)->httpcore.AsyncHTTPConnection:
+        "The connection of `lane` to `origin`: the one it kept, if still open and idle, else a new one."
+        c = lane.conn
+        if c is not None and c.can_handle_request(origin) and c.is_available() and not c.has_expired(): return c
+        await self.drop(lane)
+        ctx = _ssl_context(os.environ.get('SSL_CERT_FILE'), os.environ.get('SSL_CERT_DIR')) if origin.scheme == b'https' else None
+        c = lane.conn = httpcore.AsyncHTTPConnection(origin, ssl_context=ctx, keepalive_expiry=5.0, network_backend=self.backend)
+        self.n_lanes += 1
+        return c
+
+    async def drop(self, lane):
+        "Close the connection `lane` kept."
+        self.parked.pop(lane, None)
+        if lane.conn is not None:
+            c, lane.conn = lane.conn, None
+            self.n_lanes -= 1; await c.aclose()
+
     async def trim(self):
-        "Close the pools of the hosts used least recently while the pools hold more than `2 × max_workers` connections in all."
-        n = sum(len(p.connections) for p,_ in self.pools.values())
+        "Close the connections used least recently — of workers waiting for a slot, then of idle pools — while there are more than `keep`."
+        n = self.n_lanes + sum(len(p.connections) for p,_ in self.pools.values())
+        while n > self.keep and self.parked:
+            await self.drop(next(iter(self.parked))); n -= 1
         for key in [k for k,(_,users) in self.pools.items() if not users]:   # oldest first
-            if n <= 2*self.max_workers: break
+            if n <= self.keep: break
             p, _ = self.pools.pop(key)
             n -= len(p.connections); await p.aclose()
 
-    async def fetch(self, row:dict)->dict:
+    async def fetch(self, row:dict, lane=None)->dict:
         "The finished manifest row of one item. Its deadline starts now, when its request starts."
         row = dict(row)
         folder = self.dest/row.pop('_folder')
         part = folder/f"{short_hash(row['url'])}.part"
         tm = asyncio.timeout(self.deadline)
         try:
-            async with tm: info = await self.get(row['url'], folder, part)
+            async with tm: info = await self.get(row['url'], folder, part, lane)
             row.update(status='ok', reason=None, **info)
         except Exception as e: row.update(status='error', reason=printable(self.why(e, tm.expired())))
         finally:
-            with contextlib.suppress(OSError): part.unlink(missing_ok=True)   # a `.part` left here is removed by the next run
+            if row['status'] != 'ok':
+                with contextlib.suppress(OSError): part.unlink(missing_ok=True)   # a `.part` left here is removed by the next run
         return row
 
     def why(self, e:Exception, late:bool)->str:
@@ -292,16 +413,18 @@ class _Fetcher:
             return f'{type(e).__name__}: {e}'.rstrip(': ')
         return f'unexpected {type(e).__name__}: {e}'.rstrip(': ')
 
-    async def get(self, url:str, folder:Path, part:Path)->dict:
+    async def get(self, url:str, folder:Path, part:Path, lane=None)->dict:
         "Follow `url` through its redirects, checking every hop, and save the image at the end; the row's fields."
-        first = _host(url)
         for hop in range(self.max_redirects+1):
             u = _target(url, hop)
+            if hop == 0: first = u.hostname
             proxy = _proxy_for(url, self.proxy, self.env)
             if proxy: await self.resolve.proxied(u.hostname, u.port or (443 if u.scheme == 'https' else 80), self.connect_timeout)
             # a redirect's host has slots of its own
-            async with (self.hops[u.hostname] if u.hostname != first else contextlib.nullcontext()), self.pool(u, proxy) as pool:
-                resp = await self.send(pool, url)
+            own = lane is not None and hop == 0 and not proxy   # the worker's own connection to its host
+            async with (self.hops[u.hostname] if u.hostname != first else contextlib.nullcontext()), \
+                       (contextlib.nullcontext() if own else self.pool(u, proxy)) as pool:
+                resp = await self.send(url, pool, lane)
                 try:
                     if resp.status != 200 and int(resp.headers.get('content-length') or _SMALL+1) <= _SMALL: await resp.aread()
                     if resp.status in _REDIRECTS:
@@ -319,10 +442,11 @@ class _Fetcher:
         return httpcore.Request('GET', httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
                                 headers=[(b'Host', u.netloc), *self.headers], extensions=self.ext)
 
-    async def send(self, pool, url:str)->_Response:
-        "GET `url`, its headers read; once more if a kept-alive connection turns out closed before any answer."
+    async def send(self, url:str, pool=None, lane=None)->_Response:
+        "GET `url` through `pool`, else on the connection of `lane`, its headers read; once more if a kept-alive connection turns out closed before any answer."
         for attempt in (0, 1):
-            try: return _Response(await pool.handle_async_request(self.request(url)))
+            req = self.request(url)
+            try: return _Response(await (pool if pool is not None else await self.connection(lane, req.url.origin)).handle_async_request(req))
             except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
                 if attempt or (isinstance(e, httpcore.RemoteProtocolError) and 'without sending' not in str(e)): raise
 
@@ -434,6 +558,16 @@ def _run(make:Callable, rows:list[dict], loops:int)->Iterator[dict]:
         for _,_,t in runs: t.join(30)
     if errors: raise errors[0]
 
+def _budget(max_workers:int)->tuple[int, int]:
+    "Downloads at once and connections kept (busy and idle, all hosts): `max_workers` and twice that, within the open-file limit."
+    try:
+        import resource
+        fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError): fds = -1   # Windows: no such limit
+    if fds < 0: return max_workers, 2*max_workers   # RLIM_INFINITY
+    n = max(1, min(max_workers, fds // 3))   # a download holds a socket and a file
+    return n, max(n, min(2*n, fds // 2))
+
 def _number(name:str, v, lo:float=0, whole:bool=False, strict:bool=False):
     "Raise a `FastpipesError` unless `v` is a finite number >= `lo` (> `lo` if `strict`), whole if `whole`."
     ok = isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)
@@ -450,7 +584,7 @@ def _check_options(max_workers, per_host, connect_timeout, read_timeout, deadlin
 # %% ../nbs/01_crawl.ipynb #b1dc002c
 def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and optionally label, query, split
                     dest:Path, # dataset folder: files, and the manifest `dest/manifest.jsonl`
-                    max_workers:int=64, # downloads at once, in all
+                    max_workers:int=100, # downloads at once, in all (and at most a third of the open-file limit)
                     per_host:int=4, # downloads (so connections) at once on one host
                     connect_timeout:float=5.0, # seconds to connect (TLS handshake included)
                     read_timeout:float=10.0, # seconds a single read may wait for data
@@ -477,10 +611,11 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
         skip = {r['url'] for r in done}
         todo = [r for r in rows if r['url'] not in skip]
         out = {r['url']: r for r in done}
-        make = lambda k, i: _Fetcher(dest, max_workers//k + (i < max_workers % k), per_host, connect_timeout, read_timeout,
-                                     deadline, max_bytes, max_redirects, allow_private, user_agent, proxy)   # k loops share the slots
+        n, keep = _budget(max_workers)
+        make = lambda k, i: _Fetcher(dest, n//k + (i < n % k), per_host, connect_timeout, read_timeout, deadline, max_bytes,
+                                     max_redirects, allow_private, user_agent, proxy, keep//k)   # k loops share the slots
         with ManifestWriter(dest) as mw:
-            for r in pbar(_run(make, todo, min(_LOOPS, max_workers)), total=len(todo), quiet=quiet, comment='download'):
+            for r in pbar(_run(make, todo, min(_LOOPS, n)), total=len(todo), quiet=quiet, comment='download'):
                 mw.write(r); out[r['url']] = r
         write_manifest(dest, read_manifest(dest))
     res = L(out[r['url']] for r in rows)

@@ -43,6 +43,7 @@ def _as_route(r)->Route|None:
 # %% ../nbs/01a_serve.ipynb #8c0dadb6
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
+    disable_nagle_algorithm = True  # like real servers (nginx's tcp_nodelay): the body does not wait for the ACK of the headers
     timeout = 30  # a socket timeout, so a client that stops reading cannot pin a thread for ever
     def log_message(self, *args): pass
 

@@ -809,3 +809,50 @@ def test_connects_to_the_checked_address(tmp_path, monkeypatch):
         rows = download_images([f'http://rebind.example:{port}/{i}.jpg' for i in range(6)], tmp_path, **dict(FAST, allow_private=False, per_host=2))
         assert rows.attrgot('status') == ['ok'] * 6, rows.attrgot('reason')
         assert calls == ['rebind.example'] and set(srv.n_conns) == {'127.0.0.1'}
+
+# ---------------------------------------------------------------- the asyncio network backend
+
+def test_big_bodies_whole(tmp_path):
+    "Bodies of several MB, streamed in 64 KB writes and trickled, arrive whole: the backend's buffer pauses and resumes reading."
+    big = enc(Image.effect_noise((1400, 1400), 60).convert('RGB'), 'JPEG', quality=98)
+    assert len(big) > 1 << 20
+    routes = {'/big.jpg': big, '/slow.jpg': Route(big, chunk=1 << 18, chunk_delay=0.01)}
+    with LoopbackServer(routes) as srv:
+        rows = download_images([srv.url(p) for p in routes], tmp_path, allow_private=True, quiet=True)
+    assert rows.attrgot('status') == ['ok', 'ok'], rows.attrgot('reason')
+    assert all((tmp_path/r['file']).read_bytes() == big and (r['width'], r['height']) == (1400, 1400) for r in rows)
+
+class FakeTransport:
+    "Records what a protocol asks of its transport."
+    def __init__(self): self.calls = []
+    def pause_reading(self): self.calls.append('pause')
+    def resume_reading(self): self.calls.append('resume')
+    def is_closing(self): return False
+
+def test_protocol_flow_control():
+    "More than 256 KB waiting pauses reading; reading it down to 64 KB resumes it; reads never exceed `max_bytes`."
+    import asyncio
+    async def go():
+        t, p = FakeTransport(), fc._Protocol()
+        p.connection_made(t)
+        s = fc._AsyncioStream(t, p)
+        for _ in range(5): p.data_received(bytes(64 << 10))   # 320 KB
+        assert t.calls == ['pause']
+        got = [len(await s.read(48 << 10)) for _ in range(8)]   # 48 KB, then the 16 KB left of a 64 KB chunk: 256 KB read
+        assert t.calls == ['pause', 'resume'] and set(got) <= {48 << 10, 16 << 10}
+        p.eof_received()
+        rest = b''
+        while b := await s.read(1 << 20): rest += b
+        assert sum(got) + len(rest) == 320 << 10
+        with pytest.raises(fc.httpcore.ReadTimeout):
+            await fc._AsyncioStream(t, fc._Protocol()).read(10, timeout=0.05)
+        p2 = fc._Protocol(); p2.connection_made(t); p2.connection_lost(ConnectionResetError('reset by peer'))
+        with pytest.raises(fc.httpcore.ReadError, match='reset by peer'): await fc._AsyncioStream(t, p2).read(10)
+    asyncio.run(go())
+
+def test_budget_within_the_open_file_limit(monkeypatch):
+    "Downloads at once and connections kept stay within the open-file limit: a socket and a file per download."
+    import resource
+    for soft, want in [(256, (85, 128)), (1024, (100, 200)), (9, (3, 4)), (resource.RLIM_INFINITY, (100, 200))]:
+        monkeypatch.setattr(resource, 'getrlimit', lambda kind, soft=soft: (soft, soft))
+        assert fc._budget(100) == want, soft
