@@ -1,11 +1,11 @@
 """Download throughput: fastpipes `download_images` against fastai's `download_images` on the same URL list.
 
-A loopback server (`fastpipes.serve.LoopbackServer`, threaded) serves N JPEGs over H addresses 127.0.0.x, each
-response delayed server-side (100 ms by default: a slow web). Each side runs in its own child process, so its peak
-RSS and CPU time are its own; the server lives in this parent process and is restarted per side so the connection
-counts are per side. Both sides run with their defaults (fastai: 8 threads, no per-host limit, a new connection per
-URL; fastpipes: httpx on asyncio, 64 downloads at once, at most 4 per host, connections kept alive between URLs of
-one host).
+A loopback server (`fastpipes.serve.LoopbackServer`, threaded, TCP_NODELAY like real web servers) serves N JPEGs over
+H addresses 127.0.0.x, each response delayed server-side (100 ms by default: a slow web). Each side runs in its own
+child process, so its peak RSS and CPU time are its own; the server lives in this parent process and is restarted per
+side so the connection counts are per side. Both sides run with their defaults (fastai: 8 threads, no per-host limit,
+a new connection per URL; fastpipes: httpcore on 4 asyncio loops, 100 downloads at once, at most 4 per host, each
+worker's connection kept alive between the URLs of its host).
 
 With at most `per_host` requests open per host, `hosts × per_host / delay` images per second is the most any client
 can reach (800 img/s for 20 hosts, 4 per host, 100 ms): the "latency limit". The target is >= 60% of it.
