@@ -25,8 +25,8 @@ __all__ = ['SEARCHES', 'search_images', 'download_images', 'crawl']
 def _proxy_for(url:str, proxy:str|None=None, env:dict|None=None)->str|None:
     "The proxy for `url`: `proxy`, else the environment's (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY); None where NO_PROXY covers the host or `proxy` is ''."
     if proxy == '': return None
-    if env is None: env = urllib.request.getproxies_environment()
-    if proxy is None and not env: return None   # `env`: these variables, read once per run
+    if env is None: env = urllib.request.getproxies_environment()   # `env`: these variables, read once per run
+    if proxy is None and not env: return None
     u = urlsplit(url)
     if env.get('no') and urllib.request.proxy_bypass_environment(u.netloc.rpartition('@')[2], env): return None
     p = proxy or env.get(u.scheme) or env.get('all')
@@ -421,7 +421,7 @@ class _Fetcher:
             proxy = _proxy_for(url, self.proxy, self.env)
             if proxy: await self.resolve.proxied(u.hostname, u.port or (443 if u.scheme == 'https' else 80), self.connect_timeout)
             # a redirect's host has slots of its own
-            own = lane is not None and hop == 0 and not proxy   # the worker's own connection to its host
+            own = lane is not None and u.hostname == first and not proxy   # the worker's own connection to its host
             async with (self.hops[u.hostname] if u.hostname != first else contextlib.nullcontext()), \
                        (contextlib.nullcontext() if own else self.pool(u, proxy)) as pool:
                 resp = await self.send(url, pool, lane)

@@ -856,3 +856,11 @@ def test_budget_within_the_open_file_limit(monkeypatch):
     for soft, want in [(256, (85, 128)), (1024, (100, 200)), (9, (3, 4)), (resource.RLIM_INFINITY, (100, 200))]:
         monkeypatch.setattr(resource, 'getrlimit', lambda kind, soft=soft: (soft, soft))
         assert fc._budget(100) == want, soft
+
+def test_same_host_redirects_keep_the_workers_connection(tmp_path):
+    "A redirect to the same host goes over the worker's own kept-alive connection: 2 workers, 16 requests, 2 connections."
+    routes = {**{f'/r{i}.jpg': Route(status=302, redirect=f'/p{i}.jpg') for i in range(8)}, **{f'/p{i}.jpg': photo(i) for i in range(8)}}
+    with LoopbackServer(routes) as srv:
+        rows = download_images([srv.url(f'/r{i}.jpg') for i in range(8)], tmp_path, **dict(FAST, per_host=2))
+        assert rows.attrgot('status') == ['ok'] * 8, rows.attrgot('reason')
+        assert srv.n_requests == 16 and srv.max_conns['127.0.0.1'] == 2 and srv.n_conns['127.0.0.1'] == 2, srv.n_conns
