@@ -864,3 +864,18 @@ def test_same_host_redirects_keep_the_workers_connection(tmp_path):
         rows = download_images([srv.url(f'/r{i}.jpg') for i in range(8)], tmp_path, **dict(FAST, per_host=2))
         assert rows.attrgot('status') == ['ok'] * 8, rows.attrgot('reason')
         assert srv.n_requests == 16 and srv.max_conns['127.0.0.1'] == 2 and srv.n_conns['127.0.0.1'] == 2, srv.n_conns
+
+def test_tls_handshake_that_never_ends(tmp_path):
+    "A server that accepts the connection but never answers the TLS hello: the URL fails after the connect timeout, its socket closed."
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen(8)
+        t = time.monotonic()
+        rows = download_images([f'https://127.0.0.1:{s.getsockname()[1]}/x.jpg'], tmp_path, **FAST)
+        assert time.monotonic() - t < 2.5
+        c, _ = s.accept(); c.settimeout(2)
+        try:
+            while c.recv(4096): pass   # the TLS hello, then the end: the client closed its side (a timeout here fails)
+        except ConnectionResetError: pass
+        c.close()
+    assert rows[0]['status'] == 'error' and rows[0]['reason'] == 'connect timed out after 1 s', rows[0]['reason']
