@@ -8,6 +8,7 @@ import io, json
 from pathlib import Path
 from typing import Callable
 from urllib.error import URLError
+from urllib.parse import urlsplit
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from PIL import Image
@@ -160,6 +161,27 @@ def _offline_hint(fn, e)->str:
             "use arch='efficientnet_lite0' (--arch efficientnet_lite0), whose ImageNet weights come with fastpipes, "
             "or train from scratch with pretrained=False (--no-pretrained).")
 
+def _resolves(host:str, timeout:float=3.0)->bool|None:
+    "Whether `host` has an address; None when the system resolver does not answer within `timeout` seconds."
+    import socket, threading
+    res = []
+    def look():
+        try: socket.getaddrinfo(host, 443); res.append(True)
+        except (OSError, UnicodeError): res.append(False)
+    t = threading.Thread(target=look, daemon=True); t.start(); t.join(timeout)
+    return res[0] if res else None
+
+def _hub_unreachable(fn:str)->bool:
+    "Whether timm's weights for `fn` must come from the Hugging Face hub (not in its cache) and its host cannot even be looked up: offline."
+    import os, timm, huggingface_hub
+    from huggingface_hub import constants
+    cfg = timm.get_pretrained_cfg(fn)
+    repo = getattr(cfg, 'hf_hub_id', None)
+    if not repo or constants.HF_HUB_OFFLINE: return False   # not from the hub, or the hub's client fails at once by itself
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str) for f in ('model.safetensors', 'pytorch_model.bin')): return False
+    if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')): return False   # a proxy resolves names for us
+    return _resolves(urlsplit(constants.ENDPOINT).hostname) is False
+
 @delegates(vision_learner, but=['custom_head'])
 def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
                   arch:str|Callable='resnet34', # architecture: see `resolve_arch`
@@ -174,6 +196,8 @@ def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
         kwargs['n_out'] = n_out
     if pretrained and kwargs.get('normalize', True) and kwargs.get('n_in', 3) == 3 and (stats := arch_stats(fn)):
         _set_norm(dls, stats)
+    if pretrained and isinstance(fn, str) and _hub_unreachable(fn):   # at once, not after the hub client's ~45 s of retries
+        raise FastpipesError(_offline_hint(fn, ConnectionError(f'{fn} is not cached and huggingface.co cannot be looked up')))
     try: return vision_learner(dls, fn, pretrained=pretrained, **kwargs)
     except _NET_ERRORS as e:
         if not pretrained: raise
