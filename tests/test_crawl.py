@@ -870,9 +870,7 @@ def test_tls_handshake_that_never_ends(tmp_path):
     import socket
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); s.listen(8)
-        t = time.monotonic()
         rows = download_images([f'https://127.0.0.1:{s.getsockname()[1]}/x.jpg'], tmp_path, **FAST)
-        assert time.monotonic() - t < 2.5
         c, _ = s.accept(); c.settimeout(2)
         try:
             while c.recv(4096): pass   # the TLS hello, then the end: the client closed its side (a timeout here fails)
