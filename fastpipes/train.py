@@ -178,7 +178,8 @@ def _hub_unreachable(fn:str)->bool:
     cfg = timm.get_pretrained_cfg(fn)
     repo = getattr(cfg, 'hf_hub_id', None)
     if not repo or constants.HF_HUB_OFFLINE: return False   # not from the hub, or the hub's client fails at once by itself
-    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str) for f in ('model.safetensors', 'pytorch_model.bin')): return False
+    names = {'model.safetensors', 'pytorch_model.bin', 'open_clip_model.safetensors', 'open_clip_pytorch_model.bin', getattr(cfg, 'hf_hub_filename', None)}
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str) for f in names - {None}): return False   # timm's names for weights
     if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')): return False   # a proxy resolves names for us
     return _resolves(urlsplit(constants.ENDPOINT).hostname) is False
 
