@@ -27,6 +27,13 @@ def _pos_int(s:str)->int:
     if v <= 0: raise argparse.ArgumentTypeError(f"{s!r} must be a positive integer")
     return v
 
+def _pos_float(s:str)->float:
+    "An argparse type: a positive number."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0 < v < float('inf'): raise argparse.ArgumentTypeError(f"{s!r} must be a positive number")
+    return v
+
 def _size(s:str)->int|tuple:
     "An argparse type: an image size, `224` or `224x160` (height x width), each side 32 to 4096 pixels."
     try: v = tuple(int(x) for x in s.lower().split('x'))
@@ -65,9 +72,13 @@ def _train_kw(a)->dict:
                 pretrained=not a.no_pretrained, seed=a.seed, aug=not a.no_aug, mixup=a.mixup, lr=a.lr,
                 channels_last=a.channels_last, precision=a.precision, resume=a.resume, quiet=a.quiet)
 
+def _net_kw(a)->dict:
+    "`download_images` arguments from the network options."
+    return dict(allow_private=a.allow_private, proxy=a.proxy, wait=a.wait, max_workers=a.workers, per_host=a.per_host, deadline=a.deadline)
+
 def _crawl_kw(a)->dict:
     "`crawl` arguments from the crawling options."
-    return dict(pause=a.pause, allow_private=a.allow_private, proxy=a.proxy, wait=a.wait)
+    return dict(pause=a.pause, **_net_kw(a))
 
 def _cmd_crawl(a):
     from fastpipes.crawl import crawl
@@ -88,7 +99,7 @@ def _cmd_download(a):
     from fastpipes.crawl import download_images
     urls = [dict(url=u, label=a.label, split=a.split) for u in _read_urls(a.url_file)]
     dest = out_dir(a.dest)
-    download_images(urls, dest, allow_private=a.allow_private, proxy=a.proxy, wait=a.wait, quiet=a.quiet)
+    download_images(urls, dest, quiet=a.quiet, **_net_kw(a))
     _say(a, f"Downloaded into {dest} (see {dest/'manifest.jsonl'}).")
 
 def _cmd_clean(a):
@@ -195,6 +206,9 @@ def _net_opts(g):
     g.add_argument('--allow-private', action='store_true', help="allow image URLs on loopback and private addresses")
     g.add_argument('--proxy', default=None, help="proxy URL for search and downloads (default: HTTP(S)_PROXY/ALL_PROXY; '' for none)")
     g.add_argument('--wait', type=float, default=0, help="seconds to wait for another run on the same folder (default: %(default)s)")
+    g.add_argument('--workers', type=_pos_int, default=100, help="downloads at once, in all (default: %(default)s)")
+    g.add_argument('--per-host', type=_pos_int, default=4, help="downloads at once on one host (default: %(default)s)")
+    g.add_argument('--deadline', type=_pos_float, default=30.0, help="seconds one URL may take in all, redirects included (default: %(default)s)")
 
 def _crawl_opts(p:argparse.ArgumentParser):
     p.add_argument('classes', nargs='*', type=_label, metavar='CLASS', help="class labels, each its own search query")

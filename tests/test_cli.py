@@ -144,6 +144,24 @@ def test_unknown_command(capsys):
 def test_download_url_file_missing(capsys, tmp_path):
     assert_user_error(*run_main(capsys, 'download', tmp_path/'urls.txt', tmp_path/'d'), 'does not exist')
 
+def test_download_limits(capsys, tmp_path):
+    "--workers, --per-host and --deadline reach the downloader: one connection at a time, and a slow URL fails on its deadline."
+    from fastpipes.core import read_manifest
+    from fastpipes.serve import LoopbackServer, Route
+    _img(tmp_path/'src.jpg', (200, 100, 50), size=48)
+    body = (tmp_path/'src.jpg').read_bytes()
+    with LoopbackServer({**{f'/i{i}.jpg': Route(body, delay=0.05) for i in range(6)}, '/slow.jpg': Route(body, delay=5)}) as srv:
+        (tmp_path/'urls.txt').write_text('\n'.join([srv.url(f'/i{i}.jpg') for i in range(6)] + [srv.url('/slow.jpg')]))
+        rc, o, e = run_main(capsys, 'download', tmp_path/'urls.txt', tmp_path/'d', '--allow-private', '--quiet',
+                            '--workers', 1, '--per-host', 1, '--deadline', 1.5)
+        assert rc == 0, e
+        assert srv.max_conns['127.0.0.1'] == 1
+    rows = {urlsplit(r['url']).path: r for r in read_manifest(tmp_path/'d')}
+    assert rows.pop('/slow.jpg')['reason'] == 'took longer than the 1.5 s deadline'
+    assert [r['status'] for r in rows.values()] == ['ok'] * 6
+    for bad in (['--workers', '0'], ['--deadline', 'nan'], ['--per-host', 'x']):
+        assert_user_error(*run_main(capsys, 'download', tmp_path/'urls.txt', tmp_path/'d', *bad), bad[0])
+
 def test_clean_missing(capsys, tmp_path):
     assert_user_error(*run_main(capsys, 'clean', tmp_path/'nope'), 'does not exist')
 
