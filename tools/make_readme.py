@@ -16,12 +16,12 @@ _HIDDEN = re.compile(r'^\s*#\|\s*(hide|export|exporti)\s*$', re.M)
 def _text(src): return ''.join(src) if isinstance(src, list) else src
 
 def _figures(cells)->dict:
-    "`{path in the repository: PNG bytes}` of the figures the shown code cells of `cells` keep, named after their cell."
+    "`{cell index: {path in the repository: PNG bytes}}`: the figures the shown code cells keep, named after their cell."
     figs = {}
     for i,c in enumerate(cells):
         if c['cell_type'] != 'code' or _HIDDEN.search(_text(c['source'])): continue
         pngs = [o['data']['image/png'] for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
-        for k,png in enumerate(pngs): figs[f"{ASSETS}/index-{i}{'-'+str(k) if k else ''}.png"] = base64.b64decode(_text(png))
+        if pngs: figs[i] = {f"{ASSETS}/index-{i}{'-'+str(k) if k else ''}.png": base64.b64decode(_text(p)) for k,p in enumerate(pngs)}
     return figs
 
 def _code(cell, figs=()):
@@ -38,13 +38,12 @@ def _code(cell, figs=()):
 
 def figures(nb=ROOT/'nbs'/'index.ipynb')->dict:
     "The figure files the README shows: `{path in the repository: PNG bytes}`."
-    return _figures(json.loads(Path(nb).read_text())['cells'])
+    return {f: png for d in _figures(json.loads(Path(nb).read_text())['cells']).values() for f,png in d.items()}
 
 def readme(nb=ROOT/'nbs'/'index.ipynb'):
     cells = json.loads(Path(nb).read_text())['cells']
     figs = _figures(cells)
-    parts = [_text(c['source']).strip() if c['cell_type'] == 'markdown' else
-             _code(c, [f for f in figs if re.fullmatch(rf'{ASSETS}/index-{i}(-\d+)?\.png', f)]) for i,c in enumerate(cells)]
+    parts = [_text(c['source']).strip() if c['cell_type'] == 'markdown' else _code(c, figs.get(i, ())) for i,c in enumerate(cells)]
     md = '\n\n'.join(p for p in parts if p) + '\n'
     # images referenced from the notebook folder are relative to the repository root in the README
     return re.sub(rf'\]\((?!https?:|/|nbs/|{ASSETS}/)([^)]+\.(?:png|jpg|svg|gif))\)', r'](nbs/\1)', md)
