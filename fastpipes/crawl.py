@@ -317,7 +317,7 @@ class _Lane:
 class _Fetcher:
     "Downloads items (manifest rows) into `dest` on an asyncio loop; `run` settles each as one finished row."
     def __init__(self, dest, max_workers, per_host, connect_timeout, read_timeout, deadline, max_bytes, max_redirects,
-                 allow_private, user_agent, proxy, keep, chunk=1<<16):
+                 allow_private, user_agent, proxy, keep):
         store_attr()
         self.resolve, self.pools, self.made, self.parked, self.n_lanes = _Resolver(allow_private), OrderedDict(), set(), OrderedDict(), 0
         self.backend = _Backend(self.resolve)
