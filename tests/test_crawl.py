@@ -813,7 +813,7 @@ def test_connects_to_the_checked_address(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the asyncio network backend
 
 def test_big_bodies_whole(tmp_path):
-    "Bodies of several MB, streamed in 64 KB writes and trickled, arrive whole: the backend's buffer pauses and resumes reading."
+    "Bodies over 1 MB, written at once or trickled in 256 KB pieces, arrive whole (the buffer's flow control: `test_protocol_flow_control`)."
     big = enc(Image.effect_noise((1400, 1400), 60).convert('RGB'), 'JPEG', quality=98)
     assert len(big) > 1 << 20
     routes = {'/big.jpg': big, '/slow.jpg': Route(big, chunk=1 << 18, chunk_delay=0.01)}
