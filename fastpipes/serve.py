@@ -209,7 +209,7 @@ class LoopbackServer:
         with self._lock: self.hits[path] += 1
     def _track(self, t):
         with self._lock:
-            self._threads = {o for o in self._threads if o.is_alive()}
+            self._threads = {o for o in self._threads if o.is_alive() or o.ident is None}   # not started yet: another host's thread may be tracking it
             self._threads.add(t)
     def _conn_open(self, h):
         ip = h.server.server_address[0]

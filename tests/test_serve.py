@@ -92,3 +92,10 @@ def test_no_nagle():
         with srv._lock: socks = list(srv._socks)
         assert len(socks) == 1 and socks[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         c.close()
+
+def test_track_keeps_threads_not_started_yet():
+    "The serve threads of two hosts track handler threads at once: one tracked but not started yet is still joined on close."
+    srv = LoopbackServer()
+    t1, t2 = threading.Thread(target=lambda: None), threading.Thread(target=lambda: None)
+    srv._track(t1); srv._track(t2)
+    assert srv._threads == {t1, t2}
