@@ -298,8 +298,11 @@ def _create(part:Path):
 
 @functools.lru_cache(maxsize=4)
 def _ssl_context(cert_file:str|None, cert_dir:str|None):
-    "httpx's TLS context (certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR), made once per process: loading the CAs costs tens of ms."
     return httpx.create_ssl_context()
+
+def _tls():
+    "httpx's TLS context (certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR), made once per process and setting: loading the CAs costs tens of ms."
+    return _ssl_context(os.environ.get('SSL_CERT_FILE'), os.environ.get('SSL_CERT_DIR'))
 
 class _Response:
     "An httpcore response, with its status, reason and headers (names in lower case) at hand."
@@ -351,7 +354,7 @@ class _Fetcher:
         "The connection pool of the host of `u` (per proxy), while a request uses it."
         key = (proxy, u.scheme, u.hostname, u.port)
         if key not in self.pools:
-            ctx = _ssl_context(os.environ.get('SSL_CERT_FILE'), os.environ.get('SSL_CERT_DIR')) if u.scheme == 'https' or proxy else None
+            ctx = _tls() if u.scheme == 'https' or proxy else None
             self.pools[key] = [_pool(proxy, ctx, 2*self.per_host, self.backend), 0]
         self.pools.move_to_end(key)
         p = self.pools[key]; p[1] += 1
@@ -365,7 +368,7 @@ class _Fetcher:
         c = lane.conn
         if c is not None and c.can_handle_request(origin) and c.is_available() and not c.has_expired(): return c
         await self.drop(lane)
-        ctx = _ssl_context(os.environ.get('SSL_CERT_FILE'), os.environ.get('SSL_CERT_DIR')) if origin.scheme == b'https' else None
+        ctx = _tls() if origin.scheme == b'https' else None
         c = lane.conn = httpcore.AsyncHTTPConnection(origin, ssl_context=ctx, keepalive_expiry=5.0, network_backend=self.backend)
         self.n_lanes += 1
         return c
