@@ -23,7 +23,7 @@ from .core import FastpipesError, atomic_write, set_seed
 __all__ = ['PRECISIONS', 'FORMAT', 'rank', 'world_size', 'rank0', 'barrier', 'single_process', 'CPUMixedPrecision',
            'set_precision', 'precision_of', 'checkpoint_path', 'fingerprint', 'save_checkpoint', 'read_checkpoint',
            'check_checkpoint', 'Checkpointer', 'resumable_fine_tune', 'resumable_one_cycle', 'SyncBuffers',
-           'distributed', 'launch', 'fit_on']
+           'distributed', 'join_launch', 'on_rank0', 'launch', 'fit_on']
 
 # %% ../nbs/03a_distrib.ipynb #f459a289
 def rank()->int:
@@ -241,10 +241,12 @@ def _resume(learn, ck, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, 
         learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, start_epoch=done, **kwargs)
     learn.unfreeze()
     if done > freeze_epochs: _opt_state(learn, ck)
-    if done < freeze_epochs + epochs:
-        base_lr /= 2
-        learn.fit_one_cycle(epochs, slice(base_lr/lr_mult, base_lr), pct_start=pct_start, div=div,
-                            start_epoch=max(0, done-freeze_epochs), **kwargs)
+    if done < freeze_epochs + epochs: _unfrozen(learn, epochs, base_lr, lr_mult, pct_start, div, max(0, done-freeze_epochs), **kwargs)
+
+def _unfrozen(learn, epochs, base_lr, lr_mult, pct_start, div, start_epoch=0, **kwargs):
+    "`fine_tune`'s second phase, from epoch `start_epoch`: every layer, discriminative learning rates up to `base_lr/2`."
+    base_lr /= 2
+    learn.fit_one_cycle(epochs, slice(base_lr/lr_mult, base_lr), pct_start=pct_start, div=div, start_epoch=start_epoch, **kwargs)
 
 def _start(learn, checkpoint, resume, seed, params:dict, kwargs:dict):
     "The checkpoint to resume from (checked) or None, and the `Checkpointer` of this run."
@@ -263,7 +265,7 @@ def _start(learn, checkpoint, resume, seed, params:dict, kwargs:dict):
 def resumable_fine_tune(learn:Learner, # the Learner to train (e.g. from `build_learner`)
                         epochs:int, # epochs with every layer training
                         base_lr:float=2e-3, # `fine_tune`'s base learning rate
-                        freeze_epochs:int=1, # epochs with the body frozen first
+                        freeze_epochs:int=1, # epochs with the body frozen first (0: only `fine_tune`'s unfrozen phase)
                         checkpoint:Path|None=None, # checkpoint file (see `checkpoint_path`); None: no checkpoints
                         resume:bool=False, # continue from `checkpoint` when it exists (else start afresh)
                         seed:int|None=None, # seeds every epoch; None: the checkpoint's, or a random one
@@ -276,7 +278,8 @@ def resumable_fine_tune(learn:Learner, # the Learner to train (e.g. from `build_
     if ck and ck['done'] != freeze_epochs: cb.scaler = ck.get('scaler')  # a phase starts with a fresh gradient scaler
     with learn.added_cbs(cb):
         if ck: _resume(learn, ck, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
-        else: learn.fine_tune(epochs, base_lr, freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+        elif freeze_epochs: learn.fine_tune(epochs, base_lr, freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+        else: learn.unfreeze(); _unfrozen(learn, epochs, base_lr, lr_mult, pct_start, div, **kwargs)
     return learn
 
 @delegates(Learner.fit_one_cycle, but=['n_epoch', 'lr_max', 'start_epoch'])
@@ -323,15 +326,51 @@ class SyncBuffers(Callback):
 @contextmanager
 def distributed(learn:Learner, # the Learner to train on every process
                 sync_bn:bool|None=None, # `SyncBatchNorm`; None: on GPUs (it does not run on CPUs)
+                split_batch:bool=True, # each process takes `1/world_size()` of every training batch: one process's steps and learning rate
                 **kwargs, # passed to fastai's `distrib_ctx` (and on to `Accelerator`)
                ):
     "fastai's `learn.distrib_ctx()` on GPUs and CPUs when this process is one of several; nothing otherwise."
     if world_size() < 2: yield learn; return
     _patch_fastai()
+    join_launch()
     cpu = _device(learn).type == 'cpu'
     if sync_bn is None: sync_bn = not cpu
     extra = [] if sync_bn else [SyncBuffers()]
-    with learn.distrib_ctx(sync_bn=sync_bn, cpu=cpu, **kwargs), learn.added_cbs(extra): yield learn
+    with _batch_share(learn.dls.train, world_size() if split_batch else 1), \
+         learn.distrib_ctx(sync_bn=sync_bn, cpu=cpu, **kwargs), learn.added_cbs(extra): yield learn
+
+# %% ../nbs/03a_distrib.ipynb #70c81b82
+def join_launch():
+    "Join the process group that a launcher (`torchrun`, `accelerate launch`) describes in the environment, once."
+    if world_size() < 2 or not dist.is_available() or dist.is_initialized(): return
+    missing = [v for v in ('MASTER_ADDR', 'MASTER_PORT') if not os.environ.get(v)]
+    if missing: raise FastpipesError(f"WORLD_SIZE says {world_size()} processes but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                                     "start them with `torchrun` or `accelerate launch`, or use `launch`.")
+    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', init_method='env://')
+
+@contextmanager
+def _batch_share(dl, n:int):
+    "Inside, `dl` yields batches of `bs // n` (at least 1): `n` processes together take one batch of the original size."
+    bs = dl.bs
+    if bs is not None: dl.bs = max(1, bs // n)
+    try: yield dl
+    finally: dl.bs = bs
+
+def on_rank0(fn:Callable, # run on rank 0 only, as one process (`single_process`)
+             *args, **kwargs)->object:
+    "`fn(*args, **kwargs)` on rank 0 alone, its result (or its error) handed to every process of the run."
+    if world_size() < 2: return fn(*args, **kwargs)
+    join_launch()
+    box = [None]
+    if rank0():
+        try:
+            with single_process(): box[0] = ('ok', fn(*args, **kwargs))
+        except Exception as e: box[0] = ('error', e)
+    dist.broadcast_object_list(box, 0)
+    kind, v = box[0]
+    if kind == 'error': raise v
+    return v
 
 # %% ../nbs/03a_distrib.ipynb #12ea9d75
 def _backend(n:int)->str:

@@ -11,7 +11,7 @@ from fastai.torch_core import params
 from fastpipes.core import FastpipesError
 from fastpipes.data import image_dls
 from fastpipes.distrib import (rank, rank0, world_size, launch, fit_on, distributed, resumable_fine_tune, resumable_one_cycle, read_checkpoint,
-                               checkpoint_path, set_precision, precision_of, single_process)
+                               checkpoint_path, set_precision, precision_of, single_process, join_launch, on_rank0)
 from test_data import squares
 
 torch.set_num_threads(1)
@@ -158,7 +158,7 @@ def test_foreign_files_are_refused_without_running_them(ds, tmp_path):
 
 def _rank_run(ds, out):
     "One rank of a data-parallel run: train, dump this rank's weights (for the test), write the model on rank 0 only."
-    learn = tiny(dls_of(ds, bs=4))           # 2 processes × 4 = the one-process batch of 8
+    learn = tiny(dls_of(ds))                 # each of the 2 processes takes 4 of every batch of 8
     with distributed(learn), learn.no_bar(), learn.no_logging():
         resumable_fine_tune(learn, checkpoint=checkpoint_path(out/'run'), **FT)
     torch.save(sd(learn), out/'ranks'/f'{rank()}.pth')
@@ -182,7 +182,7 @@ def test_two_gloo_processes(ds, tmp_path):
     assert read_checkpoint(tmp_path/'run'/'checkpoints'/'last.pth')['params']['processes'] == 2
 
 def test_fit_on_hands_back_rank0s_training(ds, tmp_path):
-    learn = tiny(dls_of(ds, bs=4))
+    learn = tiny(dls_of(ds))
     before = sd(learn)
     fit_on(learn, partial(resumable_fine_tune, checkpoint=checkpoint_path(tmp_path), **FT), n=2)
     ck = read_checkpoint(checkpoint_path(tmp_path))
@@ -226,7 +226,7 @@ def test_fp16_on_cuda(ds):
     assert precision_of(learn) == 'fp16' and all(torch.isfinite(torch.tensor(learn.recorder.values[-1][:2])))
 
 def _nccl_rank(ds):
-    learn = tiny(dls_of(ds, bs=4))
+    learn = tiny(dls_of(ds))
     with distributed(learn), learn.no_bar(), learn.no_logging(): resumable_fine_tune(learn, **FT)
     w = torch.cat([v.float().flatten() for v in sd(learn).values()]).cuda()
     ws = [torch.zeros_like(w) for _ in range(world_size())]; dist.all_gather(ws, w)
@@ -241,7 +241,7 @@ def test_two_nccl_processes(ds):
 
 def _rank_resumable(ds, run, stop):
     "One rank of a resumable two-process run; `stop`: stall after that many epochs (for the test's Ctrl-C)."
-    learn = tiny(dls_of(ds, bs=4), cbs=[Stop(stop, hang=True)] if stop else [])
+    learn = tiny(dls_of(ds), cbs=[Stop(stop, hang=True)] if stop else [])
     with distributed(learn), learn.no_bar(), learn.no_logging():
         resumable_fine_tune(learn, checkpoint=checkpoint_path(run), resume=True, **FT)
     if rank0(): torch.save(sd(learn), Path(run)/'model.pth')
@@ -307,7 +307,7 @@ def test_one_cycle_from_scratch_resumes(ds, tmp_path):
 @pytest.mark.slow
 def test_spawned_processes_train_like_forked_ones(ds, tmp_path):
     "Where CUDA is in use before the launch, processes are spawned and the Learner pickled; on a CPU the weights are the fork's (fast twin: test_fit_on_hands_back_rank0s_training)."
-    learn, forked = tiny(dls_of(ds, bs=4)), tiny(dls_of(ds, bs=4))
+    learn, forked = tiny(dls_of(ds)), tiny(dls_of(ds))
     fit_on(learn, partial(resumable_fine_tune, checkpoint=checkpoint_path(tmp_path), **FT), n=2, start_method='spawn')
     assert_close(sd(learn), read_checkpoint(checkpoint_path(tmp_path))['model'], tol=0)
     fit_on(forked, partial(resumable_fine_tune, **FT), n=2)
@@ -325,3 +325,70 @@ def test_a_group_that_fails_to_form_is_formed_again_once(tmp_path, monkeypatch):
     assert launch(world_size, n=2) == 2 and flag.exists()
     monkeypatch.setattr(D.dist, 'init_process_group', partial(flaky, always=True))
     with pytest.raises(RuntimeError, match='could not form a process group'): launch(world_size, n=2)
+
+# ---- data-parallel: each process takes its share of every batch, so one process's accuracy ---------------------
+
+class BatchSizes(Callback):
+    "Append the size of every training batch this rank sees to `folder/<rank>.txt`."
+    def __init__(self, folder): self.folder = Path(folder)
+    def after_batch(self):
+        if self.training:
+            with open(self.folder/f'{rank()}.txt', 'a') as f: f.write(f'{len(self.yb[0])}\n')
+
+def test_processes_share_every_batch(ds, tmp_path):
+    "Two processes take 4 images each of every batch of 8: one process's steps, so its schedule and learning rates."
+    for d in ('one', 'two'): (tmp_path/d).mkdir()
+    one = tiny(dls_of(ds), cbs=[BatchSizes(tmp_path/'one')])
+    with one.no_bar(), one.no_logging(): resumable_fine_tune(one, **FT)
+    two = tiny(dls_of(ds), cbs=[BatchSizes(tmp_path/'two')])
+    fit_on(two, partial(resumable_fine_tune, **FT), n=2)
+    steps = (tmp_path/'one'/'0.txt').read_text().split()
+    assert set(steps) == {'8'} and len(steps) == 12                      # 24 images, 3 batches an epoch, 4 epochs
+    for r in (0, 1): assert (tmp_path/'two'/f'{r}.txt').read_text().split() == ['4']*len(steps)
+    assert len(two.recorder.losses) == len(one.recorder.losses) and two.dls.train.bs == 8
+
+@pytest.mark.slow
+def test_two_processes_reach_one_process_accuracy(tmp_path):
+    "The README's example (pretrained EfficientNet-Lite0, generated marks, one epoch) on one process and on two (fast twin: test_processes_share_every_batch)."
+    from fastpipes.synth import make_marks
+    from fastpipes.train import train_classifier, evaluate
+    make_marks(tmp_path/'marks', n_train=40, n_test=20, size=96, seed=0, mark_frac=0.4)
+    def acc(**kw):
+        dls = image_dls(tmp_path/'marks', valid='test', size=96, bs=16, aug=False, num_workers=0)
+        learn = train_classifier(dls, 'efficientnet_lite0', epochs=1, lr=1e-2, quiet=True, seed=0, probe=False, **kw)
+        return evaluate(learn)['accuracy']
+    one, two = acc(), acc(distributed=2)
+    assert one >= 0.85 and two >= one - 0.05, (one, two)
+
+def _train_find(ds):
+    from fastpipes.train import train_classifier
+    train_classifier(image_dls(ds, size=32, bs=8, num_workers=0, seed=0), 'resnet18', pretrained=False, epochs=1, lr='find', quiet=True, seed=0)
+
+def test_lr_find_on_several_processes_runs_once_and_is_shared(ds, tmp_path, monkeypatch):
+    import fastpipes.train as T
+    real_find, real_fit = Learner.lr_find, T.resumable_one_cycle
+    def find(self, *a, **k):
+        (tmp_path/f'find{rank()}').touch(); return real_find(self, *a, **k)
+    def fit(learn, *a, lr_max, **k):
+        (tmp_path/f'lr{rank()}').write_text(repr(lr_max)); return real_fit(learn, *a, lr_max=lr_max, **k)
+    monkeypatch.setattr(Learner, 'lr_find', find); monkeypatch.setattr(T, 'resumable_one_cycle', fit)   # the forked processes inherit them
+    launch(_train_find, ds, n=2)
+    assert sorted(p.name for p in tmp_path.glob('find*')) == ['find0']
+    assert (tmp_path/'lr0').read_text() == (tmp_path/'lr1').read_text()
+
+def _fails_on_rank0():
+    return on_rank0(lambda: (_ for _ in ()).throw(FastpipesError("Rank 0 found a problem; fix it.")))
+
+def _shared():
+    v = on_rank0(rank)
+    if v != 0: raise FastpipesError(f"rank {rank()} got {v}")
+    return on_rank0(world_size)
+
+def test_on_rank0_shares_the_result_or_the_error():
+    assert launch(_shared, n=2) == 1 and on_rank0(world_size) == 1   # rank 0 ran it as the only process; every rank got its result
+    with pytest.raises(FastpipesError, match='^Rank 0 found a problem; fix it.$'): launch(_fails_on_rank0, n=2)
+
+def test_a_launch_without_its_address_is_one_sentence(monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1')
+    for v in ('MASTER_ADDR', 'MASTER_PORT'): monkeypatch.delenv(v, raising=False)
+    with pytest.raises(FastpipesError, match='MASTER_ADDR and MASTER_PORT are not set; start them with `torchrun`'): join_launch()
