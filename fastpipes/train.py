@@ -41,8 +41,8 @@ from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one
 # %% auto #0
 __all__ = ['ARCHS', 'OFFLINE_ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'efficientnet_lite0', 'resolve_arch', 'cam_head',
            'is_cam_model', 'body_features', 'arch_stats', 'build_learner', 'cam_learner', 'to_cam_learner',
-           'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy', 'confusion_figure',
-           'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
+           'probe_head', 'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy',
+           'confusion_figure', 'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
 
 # %% ../nbs/04_train.ipynb #4879de03
 def _lite0_weights()->dict:
@@ -229,6 +229,59 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
     if epochs: new.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs)
     return new
 
+# %% ../nbs/04_train.ipynb #e68ef36d
+from contextlib import nullcontext
+from .core import eval_mode
+from .distrib import on_rank0, single_process, world_size
+
+def _plain_t(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
+
+def _pooled(learn:Learner)->tuple:
+    "The training images' body features, averaged over space `(n, nf)`, and their targets: validation transforms, no augmentation."
+    dl = learn.dls.train.new(shuffle=False, drop_last=False)
+    no_aug = getattr(dl.dataset, 'set_split_idx', None)
+    fs, ys = [], []
+    with (no_aug(1) if no_aug else nullcontext()), eval_mode(learn.model), torch.no_grad():
+        for xb, yb in dl:
+            fs.append(_plain_t(learn.model[0](xb)).float().mean((2, 3))); ys.append(_plain_t(yb))
+    return torch.cat(fs), torch.cat(ys)
+
+def probe_head(learn:Learner, # a learner with the CAM head (`is_cam_model`) on a pretrained body
+               wd:float=1e-3, # L2 penalty on the CAM layer's weights
+               max_iter:int=100, # L-BFGS iterations
+              )->torch.Tensor:
+    "Fit the CAM layer alone on the frozen body (`learn.loss_func`, L-BFGS on pooled features): a linear probe. Return its weight."
+    if not is_cam_model(learn.model): raise FastpipesError("probe_head fits the CAM layer; build the learner with cam=True.")
+    feats, ys = _pooled(learn)
+    lin = learn.model[1][2]
+    w = torch.zeros_like(lin.weight, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, line_search_fn='strong_wolfe')
+    def closure():
+        opt.zero_grad()
+        loss = learn.loss_func(feats @ w.T, ys) + wd/2 * (w**2).sum()
+        loss.backward(); return loss
+    with torch.enable_grad(): opt.step(closure)
+    with torch.no_grad(): lin.weight.copy_(w.detach().to(lin.weight.dtype))
+    return lin.weight.detach().cpu()
+
+def _probe_everywhere(learn:Learner):
+    "`probe_head` once (rank 0, when several processes train) and the same CAM layer on every process."
+    w = on_rank0(probe_head, learn)
+    with torch.no_grad(): learn.model[1][2].weight.copy_(w)
+
+def _find_lr(learn:Learner)->float:
+    "fastai's learning-rate finder; its `valley`."
+    return float(learn.lr_find(show_plot=False).valley)
+
+_FASTAI_HEAD = ('custom_head', 'concat_pool', 'pool', 'lin_ftrs', 'ps', 'first_bn', 'bn_final', 'lin_first', 'y_range')
+
+def _check_recipe(cam, pretrained, probe, kwargs)->bool:
+    "Refuse head options that cannot give an exact CAM; whether to probe the CAM layer first."
+    if cam and (bad := [k for k in _FASTAI_HEAD if k in kwargs]):
+        raise FastpipesError(f"`{bad[0]}` shapes fastai's own head, and a CAM head is only pooling and one Linear without bias (exact CAMs need nothing else): drop it, or pass cam=False.")
+    if probe and not cam: raise FastpipesError("probe=True fits the CAM layer, and cam=False builds fastai's head instead: pass cam=True, or leave probe out.")
+    return bool(cam and pretrained) if probe is None else bool(probe)
+
 # %% ../nbs/04_train.ipynb #ed0c54f2
 class TrainHistory(Callback):
     "Keep the `Recorder`'s row of every epoch of every `fit`, tagged with its phase (each `fit` resets the `Recorder`; `fine_tune` fits twice)."
@@ -278,7 +331,7 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      cam:bool=True, # build the CAM head (pool, flatten, linear without bias) from the start
                      metrics=(accuracy, error_rate), # fastai metrics shown and kept per epoch
                      lr:float|str|None=None, # peak learning rate; None is 2e-3 (fastai's `fine_tune`), 'find' runs `lr_find`
-                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 1 when pretrained, else 0
+                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 when the CAM layer is probed or the body untrained, else 1
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
@@ -286,25 +339,30 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      precision:str='fp32', # 'fp32', 'fp16' (CUDA, fastai's `MixedPrecision`) or 'bf16'
                      checkpoints:Path|None=None, # run folder: a checkpoint after every epoch in `checkpoints/checkpoints/last.pth`
                      resume:bool=False, # continue from that checkpoint when there is one (reaching the same final weights)
-                     distributed:bool|int=False, # False: this process; True: the processes of the current launch; N > 1: fork N processes
+                     distributed:bool|int|None=None, # None: the processes of the current launch (`torchrun`, `accelerate launch`), else this one; False: this process; N > 1: fork N processes
+                     probe:bool|None=None, # fit the CAM layer on the frozen pretrained body first (`probe_head`); None: when `cam` and `pretrained`
                      **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
     _check_train_args(dls, epochs, freeze_epochs, lr)
+    probe = _check_recipe(cam, pretrained, probe, kwargs)
     set_seed(seed)
     learn = build_learner(dls, arch, pretrained=pretrained, cam=cam, metrics=list(listify(metrics)),
                           cbs=[TrainHistory(), *([ChannelsLast()] if channels_last else []), *listify(cbs)], **kwargs)
     learn.fastpipes = dict(arch=_arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
     set_precision(learn, precision)
-    if freeze_epochs is None: freeze_epochs = 1 if pretrained else 0
+    if freeze_epochs is None: freeze_epochs = 1 if pretrained and not probe else 0   # a probed head needs no frozen epoch
     ck = dict(checkpoint=checkpoint_path(checkpoints) if checkpoints is not None else None, resume=resume, seed=seed)
     with _quiet(learn, quiet):
-        if lr == 'find': lr = float(learn.lr_find(show_plot=False).valley)
+        if probe and not (resume and ck['checkpoint'] is not None and ck['checkpoint'].exists()): _probe_everywhere(learn)
+        if lr == 'find': lr = on_rank0(_find_lr, learn)   # with several processes: found once, on rank 0, and shared
         # fastai's `fine_tune` (or one cycle from scratch); with checkpoints, the same with a checkpoint per epoch
-        fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck) if freeze_epochs
+        fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck) if freeze_epochs or pretrained
                else partial(resumable_one_cycle, epochs=epochs, lr_max=lr or 2e-3, **ck))
-        if distributed is False: fit(learn)
+        if distributed is None: distributed = world_size() > 1
+        if distributed is False:
+            with single_process(): fit(learn)
         else: fit_on(learn, fit, n=distributed if type(distributed) is int else 1)
     return learn
 

@@ -202,3 +202,56 @@ def test_load_validates_every_field(saved, tmp_path, monkeypatch, change, msg):
 def test_load_refuses_deep_json(saved, tmp_path):
     p = _copy(saved, tmp_path/'m'); (p/'classifier.json').write_text(_nested(100_000))
     with pytest.raises(FastpipesError, match='JSON'): load_classifier(p)
+
+# ---- the recipe: the CAM layer probed first; head options that cannot give exact CAMs --------------------------
+
+from fastpipes.train import probe_head, build_learner, is_cam_model
+from fastpipes.cam import cam_maps
+
+def _ce(learn)->float:
+    "The loss of `learn` on its training images, through the validation transforms."
+    feats, ys = train._pooled(learn)
+    return float(torch.nn.functional.cross_entropy(feats @ learn.model[1][2].weight.detach().T, ys))
+
+def test_probe_head_fits_the_cam_layer_only(ds):
+    learn = build_learner(tiny(ds, aug=False), 'resnet18', pretrained=False)
+    body = {k: v.clone() for k,v in learn.model[0].state_dict().items()}
+    before = _ce(learn)
+    w = probe_head(learn)
+    assert torch.equal(w, learn.model[1][2].weight.detach().cpu()) and is_cam_model(learn.model)
+    assert _ce(learn) < min(before, 0.5)                                    # it separates the training images
+    assert all(torch.equal(v, learn.model[0].state_dict()[k]) for k,v in body.items())   # the body is untouched
+    xb, _ = learn.dls.valid.one_batch()
+    maps, _ = cam_maps(learn, xb)
+    learn.model.eval()
+    with torch.no_grad(): assert torch.allclose(maps.mean((2, 3)), learn.model(xb), atol=1e-4)   # still exact
+    with pytest.raises(FastpipesError, match='cam=True'): probe_head(build_learner(tiny(ds), 'resnet18', pretrained=False, cam=False))
+
+def test_pretrained_cam_default_probes_then_fine_tunes(ds, monkeypatch):
+    "A pretrained body and the CAM head: the CAM layer is probed once, then every epoch trains the whole network (no frozen epoch)."
+    calls = []
+    real = train.probe_head
+    monkeypatch.setattr(train, 'probe_head', lambda learn, **kw: calls.append(1) or real(learn, **kw))
+    l = train_classifier(tiny(ds), 'efficientnet_lite0', epochs=1, quiet=True, seed=0)
+    assert calls == [1] and history(l).phase.tolist() == ['train'] and is_cam_model(l.model)
+    l = train_classifier(tiny(ds), 'efficientnet_lite0', epochs=1, quiet=True, seed=0, probe=False)
+    assert calls == [1] and history(l).phase.tolist() == ['frozen', 'unfrozen']   # without the probe: fastai's fine_tune
+    l = train_classifier(tiny(ds), 'resnet18', epochs=1, pretrained=False, quiet=True, seed=0)
+    assert calls == [1] and history(l).phase.tolist() == ['train']                  # from scratch: no probe, one cycle
+
+def test_pretrained_without_frozen_epoch_keeps_discriminative_rates(ds):
+    "freeze_epochs=0 on a pretrained body is fine_tune's unfrozen phase: the body learns 100 times slower than the head."
+    l = train_classifier(tiny(ds), 'efficientnet_lite0', epochs=1, freeze_epochs=0, quiet=True, seed=0, probe=False)
+    lrs = [h['lr'] for h in l.opt.hypers]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(100*lrs[0])
+
+@pytest.mark.parametrize('kw,msg', [
+    (dict(lin_ftrs=[16]), 'lin_ftrs'), (dict(concat_pool=True), 'concat_pool'), (dict(ps=0.2), 'ps'),
+    (dict(custom_head=torch.nn.Identity()), 'custom_head'), (dict(y_range=(0, 1)), 'y_range'),
+    (dict(cam=False, probe=True), 'probe'),
+])
+def test_head_options_without_exact_cams_are_one_sentence(ds, monkeypatch, kw, msg):
+    def boom(*a, **k): raise AssertionError("a learner was built")
+    monkeypatch.setattr(train, 'build_learner', boom)
+    with pytest.raises(FastpipesError, match=msg) as e: train_classifier(tiny(ds), pretrained=False, **kw)
+    assert len(str(e.value).splitlines()) == 1 and str(e.value).endswith('.')
