@@ -281,7 +281,7 @@ def pointing_files(learn, # a CAM-ready learner
     return sum(hits) / len(hits)
 
 # %% ../nbs/09_pipeline.ipynb #e9ce89cd
-DEMO = dict(n_train=40, n_test=25, size=128, epochs=2, freeze_epochs=1, bs=16, lr=1e-2, mark_frac=0.4)  # under a minute on 2 idle cores
+DEMO = dict(n_train=40, n_test=25, size=160, epochs=2, freeze_epochs=None, bs=16, lr=1e-2, mark_frac=0.4)  # under a minute on 2 idle cores
 
 def _broken_routes(jpeg:bytes)->dict:
     "Bodies that a real crawl meets, keyed by path: `jpeg` (the first training image) again, too small, cut short, and three that are no image."
@@ -315,7 +315,7 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
          n_test:int=DEMO['n_test'], # generated test images per class
          size:int=DEMO['size'], # image side in pixels (generated and trained)
          epochs:int=DEMO['epochs'], # epochs with every layer training
-         freeze_epochs:int=DEMO['freeze_epochs'], # epochs with the pretrained body frozen first
+         freeze_epochs:int|None=DEMO['freeze_epochs'], # epochs with the pretrained body frozen first; None: the library's (0: the CAM layer is probed)
          bs:int=DEMO['bs'], # batch size
          lr:float=DEMO['lr'], # peak learning rate of fastai's `fine_tune`
          seed:int=42, # seed of the images, the split and the training
