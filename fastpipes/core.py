@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #95984c24
 from __future__ import annotations
-import hashlib, io, json, os, random, re, stat, struct, threading, time, unicodedata, warnings
+import hashlib, io, json, math, numbers, os, random, re, stat, struct, threading, time, unicodedata, warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,15 +12,41 @@ from typing import Iterable, Iterator
 
 # %% auto #0
 __all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES', 'OUTPUT_DIRS',
-           'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'printable', 'short_hash', 'safe_name', 'inside',
-           'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest',
+           'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'check_number', 'printable', 'short_hash', 'safe_name',
+           'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest',
            'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff', 'header_size',
-           'entry_kind', 'read_limited', 'image_size', 'is_output', 'is_image_file', 'DatasetView', 'dataset_view',
-           'image_files', 'literal_text']
+           'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder', 'is_image_file', 'DatasetView',
+           'dataset_view', 'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
     "A user error: the message is one sentence that says what to do."
+
+# %% ../nbs/00_core.ipynb #97654580
+def _range(whole:bool, lo, hi, open_lo:bool, open_hi:bool)->str:
+    "What `check_number` accepts, in words: 'a whole number >= 1', 'a positive number', 'a number above 0 and below 1'."
+    what = 'a whole number' if whole else 'a number'
+    if lo is not None and hi is not None:
+        to = 'and below' if open_hi else 'and up to' if open_lo else 'to'
+        return f"{what} {'above' if open_lo else 'from'} {lo:g} {to} {hi:g}"
+    if lo == 0 and open_lo: return f"a positive {what[2:]}"
+    if lo is not None: return f"{what} {'>' if open_lo else '>='} {lo:g}"
+    return f"{what} {'<' if open_hi else '<='} {hi:g}" if hi is not None else what
+
+def check_number(v, # the value given
+                 name:str, # the argument's name, for the message
+                 lo:float|None=None, # the smallest value allowed
+                 hi:float|None=None, # the largest value allowed
+                 whole:bool=False, # only whole numbers
+                 open_lo:bool=False, # `lo` itself is not allowed (`lo=0, open_lo=True`: positive)
+                 open_hi:bool=False, # `hi` itself is not allowed
+                )->int|float:
+    "`v` as an int (`whole`) or a float when it is a finite number in range; else one sentence naming `name`."
+    ok = isinstance(v, numbers.Integral if whole else numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None: ok = v > lo if open_lo else v >= lo
+    if ok and hi is not None: ok = v < hi if open_hi else v <= hi
+    if not ok: raise FastpipesError(f"`{name}` must be {_range(whole, lo, hi, open_lo, open_hi)}, not {v!r}.")
+    return int(v) if whole else float(v)
 
 # %% ../nbs/00_core.ipynb #58afa035
 _CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]')
@@ -338,6 +364,37 @@ def is_output(p:Path, # a file or folder
     p = Path(p)
     return _output(p, entry_kind(p), _holds(p.parent, RUN_FILES))
 
+# %% ../nbs/00_core.ipynb #3314abab
+class RunFolder(os.PathLike):
+    "The parts of a run folder, named in one place: the model, the data, checkpoints, exports, the report and metrics."
+    def __init__(self, path:Path): self.path = Path(path.path if isinstance(path, RunFolder) else path)
+    def __fspath__(self)->str: return str(self.path)
+    def __truediv__(self, name)->Path: return self.path/name
+    def __eq__(self, other)->bool: return isinstance(other, RunFolder) and other.path == self.path
+    def __hash__(self)->int: return hash(self.path)
+    def __repr__(self)->str: return f"RunFolder({str(self.path)!r})"
+    @property
+    def model(self)->Path: "The saved classifier: `weights.pth` and `classifier.json`."; return self.path/'model'
+    @property
+    def data(self)->Path: "The dataset a `fastpipes run` crawled into the run."; return self.path/'data'
+    @property
+    def checkpoint(self)->Path: "The checkpoint of the last finished epoch."; return self.path/'checkpoints'/'last.pth'
+    @property
+    def export(self)->Path: "Where `fastpipes export` writes ONNX and safetensors."; return self.path/'export'
+    @property
+    def report(self)->Path: "The one-page HTML report."; return self.path/'report.html'
+    @property
+    def metrics(self)->Path: "The evaluation's numbers, as JSON."; return self.path/'metrics.json'
+    def figure(self, title:str)->Path:
+        "The PNG file of the report's figure `title`."
+        return self.path/f"{re.sub(r'[^a-z0-9]+', '_', title.lower()).strip('_')}.png"
+    def dataset(self, path:Path|None=None)->Path|None:
+        "The dataset folder: `path` when given, else the run's `data/` when it exists, else None."
+        return Path(path) if path is not None else self.data if self.data.is_dir() else None
+    def lock(self, wait:float=0):
+        "Hold the run folder for one run (see `dataset_lock`)."
+        return dataset_lock(self.path, wait)
+
 # %% ../nbs/00_core.ipynb #b48f28cf
 REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
 
@@ -358,7 +415,8 @@ def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
 
 def _check_reserved(d:Path, root:Path):
     "Raise if the reserved folder `d` holds images: it would be a class silently left out."
-    if d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in os.scandir(d)):
+    with os.scandir(d) as es: images = d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in es)
+    if images:
         raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for fastpipes' own "
                              f"outputs; rename the class folder (e.g. to `{d.name}_`).")
 
