@@ -13,17 +13,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 from fastcore.basics import store_attr
-from .core import (FastpipesError, MAX_BYTES, REJECT, dataset_lock, dataset_view, header_size, new_row, pbar,
+from .core import (FastpipesError, MAX_BYTES, MAX_PIXELS, REJECT, dataset_lock, dataset_view, header_size, new_row, pbar,
                             read_limited, read_manifest, sha256_file, text_kind, write_manifest)
 
 # %% auto #0
-__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'MAX_SCANS', 'decode_image', 'verify_image', 'to_rgb', 'phash', 'CleanSummary',
-           'clean_images']
+__all__ = ['REASONS', 'MIN_SIZE', 'MAX_SCANS', 'decode_image', 'verify_image', 'to_rgb', 'phash', 'CleanSummary', 'clean_images']
 
 # %% ../nbs/02_clean.ipynb #8a706007
 REASONS = ('empty', 'html', 'svg', 'unreadable', 'undecodable', 'truncated', 'too-large', 'too-small',
            'duplicate', 'near-duplicate', 'leak', 'two-labels', 'too-many-scans', 'symlink', 'special-file')
-MAX_PIXELS = 40_000_000  # 40 MP: larger than any photo a classifier needs, far below a decompression bomb
 MIN_SIZE = 32            # shorter side in pixels
 MAX_SCANS = 100          # progressive JPEG scans: encoders write about 10; each costs a pass over all the pixels
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES', 'OUTPUT_DIRS',
-           'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'check_number', 'printable', 'short_hash', 'safe_name',
-           'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest',
-           'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff', 'header_size',
-           'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder', 'is_image_file', 'DatasetView',
-           'dataset_view', 'image_files', 'literal_text']
+__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'MAX_PIXELS', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES',
+           'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'check_number', 'printable', 'short_hash',
+           'safe_name', 'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest',
+           'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff',
+           'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder', 'is_image_file',
+           'DatasetView', 'dataset_view', 'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
@@ -227,6 +227,7 @@ def eval_mode(model, # a `torch.nn.Module`
 IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff', '.webp',
                         '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
 MAX_BYTES = 256 << 20   # the largest file fastpipes reads into memory: 256 MB
+MAX_PIXELS = 40_000_000  # the most pixels fastpipes decodes: larger than any photo a classifier needs, far below a bomb
 
 _MAGIC = [(b'\xff\xd8\xff', 'jpg'), (b'\x89PNG\r\n\x1a\n', 'png'), (b'GIF87a', 'gif'), (b'GIF89a', 'gif'),
           (b'BM', 'bmp'), (b'II*\x00', 'tif'), (b'MM\x00*', 'tif')]

@@ -9,78 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from .core import FastpipesError, dataset_lock, read_manifest, write_manifest, new_row, inside
+from .core import FastpipesError, RunFolder, dataset_lock, read_manifest, write_manifest, new_row, inside
 from .data import scan_images
-from .train import load_classifier, is_cam_model, META
+from .inference import cam_overlay, fit_image, load_image
+from .train import load_classifier, model_dir
 from .cam import cam_maps
 
 # %% auto #0
-__all__ = ['ACTIONS', 'REASON', 'model_folder', 'run_meta', 'load_run', 'fit_image', 'cam_overlay', 'ReviewItem', 'Review',
-           'review_widget']
+__all__ = ['ACTIONS', 'REASON', 'load_run', 'ReviewItem', 'Review', 'review_widget']
 
 # %% ../nbs/07_review.ipynb #70545fb6
-def model_folder(run:Path, # a run folder (`RUN/model/` inside) or a classifier folder
-                )->Path:
-    "The folder of the classifier saved in the run folder `run`."
-    run = Path(run)
-    if not run.is_dir(): raise FastpipesError(f"The run folder `{run}` does not exist; train one with `fastpipes train DATA --out {run}`.")
-    for d in (run/'model', run):
-        if (d/META).is_file(): return d
-    raise FastpipesError(f"The run folder `{run}` holds no model (`model/{META}`); train one with `fastpipes train DATA --out {run}`.")
-
-def run_meta(run:Path, # a run folder or a classifier folder
-            )->dict:
-    "The saved classifier's description (`classifier.json`: vocab, size, resize_method, normalize, ...)."
-    return json.loads((model_folder(run)/META).read_text(encoding='utf-8'))
-
-def load_run(run:Path, # a run folder or a classifier folder
+def load_run(run:Path, # a run folder (`RUN/model/` inside) or a classifier folder
              bs:int=64, # batch size of the rebuilt DataLoaders
             ):
-    "The CAM-ready `Learner` saved in the run folder `run` (nothing is unpickled)."
-    learn = load_classifier(model_folder(run), bs=bs)
-    if not is_cam_model(learn.model):
+    "The CAM-ready `Learner` saved in the run folder `run` (nothing is unpickled); its `spec` says what it expects."
+    learn = load_classifier(run, bs=bs)
+    if not learn.spec.cam:
         raise FastpipesError(f"The model in `{run}` has no CAM head; train it with `cam=True` (the default) to review and export it.")
     return learn
-
-# %% ../nbs/07_review.ipynb #b6ae5836
-def fit_image(img, # a PIL image
-              size, # the model's input size: an int or (height, width)
-              method:str='crop', # 'crop', 'squish' or 'pad' (as in fastai's `Resize`)
-             ):
-    "`img` as RGB, cut to the model's aspect ratio around its centre and resized to `size`, like fastai's validation `Resize`."
-    import numpy as np
-    from PIL import Image
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    img = img.convert('RGB')
-    W, H = img.size
-    if method == 'squish': return img.resize((w, h), Image.BILINEAR)
-    pad = method == 'pad'
-    m = W/w if ((W/w > H/h) if pad else (W/w < H/h)) else H/h
-    cw, ch = int(m*w), int(m*h)
-    l, t = int(0.5*(W-cw)), int(0.5*(H-ch))
-    if not pad: return img.crop((l, t, l+cw, t+ch)).resize((w, h), Image.BILINEAR)
-    a = np.asarray(img)
-    widths = ((-t, ch-H+t), (-l, cw-W+l), (0, 0))
-    mode = 'reflect' if all(b < d for (p, q), d in zip(widths[:2], (H, W)) for b in (p, q)) else 'edge'
-    return Image.fromarray(np.pad(a, widths, mode=mode)).resize((w, h), Image.BILINEAR)
-
-def cam_overlay(img, # a PIL image (what the model saw, or any size)
-                cam, # one class activation map (h, w), any scale
-                alpha:float=0.5, # opacity of the map
-               ):
-    "`img` with `cam` (min-max scaled, bilinearly upsampled) laid over it in a dark-to-bright colour ramp."
-    import numpy as np
-    from PIL import Image
-    cam = np.asarray(cam, dtype=np.float32)
-    lo, hi = float(cam.min()), float(cam.max())
-    cam = (cam - lo)/(hi - lo) if hi > lo else np.zeros_like(cam)
-    img = img.convert('RGB')
-    m = np.asarray(Image.fromarray(cam).resize(img.size, Image.BILINEAR), dtype=np.float32).clip(0, 1)
-    stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)  # inferno
-    x = m*(len(stops)-1); i = np.minimum(x.astype(int), len(stops)-2); f = (x-i)[..., None]
-    col = stops[i]*(1-f) + stops[i+1]*f
-    out = np.asarray(img, np.float32)*(1-alpha) + col*alpha
-    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 # %% ../nbs/07_review.ipynb #fcd4fdf9
 ACTIONS = ('keep', 'delete', 'relabel')
@@ -99,35 +45,33 @@ class ReviewItem:
     cams:np.ndarray # class activation maps (n_classes, h, w)
 
 def _decode(fn:Path):
-    "The RGB image in `fn`, or `(None, reason)` when it does not decode."
-    try:
-        with Image.open(fn) as im: return im.convert('RGB'), None
-    except (OSError, ValueError, Image.DecompressionBombError) as e: return None, f"does not decode ({type(e).__name__})"
+    "The RGB image in `fn`, or `(None, reason)` when it does not decode (`inference.load_image`, with its pixel cap)."
+    try: return load_image(fn), None
+    except FastpipesError as e: return None, str(e)
 
 def _stamp(fn:Path)->tuple:
     st = fn.stat(); return (st.st_size, st.st_mtime_ns)
 
-def _data_folder(run:Path, data)->Path:
-    if data is None:
-        if (Path(run)/'data').is_dir(): return Path(run)/'data'
-        raise FastpipesError(f"Give the dataset folder the run `{run}` was trained on (data=...); the run folder holds no `data/`.")
-    data = Path(data)
-    if not data.is_dir(): raise FastpipesError(f"The dataset folder `{data}` does not exist; pass the folder the run was trained on.")
-    return data
+def _data_folder(run:Path, path)->Path:
+    "The dataset folder under review: `path`, else the run's `data/`."
+    path = RunFolder(run).dataset(path)
+    if path is None: raise FastpipesError(f"Give the dataset folder the run `{run}` was trained on (path=...); the run folder holds no `data/`.")
+    if not path.is_dir(): raise FastpipesError(f"The dataset folder `{path}` does not exist; pass the folder the run was trained on.")
+    return path
 
 # %% ../nbs/07_review.ipynb #49850fb9
 class Review:
     "The images of a dataset folder ordered by the loss of a trained run's model, with marks, `apply` and `undo`."
     def __init__(self, run:Path, # a run folder (`RUN/model/`) or a classifier folder
-                 data:Path|None=None, # the dataset folder (default: `RUN/data`)
+                 path:Path|None=None, # the dataset folder (default: `RUN/data`)
                  valid:str='test', # the validation split's folder name
                  bs:int=32, # images per forward pass
                  quiet:bool=True, # no progress bar
                 ):
-        self.run, self.learn, self.meta = Path(run), load_run(run, bs=bs), run_meta(run)
-        self.data, self.bs = _data_folder(run, data), bs
+        self.run, self.learn = RunFolder(run), load_run(run, bs=bs)
+        self.spec, self.path, self.bs = self.learn.spec, _data_folder(run, path), bs
         self.vocab = [str(v) for v in self.learn.dls.vocab]
-        df = scan_images(self.data, valid)
+        df = scan_images(self.path, valid)
         self.classes = sorted(set(self.vocab) | set(df.label.astype(str)))
         self.marks, self.history, self.skipped, self._items = {}, [], {}, {}
         self._read(df, quiet)
@@ -138,7 +82,7 @@ class Review:
         for i in pbar(range(0, len(rows), self.bs), quiet=quiet, comment='review'):
             imgs, keep = [], []
             for r in rows[i:i+self.bs]:
-                fn = Path(r.file); key = fn.relative_to(self.data).as_posix()
+                fn = Path(r.file); key = fn.relative_to(self.path).as_posix()
                 im, why = _decode(fn)
                 if im is None: self.skipped[key] = why; continue
                 imgs.append(im); keep.append((key, str(r.label), str(r.split), _stamp(fn)))
@@ -154,7 +98,7 @@ class Review:
         return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, dict(zip(self.vocab, map(float, p))), cams)
 
     def __len__(self): return len(self._items)
-    def __repr__(self): return f"Review of {len(self)} images in {self.data} ({len(self.marks)} marked, {len(self.skipped)} skipped)"
+    def __repr__(self): return f"Review of {len(self)} images in {self.path} ({len(self.marks)} marked, {len(self.skipped)} skipped)"
     @property
     def splits(self)->list: return sorted({it.split for it in self._items.values()})
 
@@ -192,10 +136,10 @@ def overlay(self:Review, item, # a `ReviewItem` or its key
             alpha:float=0.5)->Image.Image:
     "The image as the model saw it, with the CAM of `target` over it."
     it = self.item(item)
-    im, why = _decode(self.data/it.key)
-    if im is None: raise FastpipesError(f"`{self.data/it.key}` {why} any more; start a new review.")
+    im, why = _decode(self.path/it.key)
+    if im is None: raise FastpipesError(f"`{self.path/it.key}` {why} any more; start a new review.")
     t = self.vocab.index(target or it.pred)
-    return cam_overlay(fit_image(im, size, self.meta['resize_method']), it.cams[t], alpha)
+    return cam_overlay(fit_image(im, size, self.spec.resize_method, self.spec.pad_mode), it.cams[t], alpha)
 
 # %% ../nbs/07_review.ipynb #bfa0ae19
 def _parse(action:str, label):
@@ -268,22 +212,22 @@ def _moves(moves:list):
 @patch
 def _check_unchanged(self:Review, keys):
     for k in keys:
-        fn = self.data/k
+        fn = self.path/k
         if not fn.is_file() or _stamp(fn) != self._items[k].stamp:
             raise FastpipesError(f"`{fn}` moved or changed since the review started; start a new review (nothing was moved).")
 
 @patch
 def _class_dir(self:Review, split:str, label:str)->Path:
     "The folder of class `label` in `split` (`scan_images` calls the split of top-level class folders 'all')."
-    return self.data/label if split == 'all' and not (self.data/'train').is_dir() else self.data/split/label
+    return self.path/label if split == 'all' and not (self.path/'train').is_dir() else self.path/split/label
 
 @patch
 def _plan(self:Review)->list:
     "`(key, action, new label, src, dst)` for every mark."
     plan, taken = [], set()
     for k,(act,label) in self.marks.items():
-        it, src = self._items[k], self.data/k
-        dst = _unique(self.data/'rejected'/REASON/src.name if act == 'delete'
+        it, src = self._items[k], self.path/k
+        dst = _unique(self.path/'rejected'/REASON/src.name if act == 'delete'
                       else self._class_dir(it.split, label)/src.relative_to(self._class_dir(it.split, it.label)), taken)
         taken.add(dst); plan.append((k, act, label, src, dst))
     return plan
@@ -294,24 +238,24 @@ def _rel(fn:Path, root:Path)->str: return fn.relative_to(root).as_posix()
 def apply(self:Review)->pd.DataFrame:
     "Move the marked files (deleted ones to `rejected/reviewed/`, relabelled ones to their class) and update the manifest."
     if not self.marks: return self.marked()
-    with dataset_lock(self.data):
+    with dataset_lock(self.path):
         self._check_unchanged(self.marks)
         plan = self._plan()
-        made = sorted({p for *_,s,d in plan for p in d.parents if inside(p, self.data) and p != self.data and not p.exists()},
+        made = sorted({p for *_,s,d in plan for p in d.parents if inside(p, self.path) and p != self.path and not p.exists()},
                       key=lambda p: -len(p.parts))  # folders this apply creates, deepest first
         _moves([(s, d) for *_,s,d in plan])
         try:
-            rows = read_manifest(self.data)
+            rows = read_manifest(self.path)
             by_file = {r.get('file'): r for r in rows}
             before = {}
             for k,act,label,src,dst in plan:
-                it, new = self._items[k], _rel(dst, self.data)
+                it, new = self._items[k], _rel(dst, self.path)
                 row = by_file.get(k)
                 before[new] = dict(row) if row else None
                 upd = dict(file=new, label=label or it.label, split=it.split, status='rejected' if act == 'delete' else 'ok', reason=REASON)
                 if row: row.update(upd)
                 else: rows.append(new_row(**upd))
-            write_manifest(self.data, rows)
+            write_manifest(self.path, rows)
         except BaseException:
             _moves([(d, s) for *_,s,d in plan]); raise
     done = self.marked()
@@ -319,7 +263,7 @@ def apply(self:Review)->pd.DataFrame:
     for k,act,label,src,dst in plan:
         it = self._items.pop(k)
         if act == 'relabel':
-            new = _rel(dst, self.data)
+            new = _rel(dst, self.path)
             p = np.array([it.probs[v] for v in self.vocab])
             self._items[new] = self._item(new, label, it.split, it.cams, p); self._items[new].stamp = _stamp(dst)
     self.marks = {}
@@ -330,20 +274,20 @@ def undo(self:Review)->pd.DataFrame:
     "Reverse the last `apply`: files back in place, manifest rows as they were, the marks restored."
     if not self.history: raise FastpipesError("Nothing to undo: no review was applied in this session.")
     h = self.history[-1]
-    with dataset_lock(self.data):
+    with dataset_lock(self.path):
         for *_,src,dst in h['plan']:
             if not dst.is_file() or src.exists():
                 raise FastpipesError(f"`{dst}` moved or `{src}` was recreated since the review was applied; nothing was undone.")
         _moves([(d, s) for *_,s,d in h['plan']])
         for p in h['made']:  # the folders the apply made, when they are empty again (an empty class folder stops training)
             if p.is_dir() and not any(p.iterdir()): p.rmdir()
-        rows = read_manifest(self.data)
+        rows = read_manifest(self.path)
         gone = {new for new,old in h['before'].items() if old is None}
         rows = [dict(h['before'][r.get('file')]) if h['before'].get(r.get('file')) else r for r in rows if r.get('file') not in gone]
-        write_manifest(self.data, rows)
+        write_manifest(self.path, rows)
     self.history.pop()
     for k,act,label,src,dst in h['plan']:
-        if act == 'relabel': self._items.pop(_rel(dst, self.data), None)
+        if act == 'relabel': self._items.pop(_rel(dst, self.path), None)
         self._items[k] = h['items'][k]
     self.marks = {**h['marks'], **self.marks}
     return pd.DataFrame([dict(key=k, action=a, new_label=l) for k,(a,l) in h['marks'].items()])

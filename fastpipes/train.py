@@ -35,6 +35,7 @@ from functools import partial
 from .arch import arch_name, arch_stats, body_features, offline_guard, resolve_arch
 from .core import FastpipesError, RunFolder, atomic_write, image_files, literal_text, set_seed, sha256_file
 from .data import scan_images
+from .inference import default_title
 from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one_cycle, set_precision
 
 # %% auto #0
@@ -328,8 +329,8 @@ class ClassifierSpec:
 
     @property
     def title(self)->str:
-        "The classes as a title: 'cat vs dog', at most four of them."
-        return ' vs '.join(map(str, self.vocab[:4])) + (' ...' if len(self.vocab) > 4 else '')
+        "The classes as a title: 'cat vs dog', at most four of them (`inference.default_title`)."
+        return default_title(self.vocab)
 
     def to_dict(self)->dict:
         "The JSON-ready form saved as `classifier.json`."
@@ -440,8 +441,8 @@ def model_dir(path:Path, # a classifier folder, its `classifier.json`, or a run 
     if path.is_file(): path = path.parent
     for d in (path, RunFolder(path).model):
         if (d/META).is_file(): return d
-    raise FastpipesError(f"`{path}` holds no `{META}` (nor `model/{META}`): it is not a classifier or a run folder "
-                         f"saved by fastpipes; train one with `fastpipes train DATA --out {path}`.")
+    raise FastpipesError(f"`{path}` holds no model (`{META}` or `model/{META}`): it is not a classifier or a run folder; "
+                         f"train one with `fastpipes train DATA --out {path}`.")
 
 @patch(cls_method=True)
 def from_dict(cls:ClassifierSpec, d:dict, # a `classifier.json`'s content
