@@ -8,9 +8,10 @@ __all__ = ['review_ui', 'build_app', 'launch_app']
 # %% ../nbs/08a_app.ipynb #3ddd927d
 import os, threading
 from pathlib import Path
-from .core import FastpipesError
-from .review import Review, load_run, run_meta
-from .export import need_extra, classify_ui, torch_predict, example_images
+from .core import FastpipesError, RunFolder
+from .inference import classify_ui, title_html
+from .review import Review, load_run
+from .export import need_extra, torch_predict, example_images
 
 # %% ../nbs/08a_app.ipynb #5c56a2a5
 _ALL = '(all)'
@@ -71,41 +72,37 @@ def review_ui(review:Review, # the review to show
     return gal
 
 # %% ../nbs/08a_app.ipynb #873ed414
-def _data(run, data):
-    if data is not None: return Path(data)
-    return Path(run)/'data' if (Path(run)/'data').is_dir() else None
-
 def build_app(run:Path, # the run folder (`fastpipes train DATA --out RUN`) or a classifier folder
-              data:Path|None=None, # the dataset folder for the Review tab and the examples (default: `RUN/data` if present)
-              review:bool=True, # add the Review tab (needs `data`)
+              path:Path|None=None, # the dataset folder for the Review tab and the examples (default: `RUN/data` if present)
+              review:bool=True, # add the Review tab (needs the dataset folder)
               examples:int=2, # example images per class to pick from
               title:str|None=None, # the page's title (default: the classes)
              ):
     "The Gradio `Blocks` app of a run: classify with CAM, and review the dataset."
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
     gr = need_extra('gradio')
-    learn, meta = load_run(run), run_meta(run)
-    vocab, data = [str(v) for v in meta['vocab']], _data(run, data)
-    title = title or ' vs '.join(vocab[:4]) + (' ...' if len(vocab) > 4 else '')
-    rv = Review(run, data) if review and data is not None else None
+    learn = load_run(run)
+    spec, path = learn.spec, RunFolder(run).dataset(path)
+    title = str(title) if title else spec.title
+    rv = Review(run, path) if review and path is not None else None
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {title}")
+        gr.HTML(title_html(title))
         with gr.Tab('Classify', elem_id='fp-tab-classify'):
-            classify_ui(torch_predict(learn), vocab, meta['size'], meta['resize_method'], example_images(data, vocab, examples))
+            classify_ui(torch_predict(learn), spec.to_dict(), example_images(path, spec.vocab, examples))
         with gr.Tab('Review', elem_id='fp-tab-review'):
             if rv is not None: review_ui(rv)
-            else: gr.Markdown("Give the dataset folder (`data=...`, `--data`) to review it here.")
+            else: gr.Markdown("Give the dataset folder (`path=...`, `--path`) to review it here.")
     demo.review = rv
     return demo
 
 def launch_app(run:Path, # the run folder
-               data:Path|None=None, # the dataset folder (default: `RUN/data` if present)
+               path:Path|None=None, # the dataset folder (default: `RUN/data` if present)
                port:int=7860, # the port on 127.0.0.1
                review:bool=True, # add the Review tab
                block:bool=True, # serve until interrupted (False: return at once, the server runs in a thread)
                quiet:bool=False, # no startup message
               ):
-    "Serve `build_app(run, data)` on `http://127.0.0.1:port`; return the app (call `.close()` to stop it)."
-    demo = build_app(run, data, review=review)
+    "Serve `build_app(run, path)` on `http://127.0.0.1:port`; return the app (call `.close()` to stop it)."
+    demo = build_app(run, path, review=review)
     demo.launch(server_name='127.0.0.1', server_port=int(port), prevent_thread_lock=not block, quiet=quiet, ssr_mode=False, inline=False)
     return demo

@@ -136,7 +136,8 @@ def classify(predict, # `[0, 1]` images `(n, 3, H, W)` float32 → `(probs, cams
 def onnx_predictor(path:Path, # an `.onnx` file written by `fastpipes.export.export_onnx`
                   ):
     "A `predict` function for `classify` that runs the ONNX graph under onnxruntime on the CPU."
-    import onnxruntime as ort
+    try: import onnxruntime as ort
+    except ImportError: raise FastpipesError("`onnxruntime` is not installed; pip install onnxruntime (or 'fastpipes[app]').") from None
     opts = ort.SessionOptions(); opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'image': np.ascontiguousarray(x, dtype=np.float32)})

@@ -411,10 +411,10 @@ _SCHEMA = dict(format=lambda v: v in _FORMATS, fastpipes_version=lambda v: isins
     arch=_arch_ok, vocab=_vocab_ok, size=_size_ok, resize_method=lambda v: v in ('crop', 'pad', 'squish'),
     pad_mode=lambda v: v in ('zeros', 'border', 'reflection'), normalize=_norm_ok, cam=_is_bool,
     cam_layer=_opt(lambda v: v == '1.2'), activation=lambda v: v in ('softmax', 'sigmoid'),
-    pretrained=_opt(_is_bool), model_kwargs=_kwargs_ok, sha256=_sha)
+    pretrained=_opt(_is_bool), model_kwargs=_kwargs_ok, sha256=_opt(_sha))   # None: not saved yet
 _WHAT = dict(format=f'is not one of {list(_FORMATS)}', arch='is not a known architecture name',
     vocab='is not a list of 2 or more distinct labels', size='is not a side (or two) from 8 to 4096 pixels',
-    normalize='is not {mean, std} with positive std', sha256='is not a SHA-256 in hex',
+    normalize='is not {mean, std} with positive std', sha256='is not a SHA-256 in hex (or null)',
     model_kwargs=f'holds keys or values other than those of {list(_MODEL_KWARGS)}')
 
 def _check_meta(meta:dict, fn):
