@@ -12,18 +12,18 @@ from typing import Iterable, Iterator
 
 # %% auto #0
 __all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'MAX_PIXELS', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES',
-           'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'check_number', 'printable', 'short_hash',
-           'safe_name', 'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest',
-           'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff',
-           'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder', 'is_image_file',
-           'DatasetView', 'dataset_view', 'image_files', 'literal_text']
+           'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'range_text', 'check_number', 'printable',
+           'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row',
+           'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode',
+           'text_kind', 'sniff', 'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder',
+           'is_image_file', 'DatasetView', 'dataset_view', 'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
     "A user error: the message is one sentence that says what to do."
 
 # %% ../nbs/00_core.ipynb #97654580
-def _range(whole:bool, lo, hi, open_lo:bool, open_hi:bool)->str:
+def range_text(whole:bool=False, lo=None, hi=None, open_lo:bool=False, open_hi:bool=False)->str:
     "What `check_number` accepts, in words: 'a whole number >= 1', 'a positive number', 'a number above 0 and below 1'."
     what = 'a whole number' if whole else 'a number'
     if lo is not None and hi is not None:
@@ -45,7 +45,7 @@ def check_number(v, # the value given
     ok = isinstance(v, numbers.Integral if whole else numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     if ok and lo is not None: ok = v > lo if open_lo else v >= lo
     if ok and hi is not None: ok = v < hi if open_hi else v <= hi
-    if not ok: raise FastpipesError(f"`{name}` must be {_range(whole, lo, hi, open_lo, open_hi)}, not {v!r}.")
+    if not ok: raise FastpipesError(f"`{name}` must be {range_text(whole, lo, hi, open_lo, open_hi)}, not {v!r}.")
     return int(v) if whole else float(v)
 
 # %% ../nbs/00_core.ipynb #58afa035

@@ -14,7 +14,7 @@ from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_
 
 # %% auto #0
 __all__ = ['THUMB_PIXELS', 'PACKAGES', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions', 'dataset_counts',
-           'rejected_files', 'manifest_summary', 'history_frame', 'curve_figure', 'report_html', 'write_report']
+           'rejected_files', 'manifest_summary', 'curve_figure', 'report_html', 'write_report']
 
 # %% ../nbs/06_report.ipynb #1c4b80cd
 def data_uri(data:bytes, # the file's bytes
@@ -143,15 +143,6 @@ def manifest_summary(path:Path):
     return pd.DataFrame([dict(status=s, reason=r, count=n) for (s,r),n in sorted(c.items())], columns=['status','reason','count'])
 
 # %% ../nbs/06_report.ipynb #9610c228
-def history_frame(recorder)->'pd.DataFrame':
-    "One row per epoch of a fastai `Recorder`: epoch, train_loss, valid_loss and the metrics."
-    import pandas as pd
-    names = [n for n in recorder.metric_names if n != 'time']
-    rows = [list(v) for v in recorder.values]
-    df = pd.DataFrame([r[:len(names)-1] for r in rows], columns=names[1:]) if rows else pd.DataFrame(columns=names[1:])
-    df.insert(0, 'epoch', range(len(df)))
-    return df
-
 _NOT_METRICS = ('epoch', 'train_loss', 'valid_loss', 'seconds', 'time')
 
 def _metric_cols(history)->list:
@@ -159,7 +150,7 @@ def _metric_cols(history)->list:
     import pandas as pd
     return [c for c in history.columns if c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(history[c])]
 
-def curve_figure(history, # one row per epoch, as `history_frame` returns
+def curve_figure(history, # one row per epoch, as `fastpipes.train.history` returns
                  batch_losses=None, # the per-batch training losses (`learn.recorder.losses`)
                  figsize=(7, 3),
                 ):
@@ -274,7 +265,7 @@ def report_html(title:str='fastpipes run', # the page's heading
                 dataset=None, # image counts per class and split, as `dataset_counts` returns
                 downloads=None, # manifest rows per status and reason, as `manifest_summary` returns
                 rejected:dict|None=None, # `{reason: [files]}`, as `rejected_files` returns
-                history=None, # one row per epoch, as `history_frame` returns
+                history=None, # one row per epoch, as `fastpipes.train.history` returns
                 curve=None, # the training-curve Figure (or image); drawn from `history` when missing
                 metrics:dict|None=None, # scalars, and dicts of scalars (per-class accuracy)
                 figures:dict|None=None, # `{title: Figure | PIL image | image file}`: confusion matrix, top losses, CAMs
