@@ -13,6 +13,7 @@ from .serve import *
 from .clean import *
 from .arch import *
 from .data import *
+from .inference import *
 from .distrib import *
 from .train import *
 from .cam import *
