@@ -31,10 +31,12 @@ def _xb(learn, xb)->torch.Tensor:
     "`xb` as a plain tensor on the model's device, checked against the model's input channels."
     if isinstance(xb, (tuple, list)): xb = xb[0]
     xb = _plain(xb)
-    if xb.ndim != 4: raise FastpipesError(f"Give a batch of images shaped (n, channels, height, width), not a tensor of shape {tuple(xb.shape)}.")
+    if xb.ndim != 4:
+        raise FastpipesError(f"Give a batch of images (n, channels, height, width), not of shape {tuple(xb.shape)}.")
     conv = next((m for m in learn.model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is not None and xb.shape[1] != conv.in_channels:
-        raise FastpipesError(f"The batch has {xb.shape[1]} channels but the model takes {conv.in_channels}: pass images as the learner's DataLoaders make them.")
+        raise FastpipesError(f"The batch has {xb.shape[1]} channels but the model takes {conv.in_channels}: "
+                             "pass images as the learner's DataLoaders make them.")
     p = next(learn.model.parameters(), None)
     return xb.to(p.device) if p is not None else xb
 
@@ -67,7 +69,8 @@ def _targets(learn, target, n, probs)->torch.Tensor:
         if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
             if 0 <= t < probs.shape[1]: return int(t)
         elif t in vocab: return vocab.index(t)
-        raise FastpipesError(f"target {t!r} is not a class of this model: use one of {', '.join(map(str, vocab)) or range(probs.shape[1])}.")
+        names = ', '.join(map(str, vocab)) or range(probs.shape[1])
+        raise FastpipesError(f"target {t!r} is not a class of this model: use one of {names}.")
     ts = [idx(t) for t in (target if isinstance(target, (list, tuple, L)) else [target]*n)]
     if len(ts) != n: raise FastpipesError(f"Give one target per image ({n}), or a single target for all.")
     return torch.tensor(ts, device=probs.device)
@@ -79,7 +82,7 @@ def _default_layer(model):
     return convs[-1]
 
 def _gradcam(learn, xb, layer, pick:Callable)->tuple:
-    "Grad-CAM maps `(n, m, h, w)` of the class columns `pick(probs)` `(n, m)` (one backward pass each), and the probabilities."
+    "Grad-CAM maps `(n, m, h, w)` of the classes `pick(probs)` `(n, m)` (a backward pass each), and the probabilities."
     x = _xb(learn, xb).detach().requires_grad_(True)  # so the graph exists even with a frozen body
     layer = layer if layer is not None else _default_layer(learn.model)
     if not any(m is layer for m in learn.model.modules()):
@@ -97,7 +100,7 @@ def grad_cam(learn:Learner, # any fastai vision learner
              xb, # a batch of model inputs (n, 3, H, W), or a batch tuple
              layer:nn.Module|None=None, # layer whose activations are used (the body by default)
             )->tuple:
-    "Grad-CAM maps of every class `(n, n_classes, h, w)` (ReLU applied) and probabilities `(n, n_classes)`: `cam_maps`' shapes."
+    "Grad-CAM maps of every class `(n, k, h, w)` (ReLU applied) and probabilities `(n, k)`: the shapes of `cam_maps`."
     return _gradcam(learn, xb, layer, lambda p: torch.arange(p.shape[1], device=p.device).expand(len(p), -1))
 
 # %% ../nbs/05_cam.ipynb #6b5a3bda
@@ -109,12 +112,12 @@ def _items_dl(learn, items, n):
     items = list(items)
     if len(items) == 1 and isinstance(items[0], (str, Path)):
         p = Path(items[0])
-        if not p.exists(): raise FastpipesError(f"{p} does not exist: give image files, a folder of images, a DataLoader or PIL images.")
+        if not p.exists(): raise FastpipesError(f"{p} does not exist: give files, a folder, a DataLoader or PIL images.")
         if p.is_dir():
             items = image_files(p)   # the dataset view's rules: no links, no hidden or output folders
-            if not items: raise FastpipesError(f"No images found in folder {p}: give a folder that contains .jpg/.png files.")
+            if not items: raise FastpipesError(f"No images found in folder {p}: give a folder of .jpg/.png files.")
     items = [o.convert('RGB') if isinstance(o, Image.Image) else o for o in items]  # loads lazy files, drops alpha
-    if not items: raise FastpipesError("No items to draw: give image files, a folder of images, a DataLoader or PIL images.")
+    if not items: raise FastpipesError("No items to draw: give image files, a folder, a DataLoader or PIL images.")
     for o in items:
         if isinstance(o, (str, Path)) and not Path(o).is_file(): raise FastpipesError(f"{o} is not an image file.")
     return learn.dls.test_dl(items[:n], bs=min(n, 32), num_workers=0)
@@ -165,7 +168,7 @@ def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other h
              figsize:tuple|None=None, # figure size in inches (about 2.2 per tile by default)
              method:str='auto', # 'cam', 'gradcam', or 'auto' (CAM when the learner has a CAM head)
             )->Figure:
-    "A figure of up to `nrows`×`ncols` images with the map of the predicted (or `target`) class, titled `label (prob)`."
+    "A figure of up to `nrows`×`ncols` images with the map of the predicted (or `target`) class, titled `label (p)`."
     nrows, ncols = check_number(nrows, 'nrows', lo=1, whole=True), check_number(ncols, 'ncols', lo=1, whole=True)
     n = nrows*ncols
     imgs, maps, probs, ts = _collect(learn, _items_dl(learn, items, n), n, target, method)
@@ -198,7 +201,8 @@ def pointing_game(maps, # maps of the class to explain, (n, h, w), at any resolu
     "Fraction of `maps` whose maximum lies within `tol` pixels of its box."
     maps = _plain(torch.as_tensor(maps)).float()
     boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-    if maps.ndim != 3 or len(maps) != len(boxes): raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
+    if maps.ndim != 3 or len(maps) != len(boxes):
+        raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
     h, w = maps.shape[-2:]
     H, W = (h, w) if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     i = maps.flatten(1).argmax(1)
@@ -241,7 +245,7 @@ def saliency_auc(learn:Learner, # the model that is explained
                  target=None, # None (predicted), a label or an index
                  steps:int=16, # number of deletion or insertion steps
                  reduce:bool=True, # mean (True) or one AUC per image (False)
-                 insert:bool=False, # False: deletion (blacked out, lower is better); True: insertion (put back into a blur, higher is better)
+                 insert:bool=False, # False: deletion (blacked out, lower is better); True: insertion (higher is better)
                 ):
     "Area under the class-probability curve as the most salient pixels are removed (or, with `insert`, put back) first."
     auc = _auc(_curve(learn, xb, maps, target, steps, insert=insert)[0])

@@ -24,8 +24,8 @@ _FORMATS = "upload a JPEG, PNG or WebP image"
 
 def _check_pixels(w:int, h:int, max_pixels:int):
     if w*h > max_pixels:
-        raise FastpipesError(f"The image is {w}×{h} pixels, more than the {max_pixels/1e6:g} megapixels fastpipes decodes; "
-                             "upload a smaller one.")
+        raise FastpipesError(f"The image is {w}×{h} pixels, more than the {max_pixels/1e6:g} megapixels fastpipes "
+                             "decodes; upload a smaller one.")
 
 def _open(fn, max_pixels:int)->Image.Image:
     if os.path.getsize(fn) == 0: raise FastpipesError(f"The uploaded file is empty; {_FORMATS}.")
@@ -45,8 +45,9 @@ def load_image(image, # a file path, a PIL image or an RGB array (h, w, 3)
                max_pixels:int=MAX_PIXELS, # the most pixels decoded (width × height)
               )->Image.Image:
     "`image` as an RGB PIL image, or one sentence on why it cannot be one."
-    if image is None or (isinstance(image, str) and not image): raise FastpipesError("Nothing was uploaded; upload or pick an image first.")
-    if isinstance(image, np.ndarray): _check_pixels(image.shape[1], image.shape[0], max_pixels); image = Image.fromarray(image)
+    if image is None or (isinstance(image, str) and not image):
+        raise FastpipesError("Nothing was uploaded; upload or pick an image first.")
+    if isinstance(image, np.ndarray): _check_pixels(*image.shape[1::-1], max_pixels); image = Image.fromarray(image)
     if isinstance(image, Image.Image): _check_pixels(*image.size, max_pixels); return image.convert('RGB')
     return _open(image, max_pixels)
 
@@ -60,7 +61,7 @@ def fit_image(img:Image.Image, # an RGB PIL image
               method:str='crop', # 'crop', 'squish' or 'pad' (as in fastai's `Resize`)
               pad_mode:str='reflection', # with 'pad': 'reflection', 'border' or 'zeros'
              )->Image.Image:
-    "`img` cut (or padded) to the model's aspect ratio around its centre and resized to `size`, like fastai's validation `Resize`."
+    "`img` cut (or padded) to the model's aspect ratio around its centre and resized to `size`, as fastai's `Resize`."
     h, w = _hw(size)
     img = img.convert('RGB')
     W, H = img.size
@@ -115,9 +116,9 @@ def read_meta(fn:Path, # a `model.json` or `classifier.json`
     "The model's description in `fn`, checked: vocab, size, resize method, pad mode, activation and a title."
     try: m = json.loads(Path(fn).read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FastpipesError(f"`{fn}` is not a readable model description ({type(e).__name__}); export the model again.") from None
+        raise FastpipesError(f"`{fn}` is not a readable model description ({type(e).__name__}).") from None
     if not isinstance(m, dict) or not _meta_ok(m):
-        raise FastpipesError(f"`{fn}` does not describe a classifier (vocab, size, resize_method); export the model again.")
+        raise FastpipesError(f"`{fn}` does not describe a classifier (vocab, size, resize_method); export it again.")
     return {**m, 'vocab': [str(v) for v in m['vocab']], 'title': str(m.get('title') or default_title(m['vocab']))}
 
 def classify(predict, # `[0, 1]` images `(n, 3, H, W)` float32 → `(probs, cams)` as NumPy arrays
@@ -126,7 +127,8 @@ def classify(predict, # `[0, 1]` images `(n, 3, H, W)` float32 → `(probs, cams
              show:int=256, # height in pixels of the overlay returned
             )->tuple:
     "`(label, {class: probability}, CAM overlay)` of one image."
-    fit = fit_image(load_image(image), meta['size'], meta.get('resize_method', 'crop'), meta.get('pad_mode', 'reflection'))
+    method, pad_mode = meta.get('resize_method', 'crop'), meta.get('pad_mode', 'reflection')
+    fit = fit_image(load_image(image), meta['size'], method, pad_mode)
     probs, cams = predict(to_input(fit))
     k, vocab = int(np.argmax(probs[0])), [str(v) for v in meta['vocab']]
     big = fit.resize((max(1, round(show*fit.width/fit.height)), show), Image.BILINEAR)
@@ -137,7 +139,8 @@ def onnx_predictor(path:Path, # an `.onnx` file written by `fastpipes.export.exp
                   ):
     "A `predict` function for `classify` that runs the ONNX graph under onnxruntime on the CPU."
     try: import onnxruntime as ort
-    except ImportError: raise FastpipesError("`onnxruntime` is not installed; pip install onnxruntime (or 'fastpipes[app]').") from None
+    except ImportError:
+        raise FastpipesError("`onnxruntime` is not installed; pip install onnxruntime (or 'fastpipes[app]').") from None
     opts = ort.SessionOptions(); opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'image': np.ascontiguousarray(x, dtype=np.float32)})
@@ -162,12 +165,15 @@ def classify_ui(predict, # `[0, 1]` images → `(probs, cams)` (see `classify`)
             if examples: gr.Examples([[str(e)] for e in examples], inputs=inp, label='Or pick an image')
         with gr.Column():
             label = gr.Textbox(label='Prediction', interactive=False, elem_id='fp-label')
-            probs = gr.Label(label='Class probabilities', num_top_classes=min(5, len(meta['vocab'])), elem_id='fp-probs')
-            cam = gr.Image(label='Class activation map of the prediction', type='pil', interactive=False, elem_id='fp-cam')
+            probs = gr.Label(label='Class probabilities', num_top_classes=min(5, len(meta['vocab'])),
+                             elem_id='fp-probs')
+            cam = gr.Image(label='Class activation map of the prediction', type='pil', interactive=False,
+                           elem_id='fp-cam')
     pre = inp.preprocess
     def lenient(payload):  # Gradio's own decoding error would hide the sentence: hand the file to `classify`
         try: return pre(payload)
-        except (OSError, ValueError, Image.DecompressionBombError): return str(payload.path) if getattr(payload, 'path', None) else None
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return str(payload.path) if getattr(payload, 'path', None) else None
     inp.preprocess = lenient
     btn.click(run, inp, [label, probs, cam], api_name='classify')
     inp.upload(run, inp, [label, probs, cam], api_visibility='private')
