@@ -126,7 +126,7 @@ def no_space(e:BaseException, # what a write raised
                           "what was done so far is kept.")
 
 class ManifestWriter:
-    "Thread-safe appender of manifest rows: each row is one whole line, written at once; a full disk leaves no torn line."
+    "Thread-safe appender of manifest rows: each row one whole line, written at once; a full disk leaves no torn line."
     def __init__(self, dest:Path):
         self.dest, self.fn = Path(dest), manifest_path(dest); self.fn.parent.mkdir(parents=True, exist_ok=True)
         self.lock, self.f, self.size = threading.Lock(), None, 0
@@ -379,10 +379,12 @@ def check_name(name:str, # a class label or a split name: it names one folder
     "`name` if it can name a folder on every OS and is not one of fastpipes' own folders; else one sentence why not."
     if not isinstance(name, str): raise FastpipesError(f"The {what} {name!r} must be text, not {type(name).__name__}.")
     if name.casefold() in OUTPUT_DIRS:
-        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({', '.join(sorted(OUTPUT_DIRS))}); "
-                             f"choose another name, e.g. {name + '_'!r}.")
+        own = ', '.join(sorted(OUTPUT_DIRS))
+        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({own}); choose another name, "
+                             f"e.g. {name + '_'!r}.")
     if safe_name(name) != name:
-        raise FastpipesError(f"The {what} {name[:70]!r} cannot name a folder on every OS ({_unportable(name)}); choose another name.")
+        raise FastpipesError(f"The {what} {name[:70]!r} cannot name a folder on every OS ({_unportable(name)}); "
+                             "choose another name.")
     return name
 
 # %% ../nbs/00_core.ipynb #b48f28cf
