@@ -1002,6 +1002,14 @@ def test_full_disk_cli_exits_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and 'No space left on' in err and len(err.splitlines()) == 1, err
 
+def test_full_disk_on_the_search_cache(tmp_path, monkeypatch):
+    "crawl's searches.json that finds the disk full: the same sentence, nothing downloaded."
+    def full(fn, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(fc, 'atomic_write', full)
+    with pytest.raises(FastpipesError, match='No space left on'):
+        crawl(['cat'], tmp_path, n_train=2, search=lambda q, max_images: [dict(url='http://127.0.0.1:9/a.jpg')], **FAST)
+    assert not (tmp_path/'manifest.jsonl').exists()
+
 @pytest.mark.parametrize('name', sorted(OUTPUT_DIRS))
 def test_reserved_names_refused(tmp_path, name):
     "fastpipes' own folders are neither labels nor splits: refused before anything is fetched or written."
@@ -1013,6 +1021,13 @@ def test_reserved_names_refused(tmp_path, name):
             crawl({name: 'x'}, tmp_path/'c', search=lambda *a, **k: pytest.fail('searched'), **FAST)
         assert srv.n_requests == 0
     assert not (tmp_path/'d').exists() and not (tmp_path/'c').exists()
+
+def test_reserved_label_cli_exits_2(tmp_path, capsys):
+    from fastpipes.cli import main
+    (tmp_path/'urls.txt').write_text('http://127.0.0.1:9/a.jpg\n')
+    rc = main(['download', str(tmp_path/'urls.txt'), str(tmp_path/'d'), '--label', 'models', '--allow-private', '--quiet'])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'models' is reserved" in err and len(err.splitlines()) == 1, err
 
 UNPORTABLE = ['../../x', 'CON', 'a/b', 'a\\b', '', 'x' * 300, '..', '.', 'nul.txt', 'tab\there', 'new\nline', 'a"b', 'why?',
               'a:b', ' padded', 'dot.', '.hidden', 'circle""" if __import__("os").system("touch X") else """', 3]
