@@ -8,6 +8,7 @@ __all__ = []
 # %% ../nbs/99a_all.ipynb #2dcfd65c
 from .core import *
 from .synth import *
+from .net import *
 from .crawl import *
 from .serve import *
 from .clean import *

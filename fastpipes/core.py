@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #95984c24
 from __future__ import annotations
-import hashlib, io, json, math, numbers, os, random, re, stat, struct, threading, time, unicodedata, warnings
+import errno, hashlib, io, json, math, numbers, os, random, re, stat, struct, threading, time, unicodedata, warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +14,9 @@ from typing import Iterable, Iterator
 __all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'MAX_PIXELS', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES',
            'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'range_text', 'check_number', 'printable',
            'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row',
-           'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode',
-           'text_kind', 'sniff', 'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output', 'RunFolder',
-           'is_image_file', 'DatasetView', 'dataset_view', 'image_files', 'literal_text']
+           'read_manifest', 'write_manifest', 'no_space', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar',
+           'eval_mode', 'text_kind', 'sniff', 'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output',
+           'RunFolder', 'check_name', 'is_image_file', 'DatasetView', 'dataset_view', 'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
@@ -141,18 +141,41 @@ def _drop_torn_line(fn:Path):
     if data and not data.endswith(b'\n'):
         with open(fn, 'r+b') as f: f.truncate(data.rfind(b'\n')+1)
 
+_FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+
+def no_space(e:BaseException, # what a write raised
+             folder:Path, # the folder written to, named in the sentence
+            )->FastpipesError|None:
+    "One sentence for a write under `folder` that found its disk (or quota) full; `None` for any other error."
+    if not (isinstance(e, OSError) and e.errno in _FULL): return None
+    return FastpipesError(f"No space left on the device that holds `{folder}`; free some space and run again: "
+                          "what was done so far is kept.")
+
 class ManifestWriter:
-    "Thread-safe appender of manifest rows: each row is one `write` of one line, flushed at once."
+    "Thread-safe appender of manifest rows: each row one whole line, written at once; a full disk leaves no torn line."
     def __init__(self, dest:Path):
-        self.fn = manifest_path(dest); self.fn.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock(); self.f = None
+        self.dest, self.fn = Path(dest), manifest_path(dest); self.fn.parent.mkdir(parents=True, exist_ok=True)
+        self.lock, self.f, self.size = threading.Lock(), None, 0
+
     def __enter__(self):
         _drop_torn_line(self.fn)
-        self.f = open(self.fn, 'a', encoding='utf-8')
+        self.f = open(self.fn, 'ab', buffering=0)
+        self.size = self.f.seek(0, os.SEEK_END)
         return self
+
     def write(self, row:dict):
-        line = json.dumps(row, ensure_ascii=False)+'\n'
-        with self.lock: self.f.write(line); self.f.flush()
+        "Append `row` as one line; on a full disk cut what was written of it and raise `no_space`'s sentence."
+        line = (json.dumps(row, ensure_ascii=False)+'\n').encode('utf-8')
+        with self.lock:
+            try:
+                n = 0
+                while n < len(line): n += self.f.write(line[n:])
+            except OSError as e:
+                with suppress(OSError): self.f.truncate(self.size)   # else the next writer cuts the torn line
+                if err := no_space(e, self.dest): raise err from None
+                raise
+            self.size += n
+
     def __exit__(self, *exc): self.f.close()
 
 # %% ../nbs/00_core.ipynb #4ac9577b
@@ -395,6 +418,32 @@ class RunFolder(os.PathLike):
     def lock(self, wait:float=0):
         "Hold the run folder for one run (see `dataset_lock`)."
         return dataset_lock(self.path, wait)
+
+# %% ../nbs/00_core.ipynb #75175963
+def _unportable(s:str)->str:
+    "Why `s` cannot name a folder on every OS (`s` is a string that `safe_name` changes)."
+    t = unicodedata.normalize('NFC', s)
+    if not t.strip(): return 'it is empty'
+    if m := _BAD.search(t): return f'it contains {m.group()[0]!r}'
+    if t.startswith('.'): return 'it starts with a dot'
+    if t != t.strip(' ') or t.endswith('.'): return 'it starts or ends with a space, or ends with a dot'
+    if t.split('.')[0].upper() in _RESERVED: return 'it is a device name on Windows'
+    if len(t.encode('utf-8')) > 64: return 'it is longer than 64 bytes in UTF-8'
+    return 'it is not in Unicode NFC form'
+
+def check_name(name:str, # a class label or a split name: it names one folder
+               what:str='label', # what to call it in the error
+              )->str:
+    "`name` if it can name a folder on every OS and is not one of fastpipes' own folders; else one sentence why not."
+    if not isinstance(name, str): raise FastpipesError(f"The {what} {name!r} must be text, not {type(name).__name__}.")
+    if name.casefold() in OUTPUT_DIRS:
+        own = ', '.join(sorted(OUTPUT_DIRS))
+        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({own}); choose another name, "
+                             f"e.g. {name + '_'!r}.")
+    if safe_name(name) != name:
+        raise FastpipesError(f"The {what} {name[:70]!r} cannot name a folder on every OS ({_unportable(name)}); "
+                             "choose another name.")
+    return name
 
 # %% ../nbs/00_core.ipynb #b48f28cf
 REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
