@@ -79,11 +79,11 @@ def _args(a, *names)->dict:
 
 # %% ../nbs/10_cli.ipynb #66acfd8f
 _TRAIN_RUN, _CLASSIFIER = 'fastpipes.pipeline:train_run', 'fastpipes.train:train_classifier'
-_DOWNLOAD, _CRAWL, _DEMO = 'fastpipes.crawl:download_images', 'fastpipes.crawl:crawl', 'fastpipes.pipeline:demo'
+_DOWNLOAD, _CRAWL, _DEMO = 'fastpipes.crawl:download_images', 'fastpipes.crawl:crawl_images', 'fastpipes.pipeline:demo'
 _EXPORT = 'fastpipes.export:export_run'
 _TRAIN = ('arch', 'size', 'bs', 'epochs', 'freeze_epochs', 'valid', 'pretrained', 'aug', 'mixup', 'lr', 'seed',
           'channels_last', 'precision', 'resume', 'quiet')
-_NET = ('allow_private', 'proxy', 'wait', 'max_workers', 'per_host', 'deadline')
+_NET = ('allow_private', 'proxy', 'wait', 'num_workers', 'per_host', 'deadline', 'robots', 'ignore_opt_out', 'user_agent')
 _BOOL, _WHOLE0 = dict(action=argparse.BooleanOptionalAction), _number(whole=True, lo=0)
 
 def _train_opts(p):
@@ -108,9 +108,12 @@ def _net_opts(g):
     _opt(g, '--allow-private', _DOWNLOAD, "allow image URLs on loopback and private addresses", **_BOOL)
     _opt(g, '--proxy', _DOWNLOAD, "proxy URL ('' for none; none: HTTP(S)_PROXY, ALL_PROXY)")
     _opt(g, '--wait', _DOWNLOAD, "seconds to wait for another run on the same folder", type=_number(lo=0))
-    _opt(g, ['--max-workers', '--workers'], _DOWNLOAD, "downloads at once, in all", type=_count)
+    _opt(g, ['--num-workers', '--workers'], _DOWNLOAD, "downloads at once, in all", type=_count)
     _opt(g, '--per-host', _DOWNLOAD, "downloads at once on one host", type=_count)
     _opt(g, '--deadline', _DOWNLOAD, "seconds one URL may take, redirects included", type=_positive)
+    _opt(g, '--robots', _DOWNLOAD, "fetch each site's robots.txt and skip what it disallows", **_BOOL)
+    _opt(g, '--ignore-opt-out', _DOWNLOAD, "also fetch images marked `X-Robots-Tag: noai`", **_BOOL)
+    _opt(g, '--user-agent', _DOWNLOAD, "the User-Agent sent (none: fastpipes, its version and a URL)")
 
 def _crawl_opts(p):
     p.add_argument('classes', nargs='*', type=_label, metavar='CLASS', help="class labels, each its own search query")
@@ -203,17 +206,15 @@ def _read_urls(fn:Path)->list[str]:
     return urls
 
 def _cmd_crawl(a):
-    from fastpipes.crawl import crawl
+    from fastpipes.crawl import crawl_images
     classes, counts = classes_from(a.classes, a.spec)
     path = out_dir(a.out)
-    crawl(classes, path, quiet=a.quiet, **{**_args(a, 'n_train', 'n_test', 'pause', *_NET), **counts})
-    if not a.quiet: print(f"Dataset in {path} (see {path/'manifest.jsonl'}).")
+    print(crawl_images(classes, path, quiet=a.quiet, **{**_args(a, 'n_train', 'n_test', 'pause', *_NET), **counts}))
 
 def _cmd_download(a):
     from fastpipes.crawl import download_images
     path, urls = out_dir(a.path), [dict(url=u, label=a.label, split=a.split) for u in _read_urls(a.url_file)]
-    download_images(urls, path, quiet=a.quiet, **_args(a, *_NET))
-    if not a.quiet: print(f"Downloaded into {path} (see {path/'manifest.jsonl'}).")
+    print(download_images(urls, path, quiet=a.quiet, **_args(a, *_NET)))
 
 def _cmd_clean(a):
     from fastpipes.clean import clean_images

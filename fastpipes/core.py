@@ -6,7 +6,7 @@
 from __future__ import annotations
 import errno, hashlib, io, json, math, numbers, os, random, re, stat, struct, threading, time, unicodedata, warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterable, Iterator
 

@@ -19,12 +19,12 @@ from fastcore.basics import patch
 from fastcore.foundation import L
 from fastcore.meta import delegates
 from . import __version__
-from .core import FastpipesError, ManifestWriter, atomic_write, check_name, dataset_lock, image_size, inside
+from .core import FastpipesError, ManifestWriter, atomic_write, check_name, check_number, dataset_lock, image_size, inside
 from .core import new_row, no_space, pbar, printable, read_manifest, short_hash, sniff, write_manifest
 from .net import LOOPS, FetchError, Transport, check_proxy, proxy_for, run_loops, url_host
 
 # %% auto #0
-__all__ = ['USER_AGENT', 'SEARCHES', 'search_images', 'download_images', 'crawl']
+__all__ = ['USER_AGENT', 'SEARCHES', 'search_images', 'download_images', 'DownloadSummary', 'crawl_images']
 
 # %% ../nbs/01_crawl.ipynb #9a5c25da
 def _result(r:dict, query:str)->dict:
@@ -79,13 +79,6 @@ def search_images(query:str, # what to search for, e.g. 'grizzly bear'
 _MB = 1 << 20
 USER_AGENT = f'fastpipes/{__version__} (+https://github.com/fastpipes/fastpipes)'   # who fetches, where to read on
 
-def _number(name:str, v, lo:float=0, whole:bool=False, strict:bool=False):
-    "Raise a `FastpipesError` unless `v` is a finite number >= `lo` (> `lo` if `strict`), whole if `whole`."
-    ok = isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not (ok and (v > lo if strict else v >= lo)):
-        kind, op = 'a whole number' if whole else 'a number', '>' if strict else '>='
-        raise FastpipesError(f"`{name}` must be {kind} {op} {lo:g}, not {v!r}.")
-
 def _check_agent(ua):
     if not isinstance(ua, str) or not ua.strip() or not ua.isascii() or printable(ua) != ua:
         raise FastpipesError(f"`user_agent` must be one line of printable ASCII text, not {ua!r}.")
@@ -94,7 +87,7 @@ def _check_agent(ua):
 @dataclass(frozen=True)
 class _Options:
     "What a download fetches and within which limits: the settings of `_Fetcher`, checked when made."
-    max_workers:int=100        # downloads at once, in all
+    num_workers:int=100        # downloads at once, in all
     per_host:int=4             # downloads (so connections) at once on one host
     connect_timeout:float=5.0  # seconds to connect (TLS handshake included)
     read_timeout:float=10.0    # seconds a single read may wait for data
@@ -109,9 +102,9 @@ class _Options:
     keep:int=200               # connections kept open at most, all hosts together
 
     def __post_init__(self):
-        for k in ('max_workers', 'per_host', 'max_bytes', 'keep'): _number(k, getattr(self, k), 1, whole=True)
-        _number('max_redirects', self.max_redirects, 0, whole=True)
-        for k in ('connect_timeout', 'read_timeout', 'deadline'): _number(k, getattr(self, k), 0, strict=True)
+        for k in ('num_workers', 'per_host', 'max_bytes', 'keep'): check_number(getattr(self, k), k, lo=1, whole=True)
+        check_number(self.max_redirects, 'max_redirects', lo=0, whole=True)
+        for k in ('connect_timeout', 'read_timeout', 'deadline'): check_number(getattr(self, k), k, lo=0, open_lo=True)
         _check_agent(self.user_agent)
         check_proxy(self.proxy)
         for scheme in ('http', 'https'): check_proxy(proxy_for(f'{scheme}://a.example/', self.proxy))   # environment's
@@ -123,7 +116,7 @@ class _Options:
 
     def share(self, k:int, i:int)->_Options:
         "The options of event loop `i` of `k`: its share of the download slots and of the connections kept."
-        return replace(self, max_workers=self.max_workers//k + (i < self.max_workers % k), keep=max(1, self.keep//k))
+        return replace(self, num_workers=self.num_workers//k + (i < self.num_workers % k), keep=max(1, self.keep//k))
 
     def transport(self)->Transport:
         "The transport (`fastpipes.net`) these options ask for."
@@ -200,12 +193,12 @@ class _Fetcher:
         self.net, self.made, self.loading = o.transport(), set(), set()
 
     async def run(self, rows:list[dict], emit:Callable):
-        "Fetch `rows`: at most `per_host` at a time on one host and `max_workers` in all; `emit(row)` as each settles."
-        self.slots = asyncio.Semaphore(self.o.max_workers)
+        "Fetch `rows`: at most `per_host` at a time on one host and `num_workers` in all; `emit(row)` as each settles."
+        self.slots = asyncio.Semaphore(self.o.num_workers)
         self.hops = defaultdict(lambda: asyncio.Semaphore(self.o.per_host))
         queues = defaultdict(deque)
         for r in rows: queues[url_host(r['url'])].append(r)
-        # workers started host after host, so that hosts take turns when `max_workers` is what limits
+        # workers started host after host, so that hosts take turns when `num_workers` is what limits
         qs = [q for k in range(self.o.per_host) for q in queues.values() if len(q) > k]
         tasks = [asyncio.create_task(self.worker(q, emit)) for q in qs]
         try:
@@ -423,8 +416,8 @@ def _check_folders(rows:list[dict], dest:Path):
 
 def _fetch(rows:list[dict], dest:Path, o:_Options)->Iterator[dict]:
     "Each of `rows` as it settles, fetched on up to `LOOPS` event loops that share slots, connections and robots.txt."
-    n, keep = Transport.budget(o.max_workers)
-    o, robots = replace(o, max_workers=n, keep=keep), _Robots() if o.robots else None
+    n, keep = Transport.budget(o.num_workers)
+    o, robots = replace(o, num_workers=n, keep=keep), _Robots() if o.robots else None
     return run_loops(lambda k, i: _Fetcher(dest, o.share(k, i), robots), rows, min(LOOPS, n))
 
 @contextlib.contextmanager
@@ -437,8 +430,8 @@ def _disk(dest:Path):
 
 # %% ../nbs/01_crawl.ipynb #c6469c39
 def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and optionally label, query, split
-                    dest:Path, # dataset folder: files, and the manifest `dest/manifest.jsonl`
-                    max_workers:int=100, # downloads at once, in all (and at most a third of the open-file limit)
+                    path:Path, # dataset folder: files, and the manifest `path/manifest.jsonl`
+                    num_workers:int=100, # downloads at once, in all (and at most a third of the open-file limit)
                     per_host:int=4, # downloads (so connections) at once on one host
                     connect_timeout:float=5.0, # seconds to connect (TLS handshake included)
                     read_timeout:float=10.0, # seconds a single read may wait for data
@@ -450,25 +443,33 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
                     proxy:str|None=None, # proxy URL such as 'http://proxy:3128'; None: HTTP(S)/ALL_PROXY; '': none
                     ignore_opt_out:bool=False, # also fetch images whose server says `X-Robots-Tag: noai` or `noimageai`
                     robots:bool=False, # fetch each host's robots.txt once and skip the URLs it disallows
-                    wait:float=0, # seconds to wait for another run on `dest` to finish, before saying it is in use
+                    wait:float=0, # seconds to wait for another run on `path` to finish, before saying it is in use
                     quiet:bool=False, # no progress bar
-                   )->L:
-    "Download `urls` into `dest` in parallel, safely and politely, one manifest row per URL; the rows of this run."
+                   )->DownloadSummary:
+    "Download `urls` into `path` in parallel, safely and politely, one manifest row per URL; this run's rows, summed up."
     o, rows = _Options.of(locals()), _items(urls)
-    _number('wait', wait, 0)
-    dest = Path(dest)
-    with dataset_lock(dest, wait=wait), _disk(dest):
-        _check_folders(rows, dest)
-        out, todo = _settled(rows, dest, o)
-        with ManifestWriter(dest) as mw:
-            for r in pbar(_fetch(todo, dest, o), total=len(todo), quiet=quiet, comment='download'):
+    check_number(wait, 'wait', lo=0)
+    path = Path(path)
+    with dataset_lock(path, wait=wait), _disk(path):
+        _check_folders(rows, path)
+        out, todo = _settled(rows, path, o)
+        with ManifestWriter(path) as mw:
+            for r in pbar(_fetch(todo, path, o), total=len(todo), quiet=quiet, comment='download'):
                 mw.write(r); out[r['url']] = r
-        write_manifest(dest, read_manifest(dest))
-    res = L(out[r['url']] for r in rows)
-    if not quiet: print(_summary(res))
-    return res
+        write_manifest(path, read_manifest(path))
+    return DownloadSummary([out[r['url']] for r in rows], path=path)
 
 def _short(s:str, n:int=70)->str: return s if len(s) <= n else s[:n-1] + '…'
+
+class DownloadSummary(L):
+    "What `download_images` (or `crawl_images`) did: its manifest rows, one per URL, and a one-line `str`."
+    def __init__(self, rows=None, *args, path:Path|None=None, **kwargs): super().__init__(rows, *args, **kwargs); self.path = path
+    @property
+    def counts(self)->dict: "URLs per status." ; return dict(Counter(r['status'] for r in self))
+    @property
+    def n_ok(self)->int: return sum(r['status'] == 'ok' for r in self)
+    def __str__(self): return _summary(self)[:-1] + (f" in {self.path}." if self.path else '.')
+    def _repr_pretty_(self, p, cycle): p.text(str(self))
 
 def _summary(rows)->str:
     "One line: how many URLs were saved, found done, skipped to be polite and failed; the commonest reasons to fail."
@@ -545,40 +546,39 @@ class _Searches:
         return res
 
 def _check_crawl(n_train, n_test, pause, seed, search, kwargs:dict):
-    "Check `crawl`'s arguments, and those it passes to `download_images`, before any search."
-    for k,v in dict(n_train=n_train, n_test=n_test).items(): _number(k, v, 0, whole=True)
+    "Check `crawl_images`' arguments, and those it passes to `download_images`, before any search."
+    for k,v in dict(n_train=n_train, n_test=n_test).items(): check_number(v, k, lo=0, whole=True)
     if n_train + n_test == 0:
         raise FastpipesError("`n_train` and `n_test` cannot both be 0: give how many URLs to try per class.")
-    _number('pause', pause, 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise FastpipesError(f"`seed` must be a whole number, not {seed!r}.")
+    check_number(pause, 'pause', lo=0)
+    check_number(seed, 'seed', whole=True)
     if search is not None and not callable(search):
         raise FastpipesError(f"`search` must be a function such as `search_images`, not {search!r}.")
     sig = inspect.signature(download_images)
-    bad = [k for k in kwargs if k in ('urls', 'dest') or k not in sig.parameters]
+    bad = [k for k in kwargs if k in ('urls', 'path') or k not in sig.parameters]
     if bad:
-        raise FastpipesError(f"`crawl` got an unknown option {bad[0]!r}; `download_images` lists the ones it takes.")
-    _Options.of(kwargs); _number('wait', kwargs.get('wait', 0), 0)
+        raise FastpipesError(f"`crawl_images` got an unknown option {bad[0]!r}; `download_images` lists the ones it takes.")
+    _Options.of(kwargs); check_number(kwargs.get('wait', 0), 'wait', lo=0)
 
-@delegates(download_images, but=['urls', 'dest'])
-def crawl(classes:dict|list, # label → queries: a string, a list or {'train': [...], 'test': [...]}; or a list of labels
-          dest:Path, # dataset folder: dest/train/<label>/, dest/test/<label>/ and the manifest
+@delegates(download_images, but=['urls', 'path'])
+def crawl_images(classes:dict|list, # label → queries: a string, a list or {'train': [...], 'test': [...]}; or a list of labels
+          path:Path, # dataset folder: path/train/<label>/, path/test/<label>/ and the manifest
           n_train:int=200, # training URLs to try per class
           n_test:int=0, # test URLs to try per class (from its test queries, else a random part of its train results)
           test_classes:dict|None=None, # label → test queries (the course: {'iu': 'iu photo'})
           pause:float=2.0, # seconds between two searches, to be polite
           seed:int=42, # seed of the random test part when a class has no test queries
           search:Callable|None=None, # the search function, `search_images` by default (it gets `proxy=` if one's given)
-          cache:bool=True, # reuse search results saved in `dest/searches.json` by an earlier run
+          cache:bool=True, # reuse search results saved in `path/searches.json` by an earlier run
           **kwargs, # passed to `download_images`
-         )->L:
-    "Search every class's queries and download the results into `dest/{train,test}/<label>/`; the manifest rows."
+         )->DownloadSummary:
+    "Search every class's queries and download the results into `path/{train,test}/<label>/`; this run's rows."
     qs = _queries(classes, test_classes)
     _check_crawl(n_train, n_test, pause, seed, search, kwargs)
-    proxy, dest = kwargs.get('proxy'), Path(dest)
+    proxy, path = kwargs.get('proxy'), Path(path)
     search = partial(search or search_images, proxy=proxy) if proxy is not None or search is None else search
-    with dataset_lock(dest, wait=kwargs.get('wait', 0)), _disk(dest):
-        searches, results = _Searches(dest, search, pause, cache), {}
+    with dataset_lock(path, wait=kwargs.get('wait', 0)), _disk(path):
+        searches, results = _Searches(path, search, pause, cache), {}
         for label,q in qs.items():
             for split in ('train', 'test'):
                 n = n_train + (0 if q['test'] else n_test) if split == 'train' else n_test
@@ -587,6 +587,6 @@ def crawl(classes:dict|list, # label → queries: a string, a list or {'train': 
                 results[(label, split)] = _interleave(found)
         items, skipped = _plan(qs, results, n_train, n_test, seed)
         if skipped:
-            with ManifestWriter(dest) as mw:
+            with ManifestWriter(path) as mw:
                 for r in skipped: mw.write(r)
-        return L(skipped) + download_images(items, dest, **kwargs)
+        return DownloadSummary(skipped + list(download_images(items, path, **kwargs)), path=path)

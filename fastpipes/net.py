@@ -334,14 +334,14 @@ class Transport:
         self.headers = [(b'User-Agent', user_agent.encode()), (b'Accept-Encoding', b'identity')]
 
     @staticmethod
-    def budget(max_workers:int)->tuple[int, int]:
-        "Downloads at once and connections kept (all hosts): `max_workers` and twice that, within the open-file limit."
+    def budget(num_workers:int)->tuple[int, int]:
+        "Downloads at once and connections kept (all hosts): `num_workers` and twice that, within the open-file limit."
         try:
             import resource
             fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         except (ImportError, OSError, ValueError): fds = -1   # Windows: no such limit
-        if fds < 0: return max_workers, 2*max_workers   # RLIM_INFINITY
-        n = max(1, min(max_workers, fds // 3))   # a download holds a socket and a file
+        if fds < 0: return num_workers, 2*num_workers   # RLIM_INFINITY
+        n = max(1, min(num_workers, fds // 3))   # a download holds a socket and a file
         return n, max(n, min(2*n, fds // 2))
 
     def lane(self)->_Lane: return _Lane()

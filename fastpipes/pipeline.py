@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from itertools import zip_longest
 from pathlib import Path
 from fastcore.meta import delegates
-from .core import MANIFEST, FastpipesError, RunFolder, atomic_write, read_manifest
+from .core import MANIFEST, FastpipesError, RunFolder, atomic_write, check_name, read_manifest
 
 # %% auto #0
 __all__ = ['DEMO', 'check_label', 'read_spec', 'classes_from', 'write_run_report', 'in_dir', 'out_dir', 'train_run',
@@ -41,9 +41,10 @@ def check_label(label, # a class label: it names one folder
     if not isinstance(label, str): raise FastpipesError(f"{where} must be text, not {type(label).__name__}.")
     s = label.strip()
     if not s: raise FastpipesError(f"{where} is empty.")
-    if '/' in s or '\\' in s or s in ('.', '..'): raise FastpipesError(f"{where} {s!r} contains a path separator; a label names one folder.")
+    if '/' in s or '\\' in s or s in ('.', '..'):
+        raise FastpipesError(f"{where} {s!r} contains a path separator; a label names one folder.")
     if any(ord(c) < 32 or ord(c) == 127 for c in s): raise FastpipesError(f"{where} {s!r} contains a control character.")
-    return s
+    return check_name(s)   # a folder on every OS, and none of fastpipes' own
 
 def _queries(v, where:str)->list[str]:
     qs = [v] if isinstance(v, str) else v
@@ -246,9 +247,9 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
     if isinstance(classes, dict): classes, counts = {check_label(k, 'a label'): v for k,v in classes.items()}, {}
     else: classes, counts = classes_from(classes, spec)
     path = RunFolder(out_dir(out)).data
-    from fastpipes.crawl import crawl
+    from fastpipes.crawl import crawl_images
     from fastpipes.clean import clean_images
-    crawl(classes, path, n_train=counts.get('n_train', n_train), n_test=counts.get('n_test', n_test), quiet=quiet, **(crawl_kw or {}))
+    crawl_images(classes, path, n_train=counts.get('n_train', n_train), n_test=counts.get('n_test', n_test), quiet=quiet, **(crawl_kw or {}))
     clean_images(path, max_size=max_size, quiet=quiet)
     return path, f"fastpipes run: {' vs '.join(map(str, classes))}"
 

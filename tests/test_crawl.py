@@ -9,7 +9,7 @@ import fastpipes.crawl as fc
 import fastpipes.net as fn
 from fastpipes.core import LOCK, OUTPUT_DIRS, FastpipesError, ManifestWriter, inside, read_manifest, sha256_file
 from fastpipes.core import short_hash
-from fastpipes.crawl import crawl, download_images, search_images
+from fastpipes.crawl import crawl_images, download_images, search_images
 from fastpipes.serve import LoopbackProxy, LoopbackServer, Route
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +202,7 @@ def _kill_routes():
 def _child(urls_file, dest):
     return subprocess.Popen([sys.executable, '-c', (
         "import json, sys; from fastpipes.crawl import download_images; "
-        "download_images(json.load(open(sys.argv[1])), sys.argv[2], per_host=2, max_workers=4, allow_private=True, quiet=True)"),
+        "download_images(json.load(open(sys.argv[1])), sys.argv[2], per_host=2, num_workers=4, allow_private=True, quiet=True)"),
         str(urls_file), str(dest)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 def _state(dest):
@@ -305,7 +305,7 @@ def test_crawl_course_flows(tmp_path, fake_ddgs, monkeypatch):
         monkeypatch.setattr(FakeDDGS, 'images', images)
         pauses = []
         monkeypatch.setattr(fc.time, 'sleep', pauses.append)
-        rows = crawl({'iu': ['iu', 'iu kpop'], 'hynn': 'hynn'}, tmp_path, n_train=8, n_test=4,
+        rows = crawl_images({'iu': ['iu', 'iu kpop'], 'hynn': 'hynn'}, tmp_path, n_train=8, n_test=4,
                      test_classes={'iu': 'iu photo', 'hynn': 'hynn photo'}, pause=1.5, **FAST)
     assert pauses == [1.5] * 4                                               # 5 searches, a pause between each two
     m = read_manifest(tmp_path)
@@ -328,17 +328,17 @@ def test_crawl_random_test_split(tmp_path, fake_ddgs, monkeypatch):
     with LoopbackServer(lambda p: photo(sum(map(ord, p)) % 200)) as srv:
         monkeypatch.setattr(FakeDDGS, 'images', lambda self, query, page=1, **kw:
                             [dict(image=srv.url(f'/{query}/{i}.jpg')) for i in range(10)] if page == 1 else [])
-        crawl(['tiger', 'lion'], tmp_path/'a', n_train=10, pause=0, **FAST)
-        crawl(['tiger', 'lion'], tmp_path/'b', n_train=6, n_test=3, pause=0, seed=1, **FAST)
+        crawl_images(['tiger', 'lion'], tmp_path/'a', n_train=10, pause=0, **FAST)
+        crawl_images(['tiger', 'lion'], tmp_path/'b', n_train=6, n_test=3, pause=0, seed=1, **FAST)
     a, b = read_manifest(tmp_path/'a'), read_manifest(tmp_path/'b')
     assert {(r['label'], r['split']) for r in a} == {('tiger', 'train'), ('lion', 'train')} and len(a) == 20
     assert sorted(r['split'] for r in b if r['label'] == 'lion') == ['test'] * 3 + ['train'] * 6
     assert len({r['url'] for r in b}) == 18
 
 def test_crawl_bad_classes(tmp_path):
-    with pytest.raises(FastpipesError): crawl({}, tmp_path)
-    with pytest.raises(FastpipesError, match='not one of the classes'): crawl({'a': 'a'}, tmp_path, test_classes={'b': 'b'})
-    with pytest.raises(FastpipesError, match='no train queries'): crawl({'a': []}, tmp_path)
+    with pytest.raises(FastpipesError): crawl_images({}, tmp_path)
+    with pytest.raises(FastpipesError, match='not one of the classes'): crawl_images({'a': 'a'}, tmp_path, test_classes={'b': 'b'})
+    with pytest.raises(FastpipesError, match='no train queries'): crawl_images({'a': []}, tmp_path)
 
 def test_crawl_resumes_after_search_failure(tmp_path, fake_ddgs, monkeypatch):
     "A rate limit on the second class stops the crawl; the re-run searches only what was not saved and downloads nothing twice."
@@ -351,20 +351,20 @@ def test_crawl_resumes_after_search_failure(tmp_path, fake_ddgs, monkeypatch):
             return [dict(image=srv.url(f'/{query}/{i}.jpg')) for i in range(5)] if page == 1 else []
         monkeypatch.setattr(FakeDDGS, 'images', images)
         monkeypatch.setattr(fc.time, 'sleep', lambda s: None)
-        with pytest.raises(FastpipesError, match="'lion' failed"): crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
+        with pytest.raises(FastpipesError, match="'lion' failed"): crawl_images(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
         assert not list(tmp_path.rglob('*.jpg'))
         broken.clear(); fake_ddgs.calls.clear()
-        rows = crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
+        rows = crawl_images(['tiger', 'lion'], tmp_path, n_train=5, **FAST)
         assert [q for q,_ in fake_ddgs.calls] == ['lion', 'lion']          # 'tiger' came from searches.json
         assert rows.attrgot('status') == ['ok'] * 10
         n = srv.n_requests
-        assert crawl(['tiger', 'lion'], tmp_path, n_train=5, **FAST).attrgot('status') == ['skipped'] * 10
+        assert crawl_images(['tiger', 'lion'], tmp_path, n_train=5, **FAST).attrgot('status') == ['skipped'] * 10
         assert srv.n_requests == n and len(fake_ddgs.calls) == 2
 
 def test_download_bad_arguments(tmp_path):
-    for kw in [dict(per_host=0), dict(max_workers=0), dict(max_bytes=-1), dict(deadline=0)]:
+    for kw in [dict(per_host=0), dict(num_workers=0), dict(max_bytes=-1), dict(deadline=0)]:
         with pytest.raises(FastpipesError): download_images(['http://x/a.jpg'], tmp_path, quiet=True, **kw)
-    with pytest.raises(FastpipesError, match='n_train'): crawl(['a'], tmp_path, n_train=0, n_test=0)
+    with pytest.raises(FastpipesError, match='n_train'): crawl_images(['a'], tmp_path, n_train=0, n_test=0)
 
 # ---------------------------------------------------------------- https
 
@@ -481,7 +481,7 @@ def test_connections_kept_alive(tmp_path):
 def test_kept_connection_closed_by_server(tmp_path):
     "A kept connection the server dropped meanwhile is replaced: no failure, no request lost or repeated."
     with LoopbackServer({'/a.jpg': Route(JPG, drop=True), '/b.png': PNG_RGB, '/c.jpg': Route(photo(3), drop=True), '/d.jpg': photo(4)}) as srv:
-        rows = download_images([srv.url(p) for p in ['/a.jpg', '/b.png', '/c.jpg', '/d.jpg']], tmp_path, **dict(FAST, per_host=1, max_workers=1))
+        rows = download_images([srv.url(p) for p in ['/a.jpg', '/b.png', '/c.jpg', '/d.jpg']], tmp_path, **dict(FAST, per_host=1, num_workers=1))
         assert rows.attrgot('status') == ['ok'] * 4, rows.attrgot('reason')
         assert dict(srv.hits) == {'/a.jpg': 1, '/b.png': 1, '/c.jpg': 1, '/d.jpg': 1}
         assert srv.n_conns['127.0.0.1'] == 3    # b reuses nothing (a was dropped), c reuses b's, d needs a new one
@@ -504,13 +504,13 @@ def test_tls_handshake_under_the_deadline(tmp_path):
     assert r['status'] == 'error' and r['reason'] == 'took longer than the 1.5 s deadline', r['reason']
 
 def test_idle_connections_bounded(tmp_path):
-    "Idle kept-alive connections are capped (by `max_workers`): with one worker and three hosts in turn, none survives."
+    "Idle kept-alive connections are capped (by `num_workers`): with one worker and three hosts in turn, none survives."
     with LoopbackServer(lambda p: photo(int(p.strip('/').split('.')[0])), hosts=3) as srv:
         urls = [srv.url(f'/{i}.jpg', host=i % 3) for i in range(9)]
-        rows = download_images(urls, tmp_path/'one', **dict(FAST, max_workers=1))
+        rows = download_images(urls, tmp_path/'one', **dict(FAST, num_workers=1))
         assert rows.attrgot('status') == ['ok'] * 9 and sum(srv.n_conns.values()) == 9
         srv.n_conns.clear()
-        rows = download_images(urls, tmp_path/'three', **dict(FAST, max_workers=3, per_host=1))
+        rows = download_images(urls, tmp_path/'three', **dict(FAST, num_workers=3, per_host=1))
         assert rows.attrgot('status') == ['ok'] * 9 and sum(srv.n_conns.values()) == 3   # one per host, kept
 
 def test_https_kept_alive(tmp_path, certs, monkeypatch):
@@ -550,7 +550,7 @@ def test_malformed_urls_from_a_cached_search(tmp_path, monkeypatch):
     with LoopbackServer(lambda p: photo(len(p))) as srv:
         good = [dict(url=srv.url(f'/{i}.jpg'), query='cat') for i in range(3)]
         (tmp_path/'searches.json').write_text(json.dumps({'cat': dict(max_images=10, results=[dict(url='http://[::1/x.jpg', query='cat'), *good])}))
-        rows = crawl(['cat'], tmp_path, n_train=4, search=lambda *a, **k: pytest.fail('searched again'), **FAST)
+        rows = crawl_images(['cat'], tmp_path, n_train=4, search=lambda *a, **k: pytest.fail('searched again'), **FAST)
     assert sorted(rows.attrgot('status')) == ['error', 'ok', 'ok', 'ok']
     assert [r['reason'] for r in rows if r['status'] == 'error'] == ['bad URL: Invalid IPv6 URL']
 
@@ -614,7 +614,7 @@ def test_escape_sequences_in_reasons(tmp_path, capsys):
               '/type.jpg': Route(b'<html>hi</html>', content_type='image/jpeg\x9b2J'), '/ok.jpg': JPG}
     with LoopbackServer(routes) as srv:
         rows = download_images([srv.url(p) for p in routes] + [f'http://{ESC}.example/a.jpg'], tmp_path, **dict(FAST, quiet=False))
-    out = capsys.readouterr().out.rsplit('\r', 1)[-1]   # the summary line, after the progress bar's
+    out = str(rows)   # the summary line (the CLI prints it)
     controls = lambda s: [c for c in s if ord(c) < 32 and c not in '\n' or 0x7f <= ord(c) < 0xa0]
     assert rows.attrgot('status') == ['error'] * 3 + ['ok', 'error']
     assert not controls(out) and 'failed' in out, repr(out)
@@ -744,17 +744,17 @@ def test_search_proxy_from_the_environment(fake_http, monkeypatch):
 def test_crawl_passes_the_proxy_to_search(tmp_path, fake_ddgs, monkeypatch):
     seen = []
     def search(query, max_images, proxy=None): seen.append(proxy); return []
-    crawl(['cat'], tmp_path, n_train=2, search=search, proxy='http://p.example:1', **dict(FAST, quiet=True))
+    crawl_images(['cat'], tmp_path, n_train=2, search=search, proxy='http://p.example:1', **dict(FAST, quiet=True))
     assert seen == ['http://p.example:1']
 
 # ---------------------------------------------------------------- arguments, and one run per folder
 
 @pytest.mark.parametrize('kw', [dict(pause=-1), dict(pause=float('nan')), dict(pause=float('inf')), dict(seed='x'), dict(n_train=2.5),
                                 dict(per_host=0), dict(deadline=float('nan')), dict(read_timeout=-1), dict(max_redirects=-1),
-                                dict(wait=-1), dict(proxy='ftp://x'), dict(max_workers=True), dict(no_such_option=1)])
+                                dict(wait=-1), dict(proxy='ftp://x'), dict(num_workers=True), dict(no_such_option=1)])
 def test_crawl_bad_arguments_before_any_search(tmp_path, kw):
     with pytest.raises(FastpipesError) as e:
-        crawl(['cat'], tmp_path, **dict(dict(n_train=2, search=lambda *a, **k: pytest.fail('searched')), **kw))
+        crawl_images(['cat'], tmp_path, **dict(dict(n_train=2, search=lambda *a, **k: pytest.fail('searched')), **kw))
     assert len(str(e.value).rstrip('.').split('. ')) == 1 and str(e.value).endswith('.')
     assert not (tmp_path/'searches.json').exists()
 
@@ -920,7 +920,7 @@ def test_overlong_body_closes_the_connection(tmp_path):
     "A body longer than its Content-Length, a second response smuggled after it: the connection is not used again."
     imgs = {f'/{i}.jpg': photo(10 + i) for i in range(4)}
     with RawServer(lambda p: http(imgs[p]) + (http(SMUGGLED) if p == '/0.jpg' else b'')) as srv:
-        rows = download_images([srv.url(p) for p in imgs], tmp_path, **dict(FAST, per_host=1, max_workers=1))
+        rows = download_images([srv.url(p) for p in imgs], tmp_path, **dict(FAST, per_host=1, num_workers=1))
     assert rows.attrgot('status') == ['ok'] * 4, rows.attrgot('reason')
     which = {v: k for k,v in imgs.items()} | {SMUGGLED: 'smuggled'}
     assert [which[(tmp_path/r['file']).read_bytes()] for r in rows] == list(imgs)   # each URL its own image
@@ -931,7 +931,7 @@ def test_overlong_body_closes_a_pooled_connection(tmp_path):
     imgs = {f'/{i}.jpg': photo(20 + i) for i in range(3)}
     with RawServer(lambda p: http(imgs[p]) + (http(SMUGGLED) if p == '/0.jpg' else b''), host='127.0.0.2') as raw, \
          LoopbackServer({f'/r{i}': Route(status=302, redirect=raw.url(f'/{i}.jpg')) for i in range(3)}) as srv:
-        rows = download_images([srv.url(f'/r{i}') for i in range(3)], tmp_path, **dict(FAST, per_host=1, max_workers=1))
+        rows = download_images([srv.url(f'/r{i}') for i in range(3)], tmp_path, **dict(FAST, per_host=1, num_workers=1))
     assert rows.attrgot('status') == ['ok'] * 3, rows.attrgot('reason')
     which = {v: k for k,v in imgs.items()} | {SMUGGLED: 'smuggled'}
     assert [which[(tmp_path/r['file']).read_bytes()] for r in rows] == list(imgs)
@@ -1012,7 +1012,7 @@ def test_full_disk_on_the_search_cache(tmp_path, monkeypatch):
     def full(fn, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(fc, 'atomic_write', full)
     with pytest.raises(FastpipesError, match='No space left on'):
-        crawl(['cat'], tmp_path, n_train=2, search=lambda q, max_images: [dict(url='http://127.0.0.1:9/a.jpg')], **FAST)
+        crawl_images(['cat'], tmp_path, n_train=2, search=lambda q, max_images: [dict(url='http://127.0.0.1:9/a.jpg')], **FAST)
     assert not (tmp_path/'manifest.jsonl').exists()
 
 @pytest.mark.parametrize('name', sorted(OUTPUT_DIRS))
@@ -1024,7 +1024,7 @@ def test_reserved_names_refused(tmp_path, name):
                 download_images(dict(url=srv.url('/a.jpg'), **item), tmp_path/'d', **FAST)
             assert '\n' not in str(e.value)
         with pytest.raises(FastpipesError, match='reserved'):
-            crawl({name: 'x'}, tmp_path/'c', search=lambda *a, **k: pytest.fail('searched'), **FAST)
+            crawl_images({name: 'x'}, tmp_path/'c', search=lambda *a, **k: pytest.fail('searched'), **FAST)
         assert srv.n_requests == 0
     assert not (tmp_path/'d').exists() and not (tmp_path/'c').exists()
 
@@ -1048,7 +1048,7 @@ def test_unportable_labels_refused(tmp_path, label):
     assert '\n' not in str(e.value) and 'label' in str(e.value), str(e.value)
     with pytest.raises(FastpipesError): download_images(dict(url=NOWHERE, label='cat', split=label), d)
     if isinstance(label, str):
-        with pytest.raises(FastpipesError): crawl({label: 'x'}, c, search=no_search)
+        with pytest.raises(FastpipesError): crawl_images({label: 'x'}, c, search=no_search)
     assert not (tmp_path/'d').exists() and not (tmp_path/'c').exists()
 
 def test_portable_labels_kept(tmp_path):
