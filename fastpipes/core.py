@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 # %% auto #0
 __all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'MAX_PIXELS', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES',
            'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'range_text', 'check_number', 'printable',
-           'short_hash', 'safe_name', 'inside', 'atomic_write', 'sha256_file', 'manifest_path', 'new_row',
-           'read_manifest', 'write_manifest', 'no_space', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar',
+           'short_hash', 'safe_name', 'inside', 'no_space', 'full_disk', 'atomic_write', 'sha256_file', 'manifest_path',
+           'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar',
            'eval_mode', 'text_kind', 'sniff', 'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output',
            'RunFolder', 'check_name', 'is_image_file', 'DatasetView', 'dataset_view', 'image_files', 'literal_text']
 
@@ -53,7 +53,7 @@ _CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u206
 
 def printable(s:str, # text from outside: a server's reason, a file name
              )->str:
-    "`s` with control characters (terminal escape sequences, bidi overrides, tabs, newlines) written as visible `\\x..` escapes."
+    "`s` with control characters (terminal escapes, bidi overrides, tabs, newlines) written as visible `\\x..` escapes."
     return _CONTROL.sub(lambda m: m.group().encode('unicode_escape').decode('ascii'), str(s))
 
 # %% ../nbs/00_core.ipynb #a7bda713
@@ -83,15 +83,35 @@ def inside(path:Path, root:Path)->bool:
     return p == root or root in p.parents
 
 # %% ../nbs/00_core.ipynb #13831317
+_NO_SPACE = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+
+def no_space(e:BaseException, # what a write raised
+             where:Path, # the file or folder written to, named in the sentence
+            )->FastpipesError|None:
+    "One sentence for a write to `where` that found its disk (or quota) full; `None` for any other error."
+    if not (isinstance(e, OSError) and e.errno in _NO_SPACE): return None
+    return FastpipesError(f"No space left on the device to write `{where}`; free some space and run again: "
+                          "what was done so far is kept.")
+
+@contextmanager
+def full_disk(path:Path, # the file being written, named in the message
+             ):
+    "Inside, an `OSError` for a full disk or quota becomes `no_space`'s sentence naming `path`."
+    try: yield
+    except OSError as e:
+        if err := no_space(e, path): raise err from e
+        raise
+
+# %% ../nbs/00_core.ipynb #36e3d5d4
 def atomic_write(path:Path, data:bytes|str)->Path:
-    "Write `data` to `path` through a `.part` file and an atomic rename."
+    "Write `data` to `path` through a `.part` file and an atomic rename; a full disk leaves `path` as it was."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.part')
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        with full_disk(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -140,16 +160,6 @@ def _drop_torn_line(fn:Path):
     data = fn.read_bytes()
     if data and not data.endswith(b'\n'):
         with open(fn, 'r+b') as f: f.truncate(data.rfind(b'\n')+1)
-
-_FULL = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
-
-def no_space(e:BaseException, # what a write raised
-             folder:Path, # the folder written to, named in the sentence
-            )->FastpipesError|None:
-    "One sentence for a write under `folder` that found its disk (or quota) full; `None` for any other error."
-    if not (isinstance(e, OSError) and e.errno in _FULL): return None
-    return FastpipesError(f"No space left on the device that holds `{folder}`; free some space and run again: "
-                          "what was done so far is kept.")
 
 class ManifestWriter:
     "Thread-safe appender of manifest rows: each row one whole line, written at once; a full disk leaves no torn line."
@@ -208,7 +218,8 @@ def dataset_lock(dest:Path, # the dataset folder (created if missing)
             deadline = time.monotonic() + max(0., wait)
             while not _try_lock(fd):
                 if time.monotonic() >= deadline:
-                    raise FastpipesError(f"The folder `{dest}` is in use by another fastpipes run; wait for it to finish, then run again.")
+                    raise FastpipesError(f"The folder `{dest}` is in use by another fastpipes run; wait for it to "
+                                         "finish, then run again.")
                 time.sleep(0.05)
             with _held_lock: _held[key] = 1; held = True
         yield dest
@@ -247,8 +258,8 @@ def eval_mode(model, # a `torch.nn.Module`
         for m,was in modes: m.training = was
 
 # %% ../nbs/00_core.ipynb #4f8e8d9a
-IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff', '.webp',
-                        '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
+IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff',
+                        '.webp', '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
 MAX_BYTES = 256 << 20   # the largest file fastpipes reads into memory: 256 MB
 MAX_PIXELS = 40_000_000  # the most pixels fastpipes decodes: larger than any photo a classifier needs, far below a bomb
 
@@ -297,7 +308,8 @@ def _jpeg_size(b:bytes)->tuple[int,int]|None:
 def _webp_size(b:bytes)->tuple[int,int]|None:
     "Width and height of a WEBP from its first chunk."
     kind = b[12:16]
-    if kind == b'VP8X' and len(b) >= 30: return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
+    if kind == b'VP8X' and len(b) >= 30:
+        return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
     if kind == b'VP8L' and len(b) >= 25:
         v = int.from_bytes(b[21:25], 'little'); return 1+(v & 0x3FFF), 1+((v >> 14) & 0x3FFF)
     if kind == b'VP8 ' and len(b) >= 30: w,h = struct.unpack('<HH', b[26:30]); return w & 0x3FFF, h & 0x3FFF
@@ -313,7 +325,8 @@ def _avif_size(b:bytes)->tuple[int,int]|None:
 def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's SOF may follow large EXIF data)
                )->tuple[int,int]|None:
     "`(width, height)` read from the header of the image bytes `b` without decoding, or `None` if unknown."
-    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24: return struct.unpack('>II', b[16:24])
+    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24:
+        return struct.unpack('>II', b[16:24])
     if b[:6] in (b'GIF87a', b'GIF89a') and len(b) >= 10: return struct.unpack('<HH', b[6:10])
     if b.startswith(b'\xff\xd8'): return _jpeg_size(b)
     if b[:4] == b'RIFF' and b[8:12] == b'WEBP': return _webp_size(b)
@@ -338,7 +351,7 @@ def read_limited(fn:Path, # the file to read
                  max_bytes:int=MAX_BYTES, # the most bytes read
                  prefix:bool=False, # return the first `max_bytes` of a larger file instead of refusing it
                 )->tuple[bytes|None, str|None]:
-    "`(bytes, None)` from the regular file `fn`, or `(None, reason)`: 'symlink', 'special-file', 'too-large' or 'unreadable'."
+    "`(bytes, None)` from the regular file `fn`, or `(None, reason)`: symlink, special-file, too-large, unreadable."
     kind = entry_kind(fn)
     if kind in ('symlink', 'special'): return None, 'special-file' if kind == 'special' else 'symlink'
     try: fd = os.open(fn, _OPEN)   # no link followed, and a FIFO that appeared since cannot block the open
@@ -370,7 +383,7 @@ def image_size(fn:Path, # an image file
 
 # %% ../nbs/00_core.ipynb #34fad831
 MODEL_FILES = ('weights.pth', 'classifier.json')   # what `save_classifier` writes: a folder holding either is a model
-RUN_FILES = ('report.html', 'metrics.json')        # what a run writes beside its figures: a folder holding either is a run
+RUN_FILES = ('report.html', 'metrics.json')        # what a run writes beside its figures: a folder holding one is a run
 OUTPUT_DIRS = frozenset({'rejected', 'models', 'checkpoints', 'export'})   # folders fastpipes (and fastai) write into
 OUTPUT_SUFFIXES = ('.pth', '.pt', '.onnx', '.safetensors', '.part', '.jsonl', '.lock')   # model, export and work files
 
@@ -384,7 +397,7 @@ def _output(p:Path, kind:str, run_dir:bool)->bool:
 
 def is_output(p:Path, # a file or folder
              )->bool:
-    "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one of them holds."
+    "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one holds."
     p = Path(p)
     return _output(p, entry_kind(p), _holds(p.parent, RUN_FILES))
 
@@ -446,7 +459,7 @@ def check_name(name:str, # a class label or a split name: it names one folder
     return name
 
 # %% ../nbs/00_core.ipynb #b48f28cf
-REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
+REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name (`clean_images` moves it)
 
 def is_image_file(p:Path, # any path
                  )->bool:
@@ -454,8 +467,9 @@ def is_image_file(p:Path, # any path
     p = Path(p)
     return not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS and entry_kind(p) == 'file'
 
+# %% ../nbs/00_core.ipynb #67c87383
 def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
-    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data, or `None` if it is."
+    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data; `None` if it is."
     if p.name.startswith('.'): return 'hidden'
     if kind in ('dir', 'file') and _output(p, kind, run_dir): return 'fastpipes output'
     if kind == 'special': return 'special-file' if p.suffix.lower() in IMAGE_EXTS else 'not an image'
@@ -467,8 +481,8 @@ def _check_reserved(d:Path, root:Path):
     "Raise if the reserved folder `d` holds images: it would be a class silently left out."
     with os.scandir(d) as es: images = d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in es)
     if images:
-        raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for fastpipes' own "
-                             f"outputs; rename the class folder (e.g. to `{d.name}_`).")
+        raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for "
+                             f"fastpipes' own outputs; rename the class folder (e.g. to `{d.name}_`).")
 
 def _kind(e:os.DirEntry)->str:
     "`entry_kind` of a directory entry, from what `scandir` already knows."
@@ -477,7 +491,7 @@ def _kind(e:os.DirEntry)->str:
     return 'file' if e.is_file(follow_symlinks=False) else 'special'
 
 def _entries(d:Path)->list[tuple[Path,str,str|None]]:
-    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name, no link followed; reason `None`: walked as data."
+    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name; reason `None`: walked as data."
     es = [(Path(e.path), _kind(e)) for e in sorted(os.scandir(d), key=lambda e: e.name)]
     run_dir = any(k == 'file' and p.name in RUN_FILES for p,k in es)
     return [(p, k, _why_not(p, k, run_dir)) for p,k in es]
@@ -489,8 +503,9 @@ def _walk(d:Path, root:Path)->Iterator[tuple[Path,str|None]]:
         if k == 'dir' and why is None: yield from _walk(p, root)
         else: yield p, why
 
+# %% ../nbs/00_core.ipynb #9c4a6e48
 class DatasetView:
-    "What fastpipes sees in a dataset folder: its images with split and label, its class folders, and what it leaves out and why."
+    "What fastpipes sees in a dataset folder: its images with split and label, its class folders, what it leaves out."
     def __init__(self, path:Path):
         self.path, self.images, self.skipped, self.classes = Path(path), [], [], {}
         ents = _entries(self.path)
@@ -504,8 +519,9 @@ class DatasetView:
     def _top(self, p:Path, kind:str, why:str|None, split:str|None):
         "An entry where a class folder may be: a class, a loose file, or something left out."
         if kind == 'symlink' and os.path.isdir(p):
-            raise FastpipesError(f"The {'split' if self.splits and not split else 'class'} folder `{p.relative_to(self.path)}` is a symbolic "
-                                 "link, which fastpipes does not follow; copy or move its images into the dataset folder.")
+            what = 'split' if self.splits and not split else 'class'
+            raise FastpipesError(f"The {what} folder `{p.relative_to(self.path)}` is a symbolic link, which fastpipes "
+                                 "does not follow; copy or move its images into the dataset folder.")
         if kind == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, self.path)
         if kind == 'dir' and why is None:
             self.classes[(split, p.name)] = p
@@ -522,7 +538,7 @@ class DatasetView:
         return [p for p,s,_ in self.images if split is None or s == split]
 
     def counts(self):
-        "A DataFrame of image counts, one row per class (and '(no class)' for loose images), one column per split, with totals."
+        "A DataFrame of image counts: a row per class (and '(no class)' for loose images), a column per split, totals."
         import pandas as pd
         n = Counter((l if l is not None else '(no class)', s or 'all') for _,s,l in self.images)
         n.update({(l, s or 'all'): 0 for s,l in self.classes})
@@ -534,20 +550,23 @@ class DatasetView:
 
     def __repr__(self):
         kinds = Counter(r for *_,r in self.skipped)
-        return (f"{len(self.images)} images in {len(self.classes)} class folders" + (f" of the splits {self.splits}" if self.splits else '') +
-                f" in {self.path}" + (f"; left out: {', '.join(f'{n} {r}' for r,n in sorted(kinds.items()))}" if kinds else '') + '.')
+        splits = f" of the splits {self.splits}" if self.splits else ''
+        left = f"; left out: {', '.join(f'{n} {r}' for r,n in sorted(kinds.items()))}" if kinds else ''
+        return f"{len(self.images)} images in {len(self.classes)} class folders{splits} in {self.path}{left}."
 
-def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (when `train/` exists), `<label>/`, or a plain folder of images
+# %% ../nbs/00_core.ipynb #a857e247
+def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (with `train/`), `<label>/`, or a folder of images
                 )->DatasetView:
     "How every stage sees the dataset at `path`: images, splits, classes, and each entry left out with its reason."
     path = Path(path)
     if not path.exists(): raise FastpipesError(f"The dataset folder `{path}` does not exist; check the path.")
-    if not path.is_dir(): raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
+    if not path.is_dir():
+        raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
     return DatasetView(path)
 
 def image_files(d:Path, # a folder
                )->list[Path]:
-    "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs or hidden folders)."
+    "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs, hidden)."
     return [p for p,why in _walk(Path(d), Path(d)) if why is None]
 
 # %% ../nbs/00_core.ipynb #4f612d49
