@@ -9,6 +9,7 @@ __all__ = ['LOOPBACK_NAMES', 'review_ui', 'build_app', 'loopback_refusal', 'Loop
 import asyncio, errno, os, shutil, signal, socket, tempfile, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit
+from PIL import Image
 from .core import FastpipesError, MAX_BYTES, RunFolder, check_number
 from .inference import classify_ui, title_html
 from .review import Review, load_run
@@ -33,17 +34,28 @@ def review_ui(review:Review, # the review to show
     "Add the Review tab's components and events to the current Gradio `Blocks`; the images are read as views need them."
     import gradio as gr
     lock, latest = threading.Lock(), {}
+    def page_of(c, s, n, wait=False): return review.page(_sel(c), _sel(s), max(int(n or 1), 1)-1, per_page, wait=wait)
+    def pic(it):
+        try: return review.overlay(it, size=size), _caption(review, it)
+        except FastpipesError as e: return Image.new('RGB', (size, size), (225, 225, 225)), str(e)   # changed since read: a grey tile says so
+    def pics(its): return [pic(it) for it in its]
     def shown(c, s, n, wait=False):
-        its = review.page(_sel(c), _sel(s), max(int(n or 1), 1)-1, per_page, wait=wait)
-        return [(review.overlay(it, size=size), _caption(review, it)) for it in its], [it.key for it in its]
+        its = page_of(c, s, n, wait); return pics(its), [it.key for it in its]
     def view(c, s, n, request: gr.Request):   # the page grows while its view is read; a newer view stops this one
-        sid, me = getattr(request, 'session_hash', None), object()
+        sid, me, last = getattr(request, 'session_hash', None), object(), None
         latest[sid] = me
-        if review.order is None:
-            for done, total in review.scoring(_sel(c), _sel(s)):
-                if latest.get(sid) is not me: return
-                yield *shown(c, s, n), f"Reading the images of this view: {done} of {total} (highest loss first among those read)."
-        if latest.get(sid) is me: yield *shown(c, s, n, wait=True), _counts(review, c, s)
+        try:
+            if review.order is None:
+                for done, total in review.scoring(_sel(c), _sel(s)):
+                    if latest.get(sid) is not me: return
+                    its = page_of(c, s, n)
+                    keys = [it.key for it in its]
+                    gal = gr.update() if keys == last else pics(its)   # the page's pictures only when it changed
+                    last = keys
+                    yield gal, keys, f"Reading the images of this view: {done} of {total} (highest loss first among those read)."
+            if latest.get(sid) is me: yield *shown(c, s, n, wait=True), _counts(review, c, s)
+        finally:
+            if latest.get(sid) is me: del latest[sid]
     def select(keys, evt: gr.SelectData):
         if not keys or not isinstance(evt.index, int) or not 0 <= evt.index < len(keys): return gr.update(), gr.update(), gr.update()
         key = keys[evt.index]; m = review.mark_of(key).split()
