@@ -180,9 +180,9 @@ def _bind(port:int)->socket.socket:
     try: s.bind(('127.0.0.1', port))
     except OSError as e:
         s.close()
-        if e.errno == errno.EADDRINUSE:
+        if e.errno in (errno.EADDRINUSE, getattr(errno, 'WSAEADDRINUSE', -1)):
             raise FastpipesError(f"Port {port} on 127.0.0.1 is in use; pass --port with a free port (port= in Python), or stop what uses it.") from None
-        if e.errno == errno.EACCES:
+        if e.errno in (errno.EACCES, getattr(errno, 'WSAEACCES', -1)):
             raise FastpipesError(f"Port {port} on 127.0.0.1 cannot be opened (permission denied); pass --port 1024 or above.") from None
         raise
     return s
