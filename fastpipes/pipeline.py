@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
 from fastcore.meta import delegates
-from .core import MANIFEST, FastpipesError, RunFolder, atomic_write, inside, printable, read_manifest
+from .core import IMAGE_EXTS, MANIFEST, FastpipesError, RunFolder, atomic_write, inside, printable, read_manifest
 
 # %% auto #0
 __all__ = ['DEMO', 'check_label', 'read_spec', 'classes_from', 'write_run_report', 'in_dir', 'out_dir', 'train_run',
@@ -205,8 +205,8 @@ def _culprit(e:BaseException, root:Path)->Path|None:
         loc = tb.tb_frame.f_locals
         names += [loc.get(n) for n in ('fn', 'fp', 'filename')] + [getattr(loc.get('self'), 'filename', None)]
         tb = tb.tb_next
-    for n in reversed(names):
-        if isinstance(n, (str, Path)) and str(n) and inside(n, root) and Path(n) != Path(root) and not Path(n).is_dir(): return Path(n)
+    for n in reversed(names):   # an image file below the dataset folder (not a run's output written there)
+        if isinstance(n, (str, Path)) and Path(n).suffix.lower() in IMAGE_EXTS and inside(n, root) and not Path(n).is_dir(): return Path(n)
     return None
 
 @contextmanager
