@@ -160,7 +160,8 @@ def classify_ui(predict, # `[0, 1]` images → `(probs, cams)` (see `classify`)
         except FastpipesError as e: raise gr.Error(str(e)) from None
     with gr.Row():
         with gr.Column():
-            inp = gr.Image(type='filepath', label='Image', sources=['upload', 'clipboard'], elem_id='fp-image')
+            inp = gr.Image(type='filepath', image_mode=None, label='Image', sources=['upload', 'clipboard'],
+                           elem_id='fp-image')   # no `image_mode`: Gradio hands over the file without decoding it first
             btn = gr.Button('Classify', variant='primary', elem_id='fp-classify')
             if examples: gr.Examples([[str(e)] for e in examples], inputs=inp, label='Or pick an image')
         with gr.Column():

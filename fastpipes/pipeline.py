@@ -5,11 +5,12 @@
 # %% ../nbs/09_pipeline.ipynb #19d544d5
 from __future__ import annotations
 import inspect, json, tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
 from fastcore.meta import delegates
-from .core import MANIFEST, FastpipesError, RunFolder, atomic_write, check_name, read_manifest
+from .core import (IMAGE_EXTS, MANIFEST, FastpipesError, RunFolder, atomic_write, check_name, inside, printable,
+                            read_manifest)
 
 # %% auto #0
 __all__ = ['DEMO', 'check_label', 'read_spec', 'classes_from', 'write_run_report', 'in_dir', 'out_dir', 'train_run',
@@ -100,8 +101,19 @@ def classes_from(labels:list|None=None, # class labels, each its own query
 
 # %% ../nbs/09_pipeline.ipynb #0532c67a
 def _savefig(fig, fn:Path)->Path:
-    fig.savefig(fn, dpi=100, bbox_inches='tight')
-    return fn
+    "Write `fig` to `fn` as a PNG of bounded size (`report.figure_png`)."
+    from fastpipes.report import figure_png
+    return atomic_write(fn, figure_png(fig))
+
+def _confusion(learn)->tuple:
+    "The report's confusion figure and its title: the grid up to `MAX_GRID_CLASSES` classes, else the most confused pairs."
+    from fastpipes.train import confusion_figure
+    from fastpipes.report import MAX_GRID_CLASSES, confusion_counts, most_confused, confused_figure
+    vocab = list(learn.dls.vocab)
+    if len(vocab) <= MAX_GRID_CLASSES: return 'Confusion matrix', confusion_figure(learn, figsize=(max(4, 0.3*len(vocab)),)*2)
+    with learn.no_bar(), learn.no_logging(): probs, targs = learn.get_preds(dl=learn.dls.valid)
+    cm = confusion_counts(probs.argmax(1).numpy(), targs.numpy(), len(vocab))
+    return 'Most confused classes', confused_figure(most_confused(cm, vocab), len(vocab))
 
 def _summary(metrics:dict, counts, params:dict)->str:
     "One sentence on what was trained on what, and how well it did."
@@ -141,15 +153,15 @@ def write_run_report(learn, # a trained `Learner`
                     )->dict:
     "Evaluate `learn`, write `metrics.json`, the figures and `report.html` into `out`; return the metrics."
     import matplotlib.pyplot as plt
-    from fastpipes.train import evaluate, confusion_figure, top_losses_figure, history
+    from fastpipes.train import evaluate, top_losses_figure, history
     from fastpipes.cam import cam_grid
     from fastpipes.report import write_report, versions, dataset_counts, rejected_files, manifest_summary, curve_figure
     run = RunFolder(out)
     metrics = {**evaluate(learn), **(extra or {})}
     atomic_write(run.metrics, json.dumps(metrics, indent=2, default=float))
     hist = history(learn)
-    figs = {'Training curve': curve_figure(hist, learn.recorder.losses),
-            'Confusion matrix': confusion_figure(learn), 'Top losses': top_losses_figure(learn),
+    cm_title, cm_fig = _confusion(learn)
+    figs = {'Training curve': curve_figure(hist, learn.recorder.losses), cm_title: cm_fig, 'Top losses': top_losses_figure(learn),
             'Class activation maps': cam_grid(learn, cam_items if cam_items is not None else _cam_items(learn))}
     fns = {t: _savefig(f, run.figure(t)) for t,f in figs.items()}
     for f in figs.values(): plt.close(f)
@@ -183,6 +195,36 @@ def out_dir(path:Path, # a folder to write into (created)
     except OSError as e:
         raise FastpipesError(f"Cannot write to the output folder {p}: {e.strerror or e}.") from None
     return p
+
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)   # what reading a broken or vanished image raises (PIL, fastai)
+
+def _culprit(e:BaseException, root:Path)->Path|None:
+    "The file below `root` whose reading raised `e`: the error's own file name, else an argument of its innermost frames."
+    names = [getattr(e, 'filename', None)]
+    tb = e.__traceback__
+    for _ in range(1000):   # a traceback is finite; this bounds a cyclic one
+        if tb is None: break
+        loc = tb.tb_frame.f_locals
+        names += [loc.get(n) for n in ('fn', 'fp', 'filename')] + [getattr(loc.get('self'), 'filename', None)]
+        tb = tb.tb_next
+    for n in reversed(names):   # an image file below the dataset folder (not a run's output written there)
+        if isinstance(n, (str, Path)) and Path(n).suffix.lower() in IMAGE_EXTS and inside(n, root) and not Path(n).is_dir(): return Path(n)
+    return None
+
+@contextmanager
+def _image_errors(root:Path, # the dataset folder
+                  what:str, # what was running: 'training', 'evaluation'
+                 ):
+    "Inside, an image below `root` that vanished or broke after the run listed it is one sentence naming the file."
+    from PIL import Image
+    try: yield
+    except FastpipesError: raise
+    except (*_READ_ERRORS, Image.DecompressionBombError) as e:
+        fn = _culprit(e, root)
+        if fn is None: raise
+        why = 'it is gone' if not fn.exists() else f'it no longer decodes: {printable(str(e) or type(e).__name__)}'
+        raise FastpipesError(f"The image `{printable(fn)}` changed during {what} ({why}); restore it or run "
+                             f"`fastpipes clean {printable(root)}`, then run again.") from e
 
 def _valid_kw(path:Path, valid)->dict:
     "`image_dls` arguments for `valid`: a folder name, a fraction, or None (the `test` folder if any, else 20%)."
@@ -223,9 +265,9 @@ def _train_run(path, run, size, bs, valid, seed, aug, mixup, quiet, title, summa
     if mixup:
         from fastai.callback.mixup import MixUp
         cbs.append(MixUp())
-    learn = train_classifier(dls, seed=seed, quiet=quiet, cbs=cbs, checkpoints=run, **kwargs)
+    with _image_errors(path, 'training'): learn = train_classifier(dls, seed=seed, quiet=quiet, cbs=cbs, checkpoints=run, **kwargs)
     if not rank0(): return learn, None   # with several processes, rank 0 alone writes
-    with single_process():               # and evaluates on the whole validation set
+    with single_process(), _image_errors(path, 'evaluation'):   # rank 0 evaluates on the whole validation set
         save_classifier(learn, run.model)
         extra = extra_fn(learn) if extra_fn else None
         params = params or dict(path=str(path), **learn.fastpipes, size=size, bs=bs, valid=vkw['valid'] or vkw['valid_pct'],
