@@ -294,7 +294,8 @@ def _run(a)->int:
         if a.debug: traceback.print_exc()
         _err(str(e)); return 2
     except KeyboardInterrupt:
-        print("fastpipes: interrupted; what is done is kept: run the same command again to resume.", file=sys.stderr)
+        print("fastpipes: " + ("stopped." if a.command == 'app' else
+              "interrupted; what is done is kept: run the same command again to resume."), file=sys.stderr)
         return 130
     except Exception as e:
         if a.debug: traceback.print_exc()

@@ -27,8 +27,10 @@ def _check_pixels(w:int, h:int, max_pixels:int):
         raise FastpipesError(f"The image is {w}×{h} pixels, more than the {max_pixels/1e6:g} megapixels fastpipes "
                              "decodes; upload a smaller one.")
 
-def _open(fn, max_pixels:int)->Image.Image:
-    if os.path.getsize(fn) == 0: raise FastpipesError(f"The uploaded file is empty; {_FORMATS}.")
+def _open(fn, max_pixels:int, what:str)->Image.Image:
+    try: empty = os.path.getsize(fn) == 0
+    except OSError: raise FastpipesError(f"{what} does not exist (any more); {_FORMATS}.") from None
+    if empty: raise FastpipesError(f"{what} is empty; {_FORMATS}.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # refused below, before decoding
@@ -39,17 +41,18 @@ def _open(fn, max_pixels:int)->Image.Image:
         raise FastpipesError(f"The image has more than the {max_pixels/1e6:g} megapixels fastpipes decodes; "
                              "upload a smaller one.") from None
     except (OSError, ValueError, SyntaxError):
-        raise FastpipesError(f"The uploaded file is not an image that can be decoded; {_FORMATS}.") from None
+        raise FastpipesError(f"{what} is not an image that can be decoded; {_FORMATS}.") from None
 
 def load_image(image, # a file path, a PIL image or an RGB array (h, w, 3)
                max_pixels:int=MAX_PIXELS, # the most pixels decoded (width × height)
+               what:str='The uploaded file', # what to call a file in the message
               )->Image.Image:
     "`image` as an RGB PIL image, or one sentence on why it cannot be one."
     if image is None or (isinstance(image, str) and not image):
         raise FastpipesError("Nothing was uploaded; upload or pick an image first.")
     if isinstance(image, np.ndarray): _check_pixels(*image.shape[1::-1], max_pixels); image = Image.fromarray(image)
     if isinstance(image, Image.Image): _check_pixels(*image.size, max_pixels); return image.convert('RGB')
-    return _open(image, max_pixels)
+    return _open(image, max_pixels, what)
 
 # %% ../nbs/03b_inference.ipynb #ecfacb14
 _PAD = {'reflection': 'reflect', 'border': 'edge', 'zeros': 'constant'}

@@ -46,7 +46,7 @@ class ReviewItem:
 
 def _decode(fn:Path):
     "The RGB image in `fn`, or `(None, reason)` when it cannot be read or decoded (`inference.load_image`, with its pixel cap)."
-    try: return load_image(fn), None
+    try: return load_image(fn, what=f"`{fn}`"), None
     except FastpipesError as e: return None, str(e).rstrip('.')
     except OSError as e: return None, f"it cannot be read ({e.strerror or type(e).__name__})"
 
