@@ -27,7 +27,7 @@ def plain(urls_json:Path, dest:Path, size:int, epochs:int, bs:int):
     from torch import nn
     from fastai.vision.all import (download_images, verify_images, get_image_files, ImageDataLoaders, Resize, vision_learner,
                                    error_rate, Flatten, hook_output, first, TensorImage, set_seed)
-    from fastpipes.train import efficientnet_lite0   # the same pretrained weights; plain fastai would download timm's
+    from fastpipes.arch import efficientnet_lite0   # the same pretrained weights; plain fastai would download timm's
     t0 = time.time()
     urls = json.loads(Path(urls_json).read_text())
     groups = {}

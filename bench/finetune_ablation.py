@@ -19,7 +19,7 @@ def _dls(data, seed, size, bs, aug=True, resize_method='crop'):
 def _plain(dls, seed, epochs, fe, **_):
     "Plain fastai: `vision_learner(dls, efficientnet_lite0).fine_tune(epochs)`, fastai's own head and defaults."
     from fastai.vision.all import vision_learner, accuracy, set_seed
-    from fastpipes.train import efficientnet_lite0
+    from fastpipes.arch import efficientnet_lite0
     set_seed(seed)
     learn = vision_learner(dls, efficientnet_lite0, metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, freeze_epochs=fe)

@@ -30,7 +30,8 @@ def _dls(data:Path, seed:int, size:int):
 def plain(data:Path, seed:int, size:int, epochs:int)->dict:
     "fastai as the course writes it: `vision_learner` with fastai's own head, `fine_tune`."
     from fastai.vision.all import vision_learner, accuracy, set_seed
-    from fastpipes.train import efficientnet_lite0, evaluate   # the same weights (plain fastai would download timm's)
+    from fastpipes.arch import efficientnet_lite0   # the same weights (plain fastai would download timm's)
+    from fastpipes.train import evaluate
     dls = _dls(data, seed, size)
     t0 = time.time()
     set_seed(seed)
