@@ -118,7 +118,7 @@ from .distrib import on_rank0, single_process, world_size
 def _plain_t(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
 
 def _pooled(learn:Learner)->tuple:
-    "The training images' body features, averaged over space `(n, nf)`, and their targets: validation transforms, no augmentation."
+    "The training images' pooled body features `(n, nf)` and targets, through the validation transforms (no augmentation)."
     dl = learn.dls.train.new(shuffle=False, drop_last=False)
     no_aug = getattr(dl.dataset, 'set_split_idx', None)
     fs, ys = [], []
@@ -131,7 +131,7 @@ def probe_head(learn:Learner, # a learner with the CAM head (`is_cam_model`) on 
                wd:float=1e-3, # L2 penalty on the CAM layer's weights
                max_iter:int=100, # L-BFGS iterations
               )->torch.Tensor:
-    "Fit the CAM layer alone on the frozen body (`learn.loss_func`, L-BFGS on pooled features): a linear probe. Return its weight."
+    "Fit the CAM layer alone on the frozen body (a linear probe: L-BFGS on pooled features); return its weight."
     if not is_cam_model(learn.model): raise FastpipesError("probe_head fits the CAM layer; build the learner with cam=True.")
     feats, ys = _pooled(learn)
     lin = learn.model[1][2]
@@ -159,8 +159,10 @@ _FASTAI_HEAD = ('custom_head', 'concat_pool', 'pool', 'lin_ftrs', 'ps', 'first_b
 def _check_recipe(cam, pretrained, probe, kwargs)->bool:
     "Refuse head options that cannot give an exact CAM; whether to probe the CAM layer first."
     if cam and (bad := [k for k in _FASTAI_HEAD if k in kwargs]):
-        raise FastpipesError(f"`{bad[0]}` shapes fastai's own head, and a CAM head is only pooling and one Linear without bias (exact CAMs need nothing else): drop it, or pass cam=False.")
-    if probe and not cam: raise FastpipesError("probe=True fits the CAM layer, and cam=False builds fastai's head instead: pass cam=True, or leave probe out.")
+        raise FastpipesError(f"`{bad[0]}` shapes fastai's own head, and a CAM head is only pooling and one Linear "
+                             "without bias (exact CAMs need nothing else): drop it, or pass cam=False.")
+    if probe and not cam: raise FastpipesError("probe=True fits the CAM layer, and cam=False builds fastai's head "
+                                               "instead: pass cam=True, or leave probe out.")
     return bool(cam and pretrained) if probe is None else bool(probe)
 
 # %% ../nbs/04_train.ipynb #ed0c54f2
@@ -214,7 +216,7 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      cam:bool=True, # build the CAM head (pool, flatten, linear without bias) from the start
                      metrics=(accuracy, error_rate), # fastai metrics shown and kept per epoch
                      lr:float|str|None=None, # peak learning rate; None is 2e-3 (fastai's `fine_tune`), 'find' runs `lr_find`
-                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 when the CAM layer is probed or the body untrained, else 1
+                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 when probed or untrained, else 1
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
@@ -222,8 +224,8 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      precision:str='fp32', # 'fp32', 'fp16' (CUDA, fastai's `MixedPrecision`) or 'bf16'
                      checkpoints:Path|None=None, # run folder: a checkpoint after every epoch in `checkpoints/checkpoints/last.pth`
                      resume:bool=False, # continue from that checkpoint when there is one (reaching the same final weights)
-                     distributed:bool|int|None=None, # None: the processes of the current launch (`torchrun`, `accelerate launch`), else this one; False: this process; N > 1: fork N processes
-                     probe:bool|None=None, # fit the CAM layer on the frozen pretrained body first (`probe_head`); None: when `cam` and `pretrained`
+                     distributed:bool|int|None=None, # None: the current launch's processes, else this one; N > 1: fork N
+                     probe:bool|None=None, # fit the CAM layer on the frozen body first (`probe_head`); None: cam and pretrained
                      **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
@@ -241,8 +243,8 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
         if probe and not (resume and ck['checkpoint'] is not None and ck['checkpoint'].exists()): _probe_everywhere(learn)
         if lr == 'find': lr = on_rank0(_find_lr, learn)   # with several processes: found once, on rank 0, and shared
         # fastai's `fine_tune` (or one cycle from scratch); with checkpoints, the same with a checkpoint per epoch
-        fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck) if freeze_epochs or pretrained
-               else partial(resumable_one_cycle, epochs=epochs, lr_max=lr or 2e-3, **ck))
+        fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck)
+               if freeze_epochs or pretrained else partial(resumable_one_cycle, epochs=epochs, lr_max=lr or 2e-3, **ck))
         if distributed is None: distributed = world_size() > 1
         if distributed is False:
             with single_process(): fit(learn)

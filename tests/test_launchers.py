@@ -18,9 +18,10 @@ from pathlib import Path
 from fastpipes.data import image_dls
 from fastpipes.train import train_classifier, evaluate, save_classifier
 from fastpipes.distrib import rank, rank0, world_size, single_process
-data, out = Path(sys.argv[1]), Path(sys.argv[2])
+data, out, lr = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 dls = image_dls(data, size=32, bs=8, aug=False, num_workers=0)
-learn = train_classifier(dls, 'resnet18', pretrained=False, epochs=1, quiet=True, seed=0, lr='find', checkpoints=out)
+learn = train_classifier(dls, 'resnet18', pretrained=False, epochs=1, quiet=True, seed=0, checkpoints=out,
+                         lr=lr if lr == 'find' else float(lr))
 w = learn.model[1][2].weight
 (out/f'rank{rank()}.json').write_text(json.dumps(dict(world=world_size(), weight=w.detach().flatten().tolist())))
 if rank0():
@@ -56,15 +57,17 @@ def _check_script_run(out:Path, data:Path):
 
 def test_torchrun_runs_a_script(data, script, tmp_path):
     out = tmp_path/'run'; out.mkdir()
-    r = _run([_tool('torchrun'), '--standalone', '--nproc_per_node', '2', script, data, out])
+    r = _run([_tool('torchrun'), '--standalone', '--nproc_per_node', '2', script, data, out, '1e-3'])
     assert r.returncode == 0, r.stderr[-4000:]
     _check_script_run(out, data)
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_a_script(data, script, tmp_path):
-    "`accelerate launch --multi_gpu` starts its processes through torchrun; on a machine without GPUs they train on the CPU (gloo)."
+    """`accelerate launch --multi_gpu` starts its processes through torchrun; without GPUs they train on the CPU (gloo).
+    Fast twin: test_torchrun_runs_a_script."""
     out = tmp_path/'run'; out.mkdir()
     r = _run([_tool('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
-              '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', _port(), script, data, out])
+              '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', _port(), script, data, out, 'find'])   # found once, on rank 0
     assert r.returncode == 0, r.stderr[-4000:]
     _check_script_run(out, data)
 
@@ -73,21 +76,15 @@ def _check_cli_run(out:Path, data:Path, outs:list[str]):
     assert json.loads((out/'metrics.json').read_text())['n'] == len(list((data/'test').rglob('*.jpg')))
     assert sum(o.count('Report:') for o in outs) == 1, outs   # rank 0 reports, once
 
-# The command's `train` prints rank 0's report line on every rank; on the others `train_run` returns no metrics and
-# `_report_line(out, None)` raises, so torchrun stops rank 0 before its report is written. The CLI (nbs/10_cli) must
-# print only where there are metrics (rank 0); remove these marks when it does.
-CLI_RANKS = pytest.mark.xfail(strict=True, reason="cli._cmd_train prints the report line on every rank (AttributeError on rank 1)")
-
-@CLI_RANKS
 def test_torchrun_runs_the_command(data, tmp_path):
     out = tmp_path/'run'
     r = _run([_tool('torchrun'), '--standalone', '--nproc_per_node', '2', _tool('fastpipes'), 'train', data, '--out', out, *TINY])
     assert r.returncode == 0, r.stderr[-4000:]
     _check_cli_run(out, data, [r.stdout])
 
-@CLI_RANKS
+@pytest.mark.slow
 def test_two_torchrun_nodes_on_one_machine(data, tmp_path):
-    "Two agents, one process each, meet on 127.0.0.1 as two nodes: one model, one report."
+    "Two agents, one process each, meet on 127.0.0.1 as two nodes: one model, one report (fast twin: test_torchrun_runs_the_command)."
     out, port = tmp_path/'run', _port()
     def agent(node): return subprocess.Popen(
         [_tool('torchrun'), '--nnodes', '2', '--node_rank', str(node), '--nproc_per_node', '1', '--master_addr', '127.0.0.1',

@@ -213,6 +213,14 @@ def _ce(learn)->float:
     feats, ys = train._pooled(learn)
     return float(torch.nn.functional.cross_entropy(feats @ learn.model[1][2].weight.detach().T, ys))
 
+def _assert_exact_cams(learn):
+    "The CAM maps' spatial mean is the model's logits (within 1e-4) on a validation batch."
+    xb, _ = learn.dls.valid.one_batch()
+    maps, _ = cam_maps(learn, xb)
+    learn.model.eval()
+    with torch.no_grad(): logits = learn.model(xb)
+    assert torch.allclose(maps.mean((2, 3)), logits, atol=1e-4), (maps.mean((2, 3)) - logits).abs().max()
+
 def test_probe_head_fits_the_cam_layer_only(ds):
     learn = build_learner(tiny(ds, aug=False), 'resnet18', pretrained=False)
     body = {k: v.clone() for k,v in learn.model[0].state_dict().items()}
@@ -221,10 +229,7 @@ def test_probe_head_fits_the_cam_layer_only(ds):
     assert torch.equal(w, learn.model[1][2].weight.detach().cpu()) and is_cam_model(learn.model)
     assert _ce(learn) < min(before, 0.5)                                    # it separates the training images
     assert all(torch.equal(v, learn.model[0].state_dict()[k]) for k,v in body.items())   # the body is untouched
-    xb, _ = learn.dls.valid.one_batch()
-    maps, _ = cam_maps(learn, xb)
-    learn.model.eval()
-    with torch.no_grad(): assert torch.allclose(maps.mean((2, 3)), learn.model(xb), atol=1e-4)   # still exact
+    _assert_exact_cams(learn)   # still exact
     with pytest.raises(FastpipesError, match='cam=True'): probe_head(build_learner(tiny(ds), 'resnet18', pretrained=False, cam=False))
 
 def test_pretrained_cam_default_probes_then_fine_tunes(ds, monkeypatch):
@@ -234,6 +239,7 @@ def test_pretrained_cam_default_probes_then_fine_tunes(ds, monkeypatch):
     monkeypatch.setattr(train, 'probe_head', lambda learn, **kw: calls.append(1) or real(learn, **kw))
     l = train_classifier(tiny(ds), 'efficientnet_lite0', epochs=1, quiet=True, seed=0)
     assert calls == [1] and history(l).phase.tolist() == ['train'] and is_cam_model(l.model)
+    _assert_exact_cams(l)                                                           # probed, then fine-tuned: exact CAMs
     l = train_classifier(tiny(ds), 'efficientnet_lite0', epochs=1, quiet=True, seed=0, probe=False)
     assert calls == [1] and history(l).phase.tolist() == ['frozen', 'unfrozen']   # without the probe: fastai's fine_tune
     l = train_classifier(tiny(ds), 'resnet18', epochs=1, pretrained=False, quiet=True, seed=0)
