@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_distrib.ipynb #dcd834c6
 from __future__ import annotations
-import hashlib, io, json, os, pickle, random, shutil, sys, tempfile, threading, time, traceback
+import hashlib, io, json, os, pickle, random, shutil, signal, sys, tempfile, threading, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -113,14 +113,21 @@ def _item_strs(items, root:str)->list[str]:
 
 def _unwrap(model): return getattr(model, 'module', model)  # DistributedDataParallel holds the model in `.module`
 
+def _sizes(dls)->list[str]:
+    "What the training DataLoader's transforms resize to (`Resize`, `RandomResizedCrop`...): the model's input size."
+    dl = dls.loaders[0] if hasattr(dls, 'loaders') else dls
+    tfms = [*getattr(getattr(dl, 'after_item', None), 'fs', []), *getattr(getattr(dl, 'after_batch', None), 'fs', [])]
+    size = lambda s: tuple(int(v) for v in s) if isinstance(s, (tuple, list)) else s
+    return [f'{type(t).__name__}:{size(t.size)}' for t in tfms if getattr(t, 'size', None) is not None]
+
 def fingerprint(learn:Learner)->dict:
-    "What identifies `learn`'s training: hashes of its architecture (module types, tensor names and shapes) and of its data (training and validation items), and its classes."
+    "What identifies `learn`'s training: hashes of its architecture and data, its classes and its input size."
     m = _unwrap(learn.model)
     arch = _sha([type(o).__name__ for o in m.modules()] + [f'{k}:{tuple(v.shape)}' for k,v in m.state_dict().items()])
     root = str(getattr(learn.dls, 'path', None) or '.')
     data = [_item_strs(getattr(dl.dataset, 'items', None), root) for dl in learn.dls.loaders[:2]]
     vocab = [str(v) for v in getattr(learn.dls, 'vocab', None) or []]
-    return dict(arch=arch, data=_sha(['train', *data[0], 'valid', *data[1]]), vocab=vocab)
+    return dict(arch=arch, data=_sha(['train', *data[0], 'valid', *data[1]]), vocab=vocab, size=_sizes(learn.dls))
 
 # %% ../nbs/03a_distrib.ipynb #4df390de
 def _plain(o):
@@ -173,10 +180,35 @@ def read_checkpoint(fn:Path)->dict:
         raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint that can be loaded safely ({type(e).__name__}); delete it and train afresh.") from None
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT or not isinstance(ck.get('model'), dict):
         raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint (format {CHECKPOINT_FORMAT!r}); delete it and train afresh.")
+    if (why := _malformed(ck)): raise FastpipesError(f"The checkpoint `{fn}` is damaged ({why}); delete it and train afresh.")
     return ck
 
+def _rows(s)->list|None:
+    "The history rows in the JSON text `s`, or None when it is not a list of rows."
+    try: rows = json.loads(s) if isinstance(s, str) else None
+    except ValueError: return None
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else None
+
+def _malformed(ck:dict)->str|None:
+    "What is wrong with the parts of a checkpoint that a resume reads, or None."
+    done = ck.get('done')
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0: return f"its count of finished epochs is {done!r}"
+    if not all(isinstance(ck.get(k), dict) for k in ('params', 'fingerprint')): return "its settings are missing"
+    if not all(isinstance(v, torch.Tensor) for v in ck['model'].values()): return "its weights are not all tensors"
+    if _rows(ck.get('history', '[]')) is None: return "its history is not a list of epochs"
+    return None
+
 # %% ../nbs/03a_distrib.ipynb #3312cdda
-_WHAT = dict(arch="another architecture", vocab="other classes", data="another dataset (other training or validation images)")
+_WHAT = dict(arch="another architecture", vocab="other classes", data="another dataset (other training or validation images)",
+             size="another input size")
+
+def _check_tensors(ck:dict, learn:Learner, fn):
+    "One sentence unless the checkpoint's weights have the names and shapes of `learn`'s model."
+    want = {k: tuple(v.shape) for k,v in _unwrap(learn.model).state_dict().items()}
+    got = {k: tuple(v.shape) for k,v in ck['model'].items()}
+    bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    if bad: raise FastpipesError(f"The weights in the checkpoint `{fn}` do not fit this model (`{bad[0]}` is missing, "
+                                 "extra or reshaped); train afresh without resuming.")
 
 def check_checkpoint(ck:dict, # from `read_checkpoint`
                      learn:Learner, # the Learner about to resume
@@ -186,12 +218,20 @@ def check_checkpoint(ck:dict, # from `read_checkpoint`
     "Raise a one-sentence `FastpipesError` unless `ck` was written by the same model, classes, dataset and hyper-parameters."
     fp, old = fingerprint(learn), ck.get('fingerprint') or {}
     for k,what in _WHAT.items():
+        if k == 'size' and k not in old: continue   # written before checkpoints recorded the input size
         if old.get(k) != fp[k]:
-            raise FastpipesError(f"The checkpoint `{fn}` was written for {what}; resume with the same model and data, or train afresh without resuming.")
+            raise FastpipesError(f"The checkpoint `{fn}` was written for {what}; resume with the same model and data, "
+                                 "or train afresh without resuming.")
     oldp = ck.get('params') or {}
     for k,v in params.items():
         if k in oldp and oldp[k] != v:
-            raise FastpipesError(f"The checkpoint `{fn}` was written with {k}={oldp[k]!r}, not {v!r}; resume with the same settings, or train afresh without resuming.")
+            raise FastpipesError(f"The checkpoint `{fn}` was written with {k}={oldp[k]!r}, not {v!r}; resume with the same "
+                                 "settings, or train afresh without resuming.")
+    _check_tensors(ck, learn, fn)
+    total = (params.get('epochs') or 0) + (params.get('freeze_epochs') or 0)
+    if ck.get('done', 0) > total:
+        raise FastpipesError(f"The checkpoint `{fn}` says {ck['done']} epochs are done, more than this run's {total}; "
+                             "train afresh without resuming.")
 
 # %% ../nbs/03a_distrib.ipynb #43ab5ab7
 def _epoch_seed(seed:int, done:int, rank:int=0)->int:
@@ -349,6 +389,7 @@ def _orphan_watch(parent:int):
 
 def _worker(r:int, n:int, backend:str, tmp:str, threads:int, parent:int, fn, args, kwargs):
     "One process of `launch`: join the group, run `fn`, leave rank 0's result (or the error) in `tmp`."
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the launcher's own handler (below) is not the worker's
     _orphan_watch(parent)
     os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n))
     if sys.platform.startswith('linux'): os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')  # one machine: loopback only
@@ -414,10 +455,20 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
     backend = _backend(n)
     threads = threads or max(1, torch.get_num_threads() // n)
     ctx = mp.get_context(start_method or _start_method(fn, args, kwargs))
-    for attempt in range(2):  # a process group that failed to form (a lost loopback connection, before `fn` ran) is formed again once
-        try: return _run(ctx, fn, args, kwargs, n, backend, threads)
-        except _NotFormed:
-            if attempt: raise RuntimeError(f"The {n} processes could not form a process group ({backend}); run again.") from None
+    with _term_as_interrupt():
+        for attempt in range(2):  # a group that failed to form (a lost loopback connection, before `fn` ran) is formed again once
+            try: return _run(ctx, fn, args, kwargs, n, backend, threads)
+            except _NotFormed:
+                if attempt: raise RuntimeError(f"The {n} processes could not form a process group ({backend}); run again.") from None
+
+@contextmanager
+def _term_as_interrupt():
+    "SIGTERM raises `KeyboardInterrupt` here, as Ctrl-C does: the processes are stopped and the temporary folder removed."
+    if threading.current_thread() is not threading.main_thread(): yield; return   # only the main thread handles signals
+    def stop(*_): raise KeyboardInterrupt()
+    old = signal.signal(signal.SIGTERM, stop)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 class _NotFormed(Exception): "The processes of `launch` failed before every one of them joined the group."
 
