@@ -201,6 +201,11 @@ def test_help_is_fast_and_light():
                        capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert r.stdout.strip() == 'False', r.stderr
 
+def test_command_help_prints_no_foreign_warnings():
+    "A command's help reads the library's defaults (importing torch and fastai): their deprecation warnings stay off stderr."
+    rc, o, e = cli('train', '--help')
+    assert rc == 0 and '--epochs' in o and e == '', e
+
 # ---------------------------------------------------------------- Ctrl-C: exit 130 and resume
 
 def test_ctrl_c_during_download_resumes(tmp_path):
