@@ -12,6 +12,7 @@ from .crawl import *
 from .serve import *
 from .clean import *
 from .arch import *
+from .audit import *
 from .data import *
 from .distrib import *
 from .train import *
