@@ -90,23 +90,40 @@ def _fold_bn(model):
                 parent._modules[b] = nn.Sequential(bn.drop, bn.act) if hasattr(bn, 'act') else nn.Identity()
     return m
 
+def _onnx(net, size:int):
+    "An onnxruntime CPU session running `net` on `(n, 3, size, size)` inputs; None without onnxruntime (the `app` extra)."
+    import importlib.util
+    if importlib.util.find_spec('onnxruntime') is None: return None
+    import torch, onnxruntime as ort
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(net, (torch.zeros(1, 3, size, size),), buf, input_names=['x'], output_names=['y'], opset_version=17,
+                          dynamic_axes={'x': {0: 'n'}, 'y': {0: 'n'}}, dynamo=False)
+    opts = ort.SessionOptions(); opts.log_severity_level = 3; opts.intra_op_num_threads = os.cpu_count() or 1
+    return ort.InferenceSession(buf.getvalue(), opts, providers=['CPUExecutionProvider'])
+
 @functools.lru_cache(maxsize=2)
 def _net(arch, size:int)->tuple:
-    "The embedding network of `arch` for CPU inference (batch norms folded, channels last), and its input mean and std; built once per process."
+    "A function from uint8 images `(n, size, size, 3)` to `arch`'s embeddings, and its engine's name; built once per process."
     import torch
     net = embedder(arch)
+    mean, std = (np.array(s, np.float32).reshape(1, 3, 1, 1) for s in arch_stats(arch) or ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    norm = lambda xs: (np.asarray(xs, np.float32).transpose(0, 3, 1, 2)/255 - mean)/std
+    x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    with torch.inference_mode(): ref = net(torch.from_numpy(norm(x))).numpy()
+    close = lambda y: np.allclose(y, ref, rtol=1e-3, atol=1e-3*float(np.abs(ref).mean()))
+    def run_torch(xs, m):
+        with torch.inference_mode(): return m(torch.from_numpy(norm(xs)).contiguous(memory_format=torch.channels_last)).float().numpy()
     fast = _fold_bn(net).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(): a, b = net(x), fast(x.contiguous(memory_format=torch.channels_last))
-    if not torch.allclose(a, b, rtol=1e-3, atol=1e-3*float(a.abs().mean())): fast = net   # a layout the folding misread
-    stats = arch_stats(arch) or ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    return fast, *(torch.tensor(s, dtype=torch.float32).view(1, 3, 1, 1) for s in stats)
-
-def _forward(net, mean, std, xs:list)->np.ndarray:
-    "Embeddings `(n, features)` of the uint8 images `xs` (each `(size, size, 3)`)."
-    import torch
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255)
-    with torch.inference_mode(): return net(((x - mean)/std).contiguous(memory_format=torch.channels_last)).float().numpy()
+    if not close(run_torch(x, fast)): fast = net   # a layout the folding misread: the plain network
+    try: sess = _onnx(fast, size)
+    except Exception as e:   # an exporter or a runtime that cannot take this network: PyTorch runs it, and we say so
+        warnings.warn(f"onnxruntime cannot run {arch_name(arch)} ({type(e).__name__}: {e}); embedding with PyTorch instead.")
+        sess = None
+    run_ort = lambda xs: sess.run(None, {'x': norm(xs)})[0]
+    if sess is not None and close(run_ort(x)): return run_ort, 'onnxruntime'
+    return functools.partial(run_torch, m=fast), 'torch'
 
 def _batches(fns:list, size:int, bs:int, n_workers:int):
     "Batches of `(index, _read(...))`, read by `n_workers` threads one batch ahead of the network."
@@ -122,7 +139,7 @@ def embed_images(fns:list, # image files
                  size:int=224, # input side: the shorter side is resized to it and the centre square kept
                  bs:int=32, # images per forward pass
                  quiet:bool=False, # no progress bar
-                 n_workers:int|None=None, # reading threads (default: the number of CPUs)
+                 n_workers:int=1, # reading threads: one keeps ahead of the network (more compete with it for the CPU)
                 )->dict:
     "Embeddings, image statistics, thumbnails and sizes of the image files `fns`, and why any could not be read."
     n = len(fns)
@@ -130,12 +147,12 @@ def embed_images(fns:list, # image files
                thumb=np.zeros((n, THUMB, THUMB), np.uint8), wh=np.zeros((n, 2), np.int64), why=[None]*n)
     if not n: return out
     net = None
-    for batch in pbar(_batches(list(fns), size, bs, n_workers or os.cpu_count() or 1), total=-(-n//bs), quiet=quiet, comment='audit'):
+    for batch in pbar(_batches(list(fns), size, bs, max(1, n_workers)), total=-(-n//bs), quiet=quiet, comment='audit'):
         for i, r in batch: out['why'][i] = r['why']
         ok = [(i, r) for i, r in batch if r['why'] is None]
         if not ok: continue
-        if net is None: net, mean, std = _net(arch, size)   # built once there is something to embed
-        e = _forward(net, mean, std, [r['x'] for _, r in ok])
+        if net is None: net = _net(arch, size)[0]   # built once there is something to embed
+        e = net(np.stack([r['x'] for _, r in ok]))
         if not out['emb'].shape[1]: out['emb'] = np.zeros((n, e.shape[1]), np.float32)
         for (i, r), v in zip(ok, e): out['emb'][i], out['stats'][i], out['thumb'][i], out['wh'][i] = v, r['stats'], r['thumb'], r['wh']
     return out

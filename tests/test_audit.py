@@ -79,6 +79,19 @@ def test_quality_flags():
     wh = np.array([[500, 400]]*5 + [[1000, 200]])
     assert quality_flags(stats, wh) == ['', 'dark', 'bright', 'low-information', 'grayscale', 'blurry;aspect']
 
+def test_engines_agree(tmp_path, monkeypatch):
+    "onnxruntime (when installed) and PyTorch give the same embeddings; an exporter that fails is said, and PyTorch runs."
+    fns = []
+    for i in range(3): marks_image('circle', 96, i)[0].save(tmp_path/f'{i}.jpg'); fns.append(tmp_path/f'{i}.jpg')
+    A._net.cache_clear()
+    first, engine = A.embed_images(fns, quiet=True)['emb'], A._net('efficientnet_lite0', 224)[1]
+    def broken(net, size): raise RuntimeError('no exporter here')
+    monkeypatch.setattr(A, '_onnx', broken); A._net.cache_clear()
+    with pytest.warns(UserWarning, match='embedding with PyTorch instead'): again = A.embed_images(fns, quiet=True)['emb']
+    assert A._net('efficientnet_lite0', 224)[1] == 'torch' and engine in ('onnxruntime', 'torch')
+    np.testing.assert_allclose(again, first, rtol=1e-3, atol=1e-3*np.abs(first).mean())
+    monkeypatch.undo(); A._net.cache_clear()
+
 # ---- the audit of a generated dataset with planted problems
 
 def make_data(dest:Path, n_train=30, n_test=8, seed=3, **kw)->pd.DataFrame:
