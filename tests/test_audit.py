@@ -1,4 +1,5 @@
-"`fastpipes.audit`: the detectors on made-up data, the audit of a generated dataset with planted problems, the cache, moving flagged files and back, the card, and bad input."
+"""`fastpipes.audit`: the detectors on made-up data, the audit of a generated dataset with planted problems, the cache,
+moving flagged files and back, the card, and bad input."""
 import io, json, shutil, warnings
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def test_out_of_sample_probs_predicts_rows_left_out_of_fitting():
 def test_offtopic_group_is_found_where_nearest_neighbours_miss_it():
     rng = np.random.default_rng(2)
     c0, c1, far = rng.normal(0, 1, (3, 32))
-    X = np.concatenate([c0 + rng.normal(0, .6, (80, 32)), c1 + rng.normal(0, .6, (80, 32)), far*2 + rng.normal(0, .2, (15, 32))])
+    X = np.concatenate([c0 + rng.normal(0, .6, (80, 32)), c1 + rng.normal(0, .6, (80, 32)),
+                        far*2 + rng.normal(0, .2, (15, 32))])
     y = np.array([0]*80 + [1]*80 + [1]*15); off = np.arange(175) >= 160
     ratio, core, ref = offtopic_scores(X, y)
     assert roc_auc_score(off, ratio) == 1 and not core[off].any() and ref > 0
@@ -75,7 +77,8 @@ def test_copy_candidates_from_embeddings_and_thumbnails():
     assert len(i) == len(s) == len(v)
 
 def test_quality_flags():
-    stats = np.array([[120, 50, 7, 40, .2], [20, 10, 5, 40, .2], [245, 20, 5, 40, .2], [120, 3, 1, 40, 0], [120, 50, 7, 1, .2], [120, 50, 7, 40, .001]])
+    stats = np.array([[120, 50, 7, 40, .2], [20, 10, 5, 40, .2], [245, 20, 5, 40, .2], [120, 3, 1, 40, 0],
+                      [120, 50, 7, 1, .2], [120, 50, 7, 40, .001]])
     wh = np.array([[500, 400]]*5 + [[1000, 200]])
     assert quality_flags(stats, wh) == ['', 'dark', 'bright', 'low-information', 'grayscale', 'blurry;aspect']
 
@@ -97,7 +100,8 @@ def test_engines_agree(tmp_path, monkeypatch):
 def make_data(dest:Path, n_train=30, n_test=8, seed=3, **kw)->pd.DataFrame:
     make_marks(dest, n_train=n_train, n_test=n_test, size=128, seed=seed, mark_frac=0.3)
     (dest/'boxes.csv').unlink()
-    return inject_problems(dest, seed=seed, **{**dict(flips=0.06, groups=(('text', 8),), copies=(2, 2, 2), undecodable=1), **kw})
+    kw = {**dict(flips=0.06, groups=(('text', 8),), copies=(2, 2, 2), undecodable=1), **kw}
+    return inject_problems(dest, seed=seed, **kw)
 
 @pytest.fixture(scope='module')
 def audited(tmp_path_factory):
@@ -139,7 +143,8 @@ def test_audit_finds_planted_problems(audited):
 @pytest.mark.slow
 def test_audit_finds_planted_problems_larger(tmp_path):
     "The fast twin is `test_audit_finds_planted_problems`: more images, more problems, two groups, every kind of copy."
-    planted = make_data(tmp_path/'d', n_train=60, n_test=15, seed=5, flips=0.08, groups=(('text', 10), ('chart', 10)), copies=(4, 4, 4))
+    planted = make_data(tmp_path/'d', n_train=60, n_test=15, seed=5, flips=0.08, groups=(('text', 10), ('chart', 10)),
+                        copies=(4, 4, 4))
     check_found(audit(tmp_path/'d', quiet=True), planted)
 
 def test_second_audit_reads_the_cache(data, monkeypatch):
@@ -200,7 +205,8 @@ def test_reject_leaves_changed_files_and_only_asked_issues(data):
     f = df.file[df.issue == 'off-topic'].iloc[0]
     (data/f).write_bytes((data/f).read_bytes() + b'\0')
     moved = reject_flagged(data, 'off-topic')
-    assert set(moved.issue) == {'off-topic'} and moved.note[moved.file == f].tolist() == ['changed since the audit: audit again']
+    assert set(moved.issue) == {'off-topic'}
+    assert moved.note[moved.file == f].tolist() == ['changed since the audit: audit again']
     assert (data/f).is_file()
     with pytest.raises(FastpipesError, match='Unknown audit issue'): reject_flagged(data, ['blurry'])
     restore_flagged(data, ['copy'])   # other issues stay where they are
@@ -228,9 +234,10 @@ def test_read_audit_checks_the_table(data):
     with pytest.raises(FastpipesError, match='has no audit yet'): read_audit(data)
 
 def test_summary_and_card(data):
-    rows = [new_row(url=f'https://h{i % 2}.example/{i}.jpg', query=f'{l} mark', label=l, split='train', status='ok', file=f'train/{l}/{i}.jpg')
-            for i, l in enumerate(['circle', 'cross']*5)]
-    rows.append(new_row(url='https://h0.example/x', query='cross mark', label='cross', split='train', status='rejected', reason='html'))
+    rows = [new_row(url=f'https://h{i % 2}.example/{i}.jpg', query=f'{l} mark', label=l, split='train', status='ok',
+                    file=f'train/{l}/{i}.jpg') for i, l in enumerate(['circle', 'cross']*5)]
+    rows.append(new_row(url='https://h0.example/x', query='cross mark', label='cross', split='train', status='rejected',
+                        reason='html'))
     write_manifest(data, rows)
     c = audit_counts(data)
     assert c['checked'] == c['images'] - 1 and c['skipped'] == {'truncated': 1}
@@ -263,11 +270,13 @@ def test_class_smaller_than_folds_and_class_of_one(tmp_path):
     df = audit(small(tmp_path/'a', {'circle': 8, 'cross': 3}), quiet=True, folds=5)
     assert df.label_score.notna().all() and set(df.note) == {''}
     df = audit(small(tmp_path/'b', {'circle': 8, 'cross': 6, 'none': 1}), quiet=True)
-    assert df.note[df.label == 'none'].tolist() == ['class too small for a label check'] and df.label_score[df.label != 'none'].notna().all()
+    assert df.note[df.label == 'none'].tolist() == ['class too small for a label check']
+    assert df.label_score[df.label != 'none'].notna().all()
 
 def test_single_image(tmp_path):
     df = audit(small(tmp_path, {'circle': 1}), quiet=True)
-    assert len(df) == 1 and df.issue[0] == '' and df.note[0] == 'too few images for an off-topic check; one class: no label check'
+    assert len(df) == 1 and df.issue[0] == ''
+    assert df.note[0] == 'too few images for an off-topic check; one class: no label check'
 
 def test_loose_images_without_classes(tmp_path):
     for i in range(12): marks_image('circle', 96, i)[0].save(tmp_path/f'{i}.jpg')
@@ -275,7 +284,8 @@ def test_loose_images_without_classes(tmp_path):
     assert set(df.label) == {''} and set(df.note) == {'no class folder: no off-topic check; in no class folder: no label check'}
 
 def test_nothing_decodes(tmp_path):
-    (tmp_path/'a').mkdir(); (tmp_path/'a'/'x.jpg').write_bytes(b'<html></html>'); (tmp_path/'a'/'y.jpg').write_bytes(b'\xff\xd8\xff\xe0' + b'\0'*50)
+    (tmp_path/'a').mkdir(); (tmp_path/'a'/'x.jpg').write_bytes(b'<html></html>')
+    (tmp_path/'a'/'y.jpg').write_bytes(b'\xff\xd8\xff\xe0' + b'\0'*50)
     df = audit(tmp_path, quiet=True)
     assert df.note.str.startswith('skipped: ').all() and len(df) == 2 and audit_counts(df)['checked'] == 0
     assert audit(tmp_path, quiet=True).equals(df)   # the reasons are cached with the file hashes
