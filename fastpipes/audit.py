@@ -297,20 +297,18 @@ def _neighbour_pairs(X:np.ndarray, k:int, min_sim:float)->tuple[np.ndarray, np.n
     return np.minimum(i, j), np.maximum(i, j)
 
 def copy_candidates(X:np.ndarray, # embeddings (n, features)
-                    thumbs:np.ndarray|None=None, # grey thumbnails (n, THUMB, THUMB): their neighbours count too
                     k:int=5, # nearest neighbours by embedding looked at
                     min_sim:float=0.5, # least cosine similarity of embeddings
-                    k_thumb:int=2, # nearest neighbours by thumbnail (unshifted cross-correlation) looked at
-                    thumb_sim:float=0.7, # least correlation of thumbnails
                    )->tuple[np.ndarray, np.ndarray]:
-    "Index pairs `(i, j)`, `i < j`, near neighbours by embedding or thumbnail (worth verifying), as two arrays."
+    "Index pairs `(i, j)`, `i < j`, one among the other's `k` nearest neighbours by embedding: the pairs worth verifying."
     i, j = _neighbour_pairs(X, k, min_sim)
-    if thumbs is not None and len(thumbs):
-        T = np.asarray(thumbs, np.float32).reshape(len(thumbs), -1)
-        ti, tj = _neighbour_pairs(T - T.mean(1, keepdims=True), k_thumb, thumb_sim)
-        i, j = np.concatenate([i, ti]), np.concatenate([j, tj])
     p = np.unique(np.stack([i, j], 1), axis=0).reshape(-1, 2)
     return p[:, 0], p[:, 1]
+
+def _thumb_corr(thumbs:np.ndarray)->np.ndarray:
+    "The thumbnails as zero-mean unit vectors: their dot product is their correlation as they are (no crop)."
+    T = np.asarray(thumbs, np.float32).reshape(len(thumbs), -1)
+    return _l2(T - T.mean(1, keepdims=True))
 
 _SCALES = tuple((sy, sx) for sy in (1., .9, .8, .7) for sx in (1., .9, .8, .7))   # a copy's sides: 70–100%
 
@@ -362,11 +360,17 @@ def copy_pairs(X:np.ndarray, # embeddings (n, features)
                copy:float=0.84, # least cross-correlation of a copy; a pair with a flat image needs halfway from it to 1
                keys:list|None=None, cache:dict|None=None, # content hashes and known scores (see `copy_scores`)
               )->tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    "Candidate pairs `(i, j)` by embedding, their thumbnails' match, and whether each pair is a copy."
-    i, j = copy_candidates(X, thumbs)
+    "Candidate pairs `(i, j)`, their thumbnails' match, and whether each pair is a copy."
+    i, j = copy_candidates(X)
     s = copy_scores(thumbs, i, j, keys, cache)
-    flat = np.asarray(flat, bool)
-    return i, j, s, s >= np.where(flat[i] | flat[j], (1 + copy)/2, copy)
+    strict = (1 + copy)/2
+    thr = np.where(np.asarray(flat, bool)[i] | np.asarray(flat, bool)[j], strict, copy)
+    T = _thumb_corr(thumbs)   # a rescaled copy of a small image whose embedding the blur moved: a thumbnail neighbour, uncropped
+    ti, tj = _neighbour_pairs(T, 2, strict)
+    new = ~np.isin(ti*len(X) + tj, i*len(X) + j)
+    ti, tj = ti[new], tj[new]; ts = (T[ti]*T[tj]).sum(1)
+    return (np.concatenate([i, ti]), np.concatenate([j, tj]), np.concatenate([s, ts]).astype(np.float32),
+            np.concatenate([s >= thr, ts >= strict]))
 
 # %% ../nbs/02b_audit.ipynb #77e7a6ba
 def quality_flags(stats:np.ndarray, # the statistics `_STATS` of each image (n, 5)
