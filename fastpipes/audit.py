@@ -231,7 +231,7 @@ def out_of_sample_probs(X:np.ndarray, # embeddings (n, features)
     X, y = _l2(X), np.asarray(y); fit = np.ones(len(y), bool) if fit is None else np.asarray(fit, bool)
     P = np.zeros((len(y), int(y.max())+1))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
-        tr = tr[fit[tr]]
+        if len(np.unique(y[tr[fit[tr]]])) > 1: tr = tr[fit[tr]]   # (a class all left out: learn from it anyway)
         m = LogisticRegression(C=C, max_iter=1000).fit(X[tr], y[tr])
         P[np.ix_(te, m.classes_)] = m.predict_proba(X[te])
     return P

@@ -31,6 +31,8 @@ def test_out_of_sample_probs_predicts_rows_left_out_of_fitting():
     fit = np.ones(60, bool); fit[:5] = False
     P = out_of_sample_probs(X, y, folds=4, fit=fit)
     assert P.shape == (60, 3) and np.allclose(P.sum(1), 1) and (P.argmax(1) == y).mean() > .95
+    P = out_of_sample_probs(X[:40], y[:40], fit=y[:40] == 0)   # every row of class 1 left out: learnt from anyway
+    assert (P.argmax(1) == y[:40]).mean() > .95
 
 def test_offtopic_group_is_found_where_nearest_neighbours_miss_it():
     rng = np.random.default_rng(2)
