@@ -102,7 +102,7 @@ def _onnx(net, size:int):
         torch.onnx.export(net, (torch.zeros(1, 3, size, size),), buf, input_names=['x'], output_names=['y'],
                           opset_version=17, dynamic_axes={'x': {0: 'n'}, 'y': {0: 'n'}}, dynamo=False)
     opts = ort.SessionOptions(); opts.log_severity_level = 3; opts.intra_op_num_threads = os.cpu_count() or 1
-    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads sleep: less CPU, faster when busy
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads sleep: less CPU
     return ort.InferenceSession(buf.getvalue(), opts, providers=['CPUExecutionProvider'])
 
 @functools.lru_cache(maxsize=2)
@@ -366,7 +366,7 @@ def copy_pairs(X:np.ndarray, # embeddings (n, features)
     s = copy_scores(thumbs, i, j, keys, cache)
     strict = (1 + copy)/2
     thr = np.where(np.asarray(flat, bool)[i] | np.asarray(flat, bool)[j], strict, copy)
-    T = _thumb_corr(thumbs)   # a rescaled small image whose embedding the blur moved: a neighbour by thumbnail, uncropped
+    T = _thumb_corr(thumbs)   # a rescaled small image whose embedding the blur moved: a thumbnail neighbour, uncropped
     ti, tj = _neighbour_pairs(T, 2, strict)
     new = ~np.isin(ti*len(X) + tj, i*len(X) + j)
     ti, tj = ti[new], tj[new]; ts = (T[ti]*T[tj]).sum(1)
