@@ -65,7 +65,7 @@ def main():
         fa, fp, ff, f1 = [], [], [], []
         sides = [('fastai', time_fastai, fa), ('fastpipes', lambda p: time_fastpipes(p)[0], fp),
                  ('full', lambda p: time_fastpipes(p, full_decode=True)[0], ff),
-                 ('one', lambda p: time_fastpipes(p, n_workers=1)[0], f1)]
+                 ('one', lambda p: time_fastpipes(p, num_workers=1)[0], f1)]
         for r in range(a.repeat):
             for name,fn,acc in sides:
                 dst = Path(tmp)/f'{name}-{r}'; shutil.copytree(src, dst)
@@ -75,7 +75,7 @@ def main():
     print(f"{n} files ({a.n} photo-like JPEGs 400-800 px + broken ones), {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; best and median of {a.repeat} interleaved runs, each on a fresh copy")
     for name,v in [('fastai verify_images + unlink', fa), ('fastpipes clean_images', fp),
-                   ('  with full_decode=True', ff), ('  with n_workers=1 (no threads)', f1)]:
+                   ('  with full_decode=True', ff), ('  with num_workers=1 (no threads)', f1)]:
         print(f"{name:32s}: {n/min(v):7.1f} files/s best, {n/med(v):7.1f} median")
     print(f"ratio fastpipes / fastai        : {min(fa)/min(fp):7.2f}x best, {med(fa)/med(fp):7.2f}x median"
           f"   (full_decode=True: {min(fa)/min(ff):.2f}x best, {med(fa)/med(ff):.2f}x median)")

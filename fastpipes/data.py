@@ -14,7 +14,8 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.data.transforms import Normalize
 from fastcore.basics import listify
-from .core import FastpipesError, dataset_view, image_files, is_image_file, set_seed
+from fastcore.meta import delegates
+from .core import FastpipesError, check_number, dataset_view, image_files, set_seed
 
 # %% auto #0
 __all__ = ['scan_images', 'dataset_summary', 'image_dls', 'name_dls']
@@ -33,14 +34,15 @@ def _rows(view, split:str|None, name:str, skip=())->list[tuple]:
     rows = []
     for (s,label),d in view.classes.items():
         if s != split or label in skip: continue
-        if not fns.get((s, label)): raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
+        if not fns.get((s, label)):
+            raise FastpipesError(f"The class folder `{d}` holds no images; add images or remove it.")
         rows += [(fn, label, name) for fn in fns[(s, label)]]
     return rows
 
 def scan_images(path:Path, # dataset folder: `train/<label>/`, `<valid>/<label>/`, or `<label>/` at the top
                 valid:str|None='test', # name of the validation folder beside `train`
                )->pd.DataFrame:
-    "Table of the images in `path` (columns file, label, split): split folders when `path/train` exists, else class folders."
+    "Table of the images in `path` (file, label, split): by split folders when `path/train` exists, else class folders."
     path = _need_dir(path, 'dataset folder')
     if (path/'train').exists():
         _need_dir(path/'train', 'training folder')
@@ -63,19 +65,13 @@ def dataset_summary(path:Path, # dataset folder
     return t
 
 # %% ../nbs/03_data.ipynb #c52ac15c
-def _check_size(size)->int|tuple:
-    ok = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-    if ok(size): return int(size)
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(ok, size)): return tuple(int(v) for v in size)
-    raise FastpipesError(f"`size` must be a positive int or a pair of positive ints (height, width), not {size!r}.")
-
-def _check_args(size, bs, valid_pct):
-    "Validate the numeric arguments of the DataLoaders factories."
-    if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
-        raise FastpipesError(f"`bs` must be a positive int, not {bs!r}.")
-    if valid_pct is not None and not (isinstance(valid_pct, (int, float)) and 0 < valid_pct < 1):
-        raise FastpipesError(f"`valid_pct` must be a fraction between 0 and 1 (e.g. 0.2), not {valid_pct!r}.")
-    return _check_size(size)
+def _check_args(size, bs, valid_pct)->int|tuple:
+    "Check the numbers the DataLoaders factories take; `size` as an int or a `(height, width)` pair of ints."
+    check_number(bs, 'bs', 1, whole=True)
+    if valid_pct is not None: check_number(valid_pct, 'valid_pct', 0, 1, open_lo=True, open_hi=True)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return tuple(check_number(v, 'size', 1, whole=True) for v in size)
+    return check_number(size, 'size', 1, whole=True)
 
 def _check_items(df:pd.DataFrame, where:str):
     "Raise unless `df` (file, label, is_valid) holds two classes, a training and a validation set, and no unseen class."
@@ -85,11 +81,14 @@ def _check_items(df:pd.DataFrame, where:str):
         raise FastpipesError(f"Only one class ({classes[0]!r}) found in {where}; a classifier needs at least two.")
     trn, val = df[~df.is_valid], df[df.is_valid]
     if trn.empty: raise FastpipesError(f"The training set from {where} is empty; add training images.")
-    if val.empty: raise FastpipesError(f"The validation set from {where} is empty; add validation images or raise `valid_pct`.")
+    if val.empty:
+        raise FastpipesError(f"The validation set from {where} is empty; add validation images or raise `valid_pct`.")
     unseen = sorted(set(val.label) - set(trn.label), key=str)
-    if unseen: raise FastpipesError(f"Validation classes {unseen} have no training images in {where}; add training images for them.")
+    if unseen:
+        raise FastpipesError(f"Validation classes {unseen} have no training images in {where}; add training images.")
     if trn.label.nunique() < 2:
-        raise FastpipesError(f"The training set from {where} has only the class {trn.label.iloc[0]!r}; a classifier needs two.")
+        raise FastpipesError(f"The training set from {where} has only the class {trn.label.iloc[0]!r}; "
+                             "a classifier needs two.")
 
 def _random_split(n:int, valid_pct:float, seed:int|None)->np.ndarray:
     "A boolean mask marking `valid_pct` of `n` items (at least one, at most n-1) as validation."
@@ -100,6 +99,7 @@ def _random_split(n:int, valid_pct:float, seed:int|None)->np.ndarray:
 
 # %% ../nbs/03_data.ipynb #9cf122cf
 def _batch_tfms(aug, normalize, batch_tfms)->list:
+    "fastai's augmentations (when `aug`), then `batch_tfms`, then ImageNet normalisation (when `normalize`)."
     tfms = []
     if aug: tfms += aug_transforms(**(aug if isinstance(aug, dict) else {}))
     tfms += listify(batch_tfms)
@@ -118,43 +118,27 @@ def _dls_from_df(df, path, size, bs, seed, aug, normalize, resize_method, item_t
     dls.fastpipes = dict(size=size, resize_method=str(resize_method), normalize=normalize)
     return dls
 
-def image_dls(path:Path, # dataset folder: `train/<label>/` and `<valid>/<label>/`, or `<label>/` with `valid_pct`
-              valid:str|None='test', # validation folder beside `train` (ignored when `valid_pct` is given)
-              valid_pct:float|None=None, # fraction of the training images to hold out at random instead
-              size:int|tuple=224, # image size after `Resize`: an int or (height, width)
-              bs:int=32, # batch size
-              seed:int|None=42, # seed for the random split, the shuffling and the augmentation
-              aug:bool|dict=True, # add `aug_transforms()` (a dict gives its keyword arguments)
-              normalize:bool=True, # normalise with ImageNet statistics
-              resize_method:str=ResizeMethod.Crop, # 'crop', 'squish' or 'pad'
-              item_tfms=None, # more item transforms, after `Resize`
-              batch_tfms=None, # more batch transforms, after the augmentations
-              num_workers:int|None=None, # loader processes; `None` is fastai's default, 0 loads in the main process
-              **kwargs, # passed to `DataBlock.dataloaders`
-             ):
-    "fastai `DataLoaders` of labelled images from a dataset folder, checked first."
-    size = _check_args(size, bs, valid_pct)
-    path = _need_dir(path, 'dataset folder')
-    if valid_pct is None and not (path/'train').exists():
+# %% ../nbs/03_data.ipynb #fba175ac
+def _folder_items(path:Path, valid:str|None, valid_pct:float|None, seed:int|None)->pd.DataFrame:
+    "The images of the dataset folder `path` as a table (file, label, is_valid), split by folders or at random."
+    if valid_pct is not None:
+        df = scan_images(path/'train' if (path/'train').is_dir() else path, valid)
+        return df.assign(is_valid=_random_split(len(df), valid_pct, seed))
+    if not (path/'train').exists():
         hint = " or pass `valid_pct=0.2` for a random split of class folders" if dataset_view(path).classes else ""
         raise FastpipesError(f"The dataset folder `{path}` has no `train` folder; make `train/<label>/`{hint}.")
-    if valid_pct is None:
-        if not valid: raise FastpipesError("Pass `valid` (the validation folder's name) or `valid_pct` (a random split).")
-        _need_dir(path/'train', 'training folder')
-        _need_dir(path/valid, f"validation folder (`valid={valid!r}`)")
-        df = scan_images(path, valid)
-        df['is_valid'] = df.split == valid
-    else:
-        df = scan_images(path/'train' if (path/'train').is_dir() else path, valid)
-        df['is_valid'] = _random_split(len(df), valid_pct, seed)
-    _check_items(df, f"`{path}`")
-    return _dls_from_df(df[['file','label','is_valid']], path, size, bs, seed, aug, normalize, resize_method,
-                        item_tfms, batch_tfms, num_workers, **kwargs)
+    if not valid: raise FastpipesError("Pass `valid` (the validation folder's name) or `valid_pct` (a random split).")
+    _need_dir(path/'train', 'training folder')
+    _need_dir(path/valid, f"validation folder (`valid={valid!r}`)")
+    df = scan_images(path, valid)
+    return df.assign(is_valid=df.split == valid)
 
-# %% ../nbs/03_data.ipynb #195ca464
+# %% ../nbs/03_data.ipynb #16d5465c
 def _labeller(label_func:Callable|str)->Callable:
+    "`label_func` as a function of a file name: itself, or the first group of the regular expression it is."
     if callable(label_func): return label_func
-    if not isinstance(label_func, str): raise FastpipesError("`label_func` must be a function of the file name or a regex string.")
+    if not isinstance(label_func, str):
+        raise FastpipesError("`label_func` must be a function of the file name or a regex string.")
     try: pat = re.compile(label_func)
     except re.error as e: raise FastpipesError(f"`label_func` is not a valid regular expression ({e}).") from None
     if pat.groups < 1: raise FastpipesError("The `label_func` regular expression needs one group: the label.")
@@ -171,30 +155,48 @@ def _label_all(fns, f)->list:
         try: out.append(f(fn.name))
         except FastpipesError: raise
         except Exception as e:
-            raise FastpipesError(f"`label_func` failed on {fn.name!r} ({type(e).__name__}: {e}); fix it or the file name.") from e
+            raise FastpipesError(f"`label_func` failed on {fn.name!r} ({type(e).__name__}: {e}); "
+                                 "fix it or the file name.") from e
     return out
 
+def _name_items(path:Path, label_func:Callable|str, valid_pct:float|None, seed:int|None)->pd.DataFrame:
+    "The images anywhere below `path` as a table (file, label, is_valid), labelled by name, split at random."
+    if valid_pct is None: raise FastpipesError("Labels from file names need `valid_pct` (e.g. 0.2) for a random split.")
+    fns = image_files(path)
+    df = pd.DataFrame(dict(file=fns, label=_label_all(fns, _labeller(label_func))))
+    return df.assign(is_valid=_random_split(len(df), valid_pct, seed))
+
+# %% ../nbs/03_data.ipynb #66304cfb
+def image_dls(path:Path, # dataset folder: `train/<label>/` and `<valid>/<label>/`, or `<label>/` with `valid_pct`
+              valid:str|None='test', # validation folder beside `train` (ignored when `valid_pct` is given)
+              valid_pct:float|None=None, # fraction of the training images to hold out at random instead
+              size:int|tuple=224, # image size after `Resize`: an int or (height, width)
+              bs:int=32, # batch size
+              seed:int|None=42, # seed for the random split, the shuffling and the augmentation
+              aug:bool|dict=True, # add `aug_transforms()` (a dict gives its keyword arguments)
+              normalize:bool=True, # normalise with ImageNet statistics
+              resize_method:str=ResizeMethod.Crop, # 'crop', 'squish' or 'pad'
+              item_tfms=None, # more item transforms, after `Resize`
+              batch_tfms=None, # more batch transforms, after the augmentations
+              num_workers:int|None=None, # loader processes; `None` is fastai's default, 0 loads in the main process
+              label_func:Callable|str|None=None, # label each image below `path` by its file name (see `name_dls`)
+              **kwargs, # passed to `DataBlock.dataloaders`
+             ):
+    "fastai `DataLoaders` of labelled images from a dataset folder, checked first."
+    size = _check_args(size, bs, valid_pct)
+    path = _need_dir(path, 'dataset folder' if label_func is None else 'image folder')
+    if label_func is None: df = _folder_items(path, valid, valid_pct, seed)
+    else: df = _name_items(path, label_func, valid_pct, seed)
+    _check_items(df, f"`{path}`")
+    return _dls_from_df(df[['file','label','is_valid']], path, size, bs, seed, aug, normalize, resize_method,
+                        item_tfms, batch_tfms, num_workers, **kwargs)
+
+# %% ../nbs/03_data.ipynb #195ca464
+@delegates(image_dls, but=['valid', 'valid_pct'], keep=True)
 def name_dls(path:Path, # folder of images (searched recursively) whose names give the class
              label_func:Callable|str, # file name -> label, or a regex whose first group is the label
              valid_pct:float=0.2, # fraction held out at random for validation
-             size:int|tuple=224, # image size after `Resize`
-             bs:int=32, # batch size
-             seed:int|None=42, # seed for the split, shuffling and augmentation
-             aug:bool|dict=True, # add `aug_transforms()`
-             normalize:bool=True, # normalise with ImageNet statistics
-             resize_method:str=ResizeMethod.Crop, # 'crop', 'squish' or 'pad'
-             item_tfms=None, # more item transforms
-             batch_tfms=None, # more batch transforms
-             num_workers:int|None=None, # loader processes (0: main process)
-             **kwargs, # passed to `DataBlock.dataloaders`
+             **kwargs, # `image_dls`'s options (`size`, `bs`, `seed`, `aug`, ...), then `DataBlock.dataloaders`'s
             ):
     "fastai `DataLoaders` labelled by `label_func` of each file name, checked first (the `from_name_func` flow)."
-    size = _check_args(size, bs, valid_pct)
-    if valid_pct is None: raise FastpipesError("`name_dls` needs `valid_pct` (e.g. 0.2) for its random split.")
-    path = _need_dir(path, 'image folder')
-    fns = image_files(path)
-    df = pd.DataFrame(dict(file=fns, label=_label_all(fns, _labeller(label_func))))
-    df['is_valid'] = _random_split(len(df), valid_pct, seed)
-    _check_items(df, f"`{path}`")
-    return _dls_from_df(df, path, size, bs, seed, aug, normalize, resize_method, item_tfms, batch_tfms,
-                        num_workers, **kwargs)
+    return image_dls(path, valid_pct=valid_pct, label_func=label_func, **kwargs)

@@ -20,7 +20,7 @@ from fastai.torch_core import rank_distrib, num_distrib
 from .core import FastpipesError, atomic_write, set_seed
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'FORMAT', 'rank', 'world_size', 'rank0', 'barrier', 'single_process', 'CPUMixedPrecision',
+__all__ = ['PRECISIONS', 'CHECKPOINT_FORMAT', 'rank', 'world_size', 'rank0', 'barrier', 'single_process', 'CPUMixedPrecision',
            'set_precision', 'precision_of', 'checkpoint_path', 'fingerprint', 'save_checkpoint', 'read_checkpoint',
            'check_checkpoint', 'Checkpointer', 'resumable_fine_tune', 'resumable_one_cycle', 'SyncBuffers',
            'distributed', 'launch', 'fit_on']
@@ -91,7 +91,7 @@ def precision_of(learn:Learner)->str:
     return 'fp32' if cb is None else cb.amp_mode.value
 
 # %% ../nbs/03a_distrib.ipynb #547f7adf
-FORMAT = 'fastpipes-checkpoint/1'
+CHECKPOINT_FORMAT = 'fastpipes-checkpoint/1'
 
 def checkpoint_path(run:Path, # the run folder (`RUN/model`, `RUN/report.html`, ...)
                    )->Path:
@@ -147,7 +147,7 @@ def _restore_history(learn, rows:list):
 
 def _state(learn, done:int, params:dict, fp:dict)->dict:
     scaler = getattr(learn, 'scaler', None)
-    return dict(format=FORMAT, done=done, params=params, fingerprint=fp,
+    return dict(format=CHECKPOINT_FORMAT, done=done, params=params, fingerprint=fp,
                 model=_plain(_unwrap(learn.model).state_dict()),
                 opt=_plain(learn.opt.state_dict()) if learn.opt is not None else None,
                 scaler=_plain(scaler.state_dict()) if scaler is not None else {},
@@ -171,8 +171,8 @@ def read_checkpoint(fn:Path)->dict:
     try: ck = torch.load(fn, map_location='cpu', weights_only=True)
     except Exception as e:
         raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint that can be loaded safely ({type(e).__name__}); delete it and train afresh.") from None
-    if not isinstance(ck, dict) or ck.get('format') != FORMAT or not isinstance(ck.get('model'), dict):
-        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint (format {FORMAT!r}); delete it and train afresh.")
+    if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT or not isinstance(ck.get('model'), dict):
+        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint (format {CHECKPOINT_FORMAT!r}); delete it and train afresh.")
     return ck
 
 # %% ../nbs/03a_distrib.ipynb #3312cdda

@@ -5,10 +5,12 @@
 # %% ../nbs/09_pipeline.ipynb #19d544d5
 from __future__ import annotations
 import inspect, json, tempfile
+from contextlib import contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
 from fastcore.meta import delegates
-from .core import FastpipesError, atomic_write, read_manifest
+from .core import (IMAGE_EXTS, MANIFEST, FastpipesError, RunFolder, atomic_write, check_name, inside, printable,
+                            read_manifest)
 
 # %% auto #0
 __all__ = ['DEMO', 'check_label', 'read_spec', 'classes_from', 'write_run_report', 'in_dir', 'out_dir', 'train_run',
@@ -40,9 +42,10 @@ def check_label(label, # a class label: it names one folder
     if not isinstance(label, str): raise FastpipesError(f"{where} must be text, not {type(label).__name__}.")
     s = label.strip()
     if not s: raise FastpipesError(f"{where} is empty.")
-    if '/' in s or '\\' in s or s in ('.', '..'): raise FastpipesError(f"{where} {s!r} contains a path separator; a label names one folder.")
+    if '/' in s or '\\' in s or s in ('.', '..'):
+        raise FastpipesError(f"{where} {s!r} contains a path separator; a label names one folder.")
     if any(ord(c) < 32 or ord(c) == 127 for c in s): raise FastpipesError(f"{where} {s!r} contains a control character.")
-    return s
+    return check_name(s)   # a folder on every OS, and none of fastpipes' own
 
 def _queries(v, where:str)->list[str]:
     qs = [v] if isinstance(v, str) else v
@@ -98,8 +101,19 @@ def classes_from(labels:list|None=None, # class labels, each its own query
 
 # %% ../nbs/09_pipeline.ipynb #0532c67a
 def _savefig(fig, fn:Path)->Path:
-    fig.savefig(fn, dpi=100, bbox_inches='tight')
-    return fn
+    "Write `fig` to `fn` as a PNG of bounded size (`report.figure_png`)."
+    from fastpipes.report import figure_png
+    return atomic_write(fn, figure_png(fig))
+
+def _confusion(learn)->tuple:
+    "The report's confusion figure and its title: the grid up to `MAX_GRID_CLASSES` classes, else the most confused pairs."
+    from fastpipes.train import confusion_figure
+    from fastpipes.report import MAX_GRID_CLASSES, confusion_counts, most_confused, confused_figure
+    vocab = list(learn.dls.vocab)
+    if len(vocab) <= MAX_GRID_CLASSES: return 'Confusion matrix', confusion_figure(learn, figsize=(max(4, 0.3*len(vocab)),)*2)
+    with learn.no_bar(), learn.no_logging(): probs, targs = learn.get_preds(dl=learn.dls.valid)
+    cm = confusion_counts(probs.argmax(1).numpy(), targs.numpy(), len(vocab))
+    return 'Most confused classes', confused_figure(most_confused(cm, vocab), len(vocab))
 
 def _summary(metrics:dict, counts, params:dict)->str:
     "One sentence on what was trained on what, and how well it did."
@@ -129,8 +143,8 @@ def _cam_items(learn):
     return _mixed([Path(f) for f in files], labels) if ok else learn.dls.valid
 
 def write_run_report(learn, # a trained `Learner`
-                     out:Path, # the run's folder: the report, metrics JSON and figures go here
-                     data:Path|None=None, # the dataset folder (for counts, rejects and the manifest)
+                     out:Path, # the run folder (`RunFolder`): the report, metrics JSON and figures go here
+                     path:Path|None=None, # the dataset folder (for counts, rejects and the manifest)
                      params:dict|None=None, # the run's parameters, shown in the report
                      extra:dict|None=None, # more metrics (the demo's pointing game)
                      cam_items=None, # what the CAM grid shows (default: validation images of every class in turn)
@@ -139,24 +153,24 @@ def write_run_report(learn, # a trained `Learner`
                     )->dict:
     "Evaluate `learn`, write `metrics.json`, the figures and `report.html` into `out`; return the metrics."
     import matplotlib.pyplot as plt
-    from fastpipes.train import evaluate, confusion_figure, top_losses_figure, history
+    from fastpipes.train import evaluate, top_losses_figure, history
     from fastpipes.cam import cam_grid
     from fastpipes.report import write_report, versions, dataset_counts, rejected_files, manifest_summary, curve_figure
-    out = Path(out)
+    run = RunFolder(out)
     metrics = {**evaluate(learn), **(extra or {})}
-    atomic_write(out/'metrics.json', json.dumps(metrics, indent=2, default=float))
+    atomic_write(run.metrics, json.dumps(metrics, indent=2, default=float))
     hist = history(learn)
-    figs = {'Training curve': curve_figure(hist, learn.recorder.losses),
-            'Confusion matrix': confusion_figure(learn), 'Top losses': top_losses_figure(learn),
+    cm_title, cm_fig = _confusion(learn)
+    figs = {'Training curve': curve_figure(hist, learn.recorder.losses), cm_title: cm_fig, 'Top losses': top_losses_figure(learn),
             'Class activation maps': cam_grid(learn, cam_items if cam_items is not None else _cam_items(learn))}
-    fns = {t: _savefig(f, out/f"{t.lower().replace(' ', '_')}.png") for t,f in figs.items()}
+    fns = {t: _savefig(f, run.figure(t)) for t,f in figs.items()}
     for f in figs.values(): plt.close(f)
-    data = Path(data) if data is not None else None
-    counts = dataset_counts(data) if data else None
+    path = Path(path) if path is not None else None
+    counts = dataset_counts(path) if path else None
     summary = ' '.join(s for s in [summary, _summary(metrics, counts, params or {})] if s)
-    write_report(out/'report.html', title=title, summary=summary, params=params, versions=versions(), dataset=counts,
-                 downloads=manifest_summary(data) if data and (data/'manifest.jsonl').exists() else None,
-                 rejected=rejected_files(data) if data else None, history=hist, curve=fns.pop('Training curve'),
+    write_report(run.report, title=title, summary=summary, params=params, versions=versions(), dataset=counts,
+                 downloads=manifest_summary(path) if path and (path/MANIFEST).exists() else None,
+                 rejected=rejected_files(path) if path else None, history=hist, curve=fns.pop('Training curve'),
                  metrics=metrics, figures=fns)
     return metrics
 
@@ -182,14 +196,44 @@ def out_dir(path:Path, # a folder to write into (created)
         raise FastpipesError(f"Cannot write to the output folder {p}: {e.strerror or e}.") from None
     return p
 
-def _valid_kw(data:Path, valid)->dict:
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)   # what reading a broken or vanished image raises (PIL, fastai)
+
+def _culprit(e:BaseException, root:Path)->Path|None:
+    "The file below `root` whose reading raised `e`: the error's own file name, else an argument of its innermost frames."
+    names = [getattr(e, 'filename', None)]
+    tb = e.__traceback__
+    for _ in range(1000):   # a traceback is finite; this bounds a cyclic one
+        if tb is None: break
+        loc = tb.tb_frame.f_locals
+        names += [loc.get(n) for n in ('fn', 'fp', 'filename')] + [getattr(loc.get('self'), 'filename', None)]
+        tb = tb.tb_next
+    for n in reversed(names):   # an image file below the dataset folder (not a run's output written there)
+        if isinstance(n, (str, Path)) and Path(n).suffix.lower() in IMAGE_EXTS and inside(n, root) and not Path(n).is_dir(): return Path(n)
+    return None
+
+@contextmanager
+def _image_errors(root:Path, # the dataset folder
+                  what:str, # what was running: 'training', 'evaluation'
+                 ):
+    "Inside, an image below `root` that vanished or broke after the run listed it is one sentence naming the file."
+    from PIL import Image
+    try: yield
+    except FastpipesError: raise
+    except (*_READ_ERRORS, Image.DecompressionBombError) as e:
+        fn = _culprit(e, root)
+        if fn is None: raise
+        why = 'it is gone' if not fn.exists() else f'it no longer decodes: {printable(str(e) or type(e).__name__)}'
+        raise FastpipesError(f"The image `{printable(fn)}` changed during {what} ({why}); restore it or run "
+                             f"`fastpipes clean {printable(root)}`, then run again.") from e
+
+def _valid_kw(path:Path, valid)->dict:
     "`image_dls` arguments for `valid`: a folder name, a fraction, or None (the `test` folder if any, else 20%)."
-    if valid is None: valid = 'test' if (Path(data)/'test').is_dir() else 0.2
+    if valid is None: valid = 'test' if (Path(path)/'test').is_dir() else 0.2
     if isinstance(valid, float): return dict(valid=None, valid_pct=valid)
     return dict(valid=valid, valid_pct=None)
 
-def train_run(data:Path, # dataset folder: `<split>/<label>/` or `<label>/` image files
-              out:Path, # where the model (`out/model`), metrics, figures and report go
+def train_run(path:Path, # dataset folder: `<split>/<label>/` or `<label>/` image files
+              out:Path, # the run folder: the model (`out/model`), checkpoints, metrics, figures and report (`RunFolder`)
               size:int|tuple=224, # image size the model sees
               bs:int=32, # batch size
               valid:str|float|None=None, # validation folder name, a fraction for a random split, or None: `test` if it exists, else 0.2
@@ -203,27 +247,32 @@ def train_run(data:Path, # dataset folder: `<split>/<label>/` or `<label>/` imag
               extra_fn=None, # `learn -> dict` of more metrics for the report (the demo's pointing game)
               **kwargs, # passed to `train_classifier`: arch, epochs, pretrained, lr, freeze_epochs, precision, resume, ...
              ):
-    "Train a CAM-ready classifier on `data` (a checkpoint per epoch in `out/checkpoints`), save it to `out/model` and write the report; return `(learn, metrics)`."
-    data, out = in_dir(data), out_dir(out)
+    "Train a CAM-ready classifier on `path` (a checkpoint per epoch), save it to `out/model`, write the report; `(learn, metrics)`."
+    from fastpipes.distrib import rank0
+    path, run = in_dir(path), RunFolder(out_dir(out))
+    with run.lock() if rank0() else nullcontext():   # one run at a time writes a run folder (rank 0 for all processes)
+        return _train_run(path, run, size, bs, valid, seed, aug, mixup, quiet, title, summary, params, extra_fn, kwargs)
+
+def _train_run(path, run, size, bs, valid, seed, aug, mixup, quiet, title, summary, params, extra_fn, kwargs):
+    from fastpipes.distrib import rank0, single_process
     from fastpipes.data import image_dls
     from fastpipes.arch import resolve_arch
     from fastpipes.train import train_classifier, save_classifier
     if 'arch' in kwargs: resolve_arch(kwargs['arch'])
-    vkw = _valid_kw(data, valid)
-    dls = image_dls(data, size=size, bs=bs, seed=seed, aug=aug, num_workers=0, **vkw)
+    vkw = _valid_kw(path, valid)
+    dls = image_dls(path, size=size, bs=bs, seed=seed, aug=aug, num_workers=0, **vkw)
     cbs = list(kwargs.pop('cbs', None) or [])
     if mixup:
         from fastai.callback.mixup import MixUp
         cbs.append(MixUp())
-    learn = train_classifier(dls, seed=seed, quiet=quiet, cbs=cbs, checkpoints=out, **kwargs)
-    from fastpipes.distrib import rank0, single_process
+    with _image_errors(path, 'training'): learn = train_classifier(dls, seed=seed, quiet=quiet, cbs=cbs, checkpoints=run, **kwargs)
     if not rank0(): return learn, None   # with several processes, rank 0 alone writes
-    with single_process():               # and evaluates on the whole validation set
-        save_classifier(learn, out/'model')
+    with single_process(), _image_errors(path, 'evaluation'):   # rank 0 evaluates on the whole validation set
+        save_classifier(learn, run.model)
         extra = extra_fn(learn) if extra_fn else None
-        params = params or dict(data=str(data), **learn.fastpipes, size=size, bs=bs, valid=vkw['valid'] or vkw['valid_pct'],
+        params = params or dict(path=str(path), **learn.fastpipes, size=size, bs=bs, valid=vkw['valid'] or vkw['valid_pct'],
                                 seed=seed, aug=aug, mixup=mixup, **{k: v for k,v in kwargs.items() if k not in ('arch', 'pretrained')})
-        metrics = write_run_report(learn, out, data, params=params, extra=extra, title=title, summary=summary)
+        metrics = write_run_report(learn, run, path, params=params, extra=extra, title=title, summary=summary)
     return learn, metrics
 
 # %% ../nbs/09_pipeline.ipynb #7e6cc345
@@ -236,15 +285,15 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
                 crawl_kw:dict|None=None, # more arguments for `crawl` (pause, allow_private, proxy, ...)
                 quiet:bool=False, # no progress bars
                )->tuple[Path, str]:
-    "Crawl and clean the data of a run into `out/data`; `(data folder, the report's title)`."
+    "Crawl and clean the data of a run into `out/data`; `(the dataset folder, the report's title)`."
     if isinstance(classes, dict): classes, counts = {check_label(k, 'a label'): v for k,v in classes.items()}, {}
     else: classes, counts = classes_from(classes, spec)
-    data = out_dir(out)/'data'
-    from fastpipes.crawl import crawl
+    path = RunFolder(out_dir(out)).data
+    from fastpipes.crawl import crawl_images
     from fastpipes.clean import clean_images
-    crawl(classes, data, n_train=counts.get('n_train', n_train), n_test=counts.get('n_test', n_test), quiet=quiet, **(crawl_kw or {}))
-    clean_images(data, max_size=max_size, quiet=quiet)
-    return data, f"fastpipes run: {' vs '.join(map(str, classes))}"
+    crawl_images(classes, path, n_train=counts.get('n_train', n_train), n_test=counts.get('n_test', n_test), quiet=quiet, **(crawl_kw or {}))
+    clean_images(path, max_size=max_size, quiet=quiet)
+    return path, f"fastpipes run: {' vs '.join(map(str, classes))}"
 
 @delegates(prepare_run, keep=True)
 def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
@@ -253,8 +302,8 @@ def run(classes:list|dict|None=None, # labels (each its own query), or `{label: 
        ):
     "Crawl, clean, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
     prep = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(prepare_run).parameters}
-    data, title = prepare_run(classes, out, **prep)
-    return train_run(data, out, title=title, quiet=prep.get('quiet', False), **kwargs)
+    path, title = prepare_run(classes, out, **prep)
+    return train_run(path, out, title=title, quiet=prep.get('quiet', False), **kwargs)
 
 # %% ../nbs/09_pipeline.ipynb #8cce2065
 def _image_size(fn)->tuple[int, int]:
@@ -327,7 +376,7 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
     from fastpipes.serve import LoopbackServer
     from fastpipes.crawl import download_images
     from fastpipes.clean import clean_images
-    out = out_dir(out); data = out/'data'
+    out = out_dir(out); data = RunFolder(out).data
     with tempfile.TemporaryDirectory() as tmp:
         routes, items = _demo_routes(make_marks(tmp, n_train, n_test, size, seed, mark_frac=DEMO['mark_frac']), tmp)
     with LoopbackServer(routes, hosts=2) as srv:

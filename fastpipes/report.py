@@ -13,10 +13,46 @@ from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_
                             read_limited, read_manifest)
 
 # %% auto #0
-__all__ = ['THUMB_PIXELS', 'PACKAGES', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions', 'dataset_counts',
-           'rejected_files', 'manifest_summary', 'history_frame', 'curve_figure', 'report_html', 'write_report']
+__all__ = ['MAX_FIG_INCHES', 'MAX_TEXT_CHARS', 'THUMB_PIXELS', 'PACKAGES', 'MAX_CURVES', 'MAX_POINTS', 'MAX_GRID_CLASSES',
+           'MAX_ROWS', 'cap_figure', 'figure_png', 'data_uri', 'fig_uri', 'thumb_uri', 'image_uri', 'versions',
+           'dataset_counts', 'rejected_files', 'manifest_summary', 'curve_figure', 'confusion_counts', 'most_confused',
+           'confused_figure', 'report_html', 'write_report']
 
 # %% ../nbs/06_report.ipynb #1c4b80cd
+MAX_FIG_INCHES = (16., 16.)   # the largest figure the report draws (width, height in inches; 1600 px at 100 dpi)
+MAX_TEXT_CHARS = 40           # a longer line of text in a figure (a class name in a title) is cut with '…'
+
+def _short(s, n:int=MAX_TEXT_CHARS)->str:
+    s = str(s); return s if len(s) <= n else s[:n-1] + '…'
+
+def cap_figure(fig, # a matplotlib `Figure`
+               max_inches:tuple=MAX_FIG_INCHES, # its largest size
+               max_chars:int=MAX_TEXT_CHARS, # longest line of any text in it
+               max_lines:int=4, # most lines of any text in it
+              ):
+    "`fig` with every text cut to `max_lines` lines of `max_chars` and its size within `max_inches`: a figure stays bounded."
+    from matplotlib.text import Text
+    for t in fig.findobj(Text):
+        lines = t.get_text().split('\n')
+        if len(lines) > max_lines or any(len(l) > max_chars for l in lines):
+            t.set_text('\n'.join(_short(l, max_chars) for l in lines[:max_lines]))
+    w, h = fig.get_size_inches()
+    k = min(1., max_inches[0]/w, max_inches[1]/h)
+    if k < 1: fig.set_size_inches(w*k, h*k)
+    return fig
+
+def figure_png(fig, # a matplotlib `Figure`
+               dpi:int=100, # resolution
+               max_inches:tuple=MAX_FIG_INCHES, # the largest picture, in inches
+              )->bytes:
+    "The PNG bytes of `fig` after `cap_figure`, trimmed to what is drawn unless that would exceed `max_inches`."
+    cap_figure(fig, max_inches)
+    bb = fig.get_tightbbox()
+    tight = bb.width <= max_inches[0] and bb.height <= max_inches[1]
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
+    return buf.getvalue()
+
 def data_uri(data:bytes, # the file's bytes
              mime:str='image/png', # its media type
             )->str:
@@ -27,13 +63,12 @@ def fig_uri(fig, # a matplotlib `Figure`
             dpi:int=100, # resolution of the PNG
             close:bool=True, # close `fig` afterwards (frees its memory)
            )->str:
-    "A PNG `data:` URI of the matplotlib `fig`."
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    "A PNG `data:` URI of the matplotlib `fig` (its size capped: `figure_png`)."
+    b = figure_png(fig, dpi)
     if close:
         import matplotlib.pyplot as plt
         plt.close(fig)
-    return data_uri(buf.getvalue())
+    return data_uri(b)
 
 # %% ../nbs/06_report.ipynb #9227f459
 def _placeholder(text:str, size:int=128):
@@ -143,23 +178,15 @@ def manifest_summary(path:Path):
     return pd.DataFrame([dict(status=s, reason=r, count=n) for (s,r),n in sorted(c.items())], columns=['status','reason','count'])
 
 # %% ../nbs/06_report.ipynb #9610c228
-def history_frame(recorder)->'pd.DataFrame':
-    "One row per epoch of a fastai `Recorder`: epoch, train_loss, valid_loss and the metrics."
-    import pandas as pd
-    names = [n for n in recorder.metric_names if n != 'time']
-    rows = [list(v) for v in recorder.values]
-    df = pd.DataFrame([r[:len(names)-1] for r in rows], columns=names[1:]) if rows else pd.DataFrame(columns=names[1:])
-    df.insert(0, 'epoch', range(len(df)))
-    return df
-
 _NOT_METRICS = ('epoch', 'train_loss', 'valid_loss', 'seconds', 'time')
+MAX_CURVES, MAX_POINTS = 8, 2000   # metrics drawn (and in the legend), points of the per-batch loss
 
 def _metric_cols(history)->list:
     "Numeric columns of `history` that are metrics (not epochs, losses or times)."
     import pandas as pd
     return [c for c in history.columns if c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(history[c])]
 
-def curve_figure(history, # one row per epoch, as `history_frame` returns
+def curve_figure(history, # one row per epoch, as `fastpipes.train.history` returns
                  batch_losses=None, # the per-batch training losses (`learn.recorder.losses`)
                  figsize=(7, 3),
                 ):
@@ -170,13 +197,57 @@ def curve_figure(history, # one row per epoch, as `history_frame` returns
         n = len(history)
         if batch_losses is not None and len(batch_losses):
             bl = [float(x) for x in batch_losses]
-            ax1.plot([ (i+1)*n/len(bl) - 0.5 for i in range(len(bl))], bl, color='#bbb', lw=0.8, label='train (batch)')
+            step = max(1, len(bl)//MAX_POINTS)   # a long training: every `step`-th batch
+            ax1.plot([(i+1)*n/len(bl) - 0.5 for i in range(0, len(bl), step)], bl[::step], color='#bbb', lw=0.8, label='train (batch)')
         for col,c in [('train_loss', '#1f77b4'), ('valid_loss', '#d62728')]:
             if col in history: ax1.plot(history['epoch'], history[col], 'o-', color=c, label=col.replace('_', ' '))
         ax1.set_xlabel('epoch'); ax1.set_title('loss'); ax1.legend(fontsize=8)
-        for col in _metric_cols(history): ax2.plot(history['epoch'], history[col], 'o-', label=col)
+        for col in _metric_cols(history)[:MAX_CURVES]: ax2.plot(history['epoch'], history[col], 'o-', label=col)
         ax2.set_xlabel('epoch'); ax2.set_title('metrics'); ax2.set_ylim(0, 1.02)
         if len(ax2.lines): ax2.legend(fontsize=8)
+        fig.tight_layout()
+    return fig
+
+# %% ../nbs/06_report.ipynb #02f5b640
+MAX_GRID_CLASSES = 30   # beyond this many classes the report shows the most confused pairs, not the confusion grid
+
+def confusion_counts(preds, # predicted class indices (n,)
+                     targs, # actual class indices (n,)
+                     n_classes:int, # the number of classes
+                    ):
+    "The confusion matrix `(n_classes, n_classes)`: images of each actual class (row) per predicted class (column)."
+    import numpy as np
+    p, t = np.asarray(preds, dtype=np.int64).ravel(), np.asarray(targs, dtype=np.int64).ravel()
+    return np.bincount(t*n_classes + p, minlength=n_classes*n_classes).reshape(n_classes, n_classes)
+
+def most_confused(cm, # a confusion matrix, as `confusion_counts` returns
+                  vocab, # the classes, in the matrix's order
+                  k:int=20, # the most pairs listed
+                  min_val:int=1, # the fewest images a pair needs
+                 ):
+    "The `k` pairs of classes most often confused, as a table `actual`, `predicted`, `count` (most first)."
+    import numpy as np, pandas as pd
+    cm = np.array(cm); np.fill_diagonal(cm, 0)
+    flat, n = cm.ravel(), cm.shape[1]
+    top = np.argpartition(-flat, k-1)[:k] if k < len(flat) else np.arange(len(flat))
+    top = sorted(top, key=lambda i: (-flat[i], i))
+    return pd.DataFrame([(str(vocab[i//n]), str(vocab[i % n]), int(flat[i])) for i in top if flat[i] >= min_val],
+                        columns=['actual', 'predicted', 'count'])
+
+def confused_figure(table, # as `most_confused` returns
+                    n_classes:int|None=None, # how many classes the model has (for the title)
+                   ):
+    "A bar chart of the most confused pairs, one bar per row of `table` (at most 30), labelled `actual → predicted`."
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    rows = table.head(30)
+    with literal_text():
+        fig, ax = plt.subplots(figsize=(7, 1 + 0.28*max(len(rows), 2)))
+        ax.barh(range(len(rows)), rows['count'], color='#d62728')
+        ax.set_yticks(range(len(rows)), [f"{_short(a, 30)} → {_short(p, 30)}" for a,p in zip(rows.actual, rows.predicted)], fontsize=8)
+        ax.invert_yaxis(); ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.set_xlabel('validation images')
+        ax.set_title('most confused classes, actual → predicted' + (f' ({n_classes} classes)' if n_classes else ''), fontsize=10)
+        if not len(rows): ax.text(0.5, 0.5, 'no validation image is confused', ha='center', va='center', transform=ax.transAxes)
         fig.tight_layout()
     return fig
 
@@ -224,10 +295,17 @@ def _fmt(v)->str:
     if isinstance(v, float): return f'{v:.3f}' if abs(v) < 1000 else f'{v:.1f}'
     return _e(v)
 
-def _kv_table(d:dict)->str:
-    "A two-column table of `d`."
-    rows = ''.join(f'<tr><th>{_e(k)}</th><td>{_fmt(v)}</td></tr>' for k,v in d.items())
-    return f'<table>{rows}</table>'
+MAX_ROWS = 30   # a longer table of numbers (per-class accuracy) shows its lowest rows
+
+def _low(v): return (v is not None and v == v, v if isinstance(v, (int, float)) else 0)   # missing values first
+
+def _kv_table(d:dict, max_rows:int|None=None)->str:
+    "A two-column table of `d`; beyond `max_rows` rows, its `max_rows` lowest values and how many more there are."
+    items = list(d.items())
+    if max_rows and len(items) > max_rows: items = sorted(items, key=lambda kv: _low(kv[1]))[:max_rows]
+    rows = ''.join(f'<tr><th>{_e(k)}</th><td>{_fmt(v)}</td></tr>' for k,v in items)
+    more = f'<tr><td colspan="2">the {len(items)} lowest of {len(d)}; metrics.json has all</td></tr>' if len(items) < len(d) else ''
+    return f'<table>{rows}{more}</table>'
 
 def _df_table(df)->str:
     "An HTML table of the DataFrame `df` (index included when it has a name)."
@@ -252,7 +330,7 @@ def _metrics_section(metrics:dict)->str:
     name = lambda k: _e(_METRIC_NAMES.get(k, k))
     flat = {k:v for k,v in metrics.items() if not isinstance(v, dict)}
     cards = ''.join(f'<div class="card"><b>{_fmt(v)}</b><span>{name(k)}</span></div>' for k,v in flat.items())
-    subs = ''.join(f'<div><h3>{name(k)}</h3>{_kv_table(v)}</div>' for k,v in metrics.items() if isinstance(v, dict))
+    subs = ''.join(f'<div><h3>{name(k)}</h3>{_kv_table(v, MAX_ROWS)}</div>' for k,v in metrics.items() if isinstance(v, dict))
     return f'<div class="cards">{cards}</div><div class="cols">{subs}</div>'
 
 def _rejected_section(rejected:dict, downloads=None, max_thumbs:int=12)->str:
@@ -274,7 +352,7 @@ def report_html(title:str='fastpipes run', # the page's heading
                 dataset=None, # image counts per class and split, as `dataset_counts` returns
                 downloads=None, # manifest rows per status and reason, as `manifest_summary` returns
                 rejected:dict|None=None, # `{reason: [files]}`, as `rejected_files` returns
-                history=None, # one row per epoch, as `history_frame` returns
+                history=None, # one row per epoch, as `fastpipes.train.history` returns
                 curve=None, # the training-curve Figure (or image); drawn from `history` when missing
                 metrics:dict|None=None, # scalars, and dicts of scalars (per-class accuracy)
                 figures:dict|None=None, # `{title: Figure | PIL image | image file}`: confusion matrix, top losses, CAMs

@@ -4,83 +4,29 @@
 
 # %% ../nbs/07_review.ipynb #979756d1
 from __future__ import annotations
-import io, json, os, shutil
+import io, json, math, os, shutil, threading
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from .core import FastpipesError, dataset_lock, read_manifest, write_manifest, new_row, inside
+from .core import FastpipesError, RunFolder, dataset_lock, read_manifest, write_manifest, new_row, inside, pbar, short_hash
 from .data import scan_images
-from .train import load_classifier, is_cam_model, META
+from .inference import cam_overlay, fit_image, load_image
+from .train import load_classifier, model_dir
 from .cam import cam_maps
 
 # %% auto #0
-__all__ = ['ACTIONS', 'REASON', 'model_folder', 'run_meta', 'load_run', 'fit_image', 'cam_overlay', 'ReviewItem', 'Review',
-           'review_widget']
+__all__ = ['ACTIONS', 'REASON', 'load_run', 'ReviewItem', 'Review', 'review_widget']
 
 # %% ../nbs/07_review.ipynb #70545fb6
-def model_folder(run:Path, # a run folder (`RUN/model/` inside) or a classifier folder
-                )->Path:
-    "The folder of the classifier saved in the run folder `run`."
-    run = Path(run)
-    if not run.is_dir(): raise FastpipesError(f"The run folder `{run}` does not exist; train one with `fastpipes train DATA --out {run}`.")
-    for d in (run/'model', run):
-        if (d/META).is_file(): return d
-    raise FastpipesError(f"The run folder `{run}` holds no model (`model/{META}`); train one with `fastpipes train DATA --out {run}`.")
-
-def run_meta(run:Path, # a run folder or a classifier folder
-            )->dict:
-    "The saved classifier's description (`classifier.json`: vocab, size, resize_method, normalize, ...)."
-    return json.loads((model_folder(run)/META).read_text(encoding='utf-8'))
-
-def load_run(run:Path, # a run folder or a classifier folder
+def load_run(run:Path, # a run folder (`RUN/model/` inside) or a classifier folder
              bs:int=64, # batch size of the rebuilt DataLoaders
             ):
-    "The CAM-ready `Learner` saved in the run folder `run` (nothing is unpickled)."
-    learn = load_classifier(model_folder(run), bs=bs)
-    if not is_cam_model(learn.model):
+    "The CAM-ready `Learner` saved in the run folder `run` (nothing is unpickled); its `spec` says what it expects."
+    learn = load_classifier(run, bs=bs)
+    if not learn.spec.cam:
         raise FastpipesError(f"The model in `{run}` has no CAM head; train it with `cam=True` (the default) to review and export it.")
     return learn
-
-# %% ../nbs/07_review.ipynb #b6ae5836
-def fit_image(img, # a PIL image
-              size, # the model's input size: an int or (height, width)
-              method:str='crop', # 'crop', 'squish' or 'pad' (as in fastai's `Resize`)
-             ):
-    "`img` as RGB, cut to the model's aspect ratio around its centre and resized to `size`, like fastai's validation `Resize`."
-    import numpy as np
-    from PIL import Image
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    img = img.convert('RGB')
-    W, H = img.size
-    if method == 'squish': return img.resize((w, h), Image.BILINEAR)
-    pad = method == 'pad'
-    m = W/w if ((W/w > H/h) if pad else (W/w < H/h)) else H/h
-    cw, ch = int(m*w), int(m*h)
-    l, t = int(0.5*(W-cw)), int(0.5*(H-ch))
-    if not pad: return img.crop((l, t, l+cw, t+ch)).resize((w, h), Image.BILINEAR)
-    a = np.asarray(img)
-    widths = ((-t, ch-H+t), (-l, cw-W+l), (0, 0))
-    mode = 'reflect' if all(b < d for (p, q), d in zip(widths[:2], (H, W)) for b in (p, q)) else 'edge'
-    return Image.fromarray(np.pad(a, widths, mode=mode)).resize((w, h), Image.BILINEAR)
-
-def cam_overlay(img, # a PIL image (what the model saw, or any size)
-                cam, # one class activation map (h, w), any scale
-                alpha:float=0.5, # opacity of the map
-               ):
-    "`img` with `cam` (min-max scaled, bilinearly upsampled) laid over it in a dark-to-bright colour ramp."
-    import numpy as np
-    from PIL import Image
-    cam = np.asarray(cam, dtype=np.float32)
-    lo, hi = float(cam.min()), float(cam.max())
-    cam = (cam - lo)/(hi - lo) if hi > lo else np.zeros_like(cam)
-    img = img.convert('RGB')
-    m = np.asarray(Image.fromarray(cam).resize(img.size, Image.BILINEAR), dtype=np.float32).clip(0, 1)
-    stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)  # inferno
-    x = m*(len(stops)-1); i = np.minimum(x.astype(int), len(stops)-2); f = (x-i)[..., None]
-    col = stops[i]*(1-f) + stops[i+1]*f
-    out = np.asarray(img, np.float32)*(1-alpha) + col*alpha
-    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 # %% ../nbs/07_review.ipynb #fcd4fdf9
 ACTIONS = ('keep', 'delete', 'relabel')
@@ -99,91 +45,181 @@ class ReviewItem:
     cams:np.ndarray # class activation maps (n_classes, h, w)
 
 def _decode(fn:Path):
-    "The RGB image in `fn`, or `(None, reason)` when it does not decode."
-    try:
-        with Image.open(fn) as im: return im.convert('RGB'), None
-    except (OSError, ValueError, Image.DecompressionBombError) as e: return None, f"does not decode ({type(e).__name__})"
+    "The RGB image in `fn`, or `(None, reason)` when it cannot be read or decoded (`inference.load_image`, with its pixel cap)."
+    try: return load_image(fn, what=f"`{fn}`"), None
+    except FastpipesError as e: return None, str(e).rstrip('.')
+    except OSError as e: return None, f"it cannot be read ({e.strerror or type(e).__name__})"
 
 def _stamp(fn:Path)->tuple:
     st = fn.stat(); return (st.st_size, st.st_mtime_ns)
 
-def _data_folder(run:Path, data)->Path:
-    if data is None:
-        if (Path(run)/'data').is_dir(): return Path(run)/'data'
-        raise FastpipesError(f"Give the dataset folder the run `{run}` was trained on (data=...); the run folder holds no `data/`.")
-    data = Path(data)
-    if not data.is_dir(): raise FastpipesError(f"The dataset folder `{data}` does not exist; pass the folder the run was trained on.")
-    return data
+def _data_folder(run:Path, path)->Path:
+    "The dataset folder under review: `path`, else the run's `data/`."
+    path = RunFolder(run).dataset(path)
+    if path is None: raise FastpipesError(f"Give the dataset folder the run `{run}` was trained on (path=...); the run folder holds no `data/`.")
+    if not path.is_dir(): raise FastpipesError(f"The dataset folder `{path}` does not exist; pass the folder the run was trained on.")
+    return path
+
+def _scorer(order):
+    "`key -> score` (higher first) from `order`: a mapping (missing keys last) or a function."
+    if order is None or callable(order): return order
+    if not hasattr(order, 'get'): raise FastpipesError(f"`order` must be a mapping {{key: score}} or a function of the key, not {type(order).__name__}.")
+    return lambda k: order.get(k, -math.inf)
+
+def _num(v)->float:
+    try: v = float(v)
+    except (TypeError, ValueError): return -math.inf
+    return -math.inf if math.isnan(v) else v
 
 # %% ../nbs/07_review.ipynb #49850fb9
 class Review:
-    "The images of a dataset folder ordered by the loss of a trained run's model, with marks, `apply` and `undo`."
+    "A dataset folder's images ordered by a trained run's loss (or by `order`), with marks, `apply` and `undo`; read when first needed."
     def __init__(self, run:Path, # a run folder (`RUN/model/`) or a classifier folder
-                 data:Path|None=None, # the dataset folder (default: `RUN/data`)
+                 path:Path|None=None, # the dataset folder (default: `RUN/data`)
                  valid:str='test', # the validation split's folder name
                  bs:int=32, # images per forward pass
                  quiet:bool=True, # no progress bar
+                 order=None, # None: highest loss first; or a score per image, highest first: `{key: score}` or `key -> score`
+                 learn=None, # the run's model, if already loaded (`load_run(run)`)
                 ):
-        self.run, self.learn, self.meta = Path(run), load_run(run, bs=bs), run_meta(run)
-        self.data, self.bs = _data_folder(run, data), bs
+        self.run, self.learn = RunFolder(run), learn if learn is not None else load_run(run, bs=bs)
+        self.spec, self.path, self.bs, self.quiet = self.learn.spec, _data_folder(run, path), bs, quiet
         self.vocab = [str(v) for v in self.learn.dls.vocab]
-        df = scan_images(self.data, valid)
+        df = scan_images(self.path, valid)
         self.classes = sorted(set(self.vocab) | set(df.label.astype(str)))
-        self.marks, self.history, self.skipped, self._items = {}, [], {}, {}
-        self._read(df, quiet)
+        self.order, self._rank = order, _scorer(order)
+        self.marks, self.history, self._skipped, self._items = {}, [], {}, {}
+        self._todo = {Path(f).relative_to(self.path).as_posix(): (str(l), str(s)) for f,l,s in zip(df.file, df.label, df.split)}
+        self._where = dict(self._todo)   # each listed image's (label, split)
+        self._splits = sorted(set(df.split.astype(str)))
+        self._lock, self._work = threading.RLock(), threading.Lock()   # the state; one batch read at a time
 
-    def _read(self, df, quiet):
-        from fastpipes.core import pbar
-        rows = list(df.itertuples())
-        for i in pbar(range(0, len(rows), self.bs), quiet=quiet, comment='review'):
-            imgs, keep = [], []
-            for r in rows[i:i+self.bs]:
-                fn = Path(r.file); key = fn.relative_to(self.data).as_posix()
-                im, why = _decode(fn)
-                if im is None: self.skipped[key] = why; continue
-                imgs.append(im); keep.append((key, str(r.label), str(r.split), _stamp(fn)))
-            if not imgs: continue
+    def _first(self, key:str):
+        "Which images are read first: `order`'s, else a fixed mix of the classes (so the first batches show every class)."
+        return (-_num(self._rank(key)), key) if self._rank else short_hash(key)
+
+    def _score(self, keys:list):
+        "Read and score the images `keys` (one forward pass); those that do not decode go to `skipped`."
+        with self._lock: rows = [(k, *self._todo[k]) for k in keys if k in self._todo]
+        imgs, keep, bad = [], [], {}
+        for k,lbl,sp in rows:
+            fn = self.path/k
+            try: st = _stamp(fn)
+            except OSError as e: bad[k] = f"it cannot be read ({e.strerror or type(e).__name__})"; continue
+            im, why = _decode(fn)
+            if im is None: bad[k] = why; continue
+            imgs.append(im); keep.append((k, lbl, sp, st))
+        out = []
+        if imgs:
             xb = self.learn.dls.test_dl(imgs, bs=len(imgs), num_workers=0).one_batch()[0]
             maps, probs = cam_maps(self.learn, xb)
-            for (key, lbl, sp, st), m, p in zip(keep, maps.float().cpu().numpy(), probs.float().cpu().numpy()):
-                self._items[key] = self._item(key, lbl, sp, m, p); self._items[key].stamp = st
+            for (k, lbl, sp, st), m, p in zip(keep, maps.float().cpu().numpy(), probs.float().cpu().numpy()):
+                it = self._item(k, lbl, sp, m, p); it.stamp = st; out.append(it)
+        with self._lock:
+            for k,*_ in rows: self._todo.pop(k, None)
+            self._skipped.update(bad)
+            self._items.update({it.key: it for it in out})
 
     def _item(self, key, label, split, cams, p)->ReviewItem:
         k = int(p.argmax())
         loss = -float(np.log(max(float(p[self.vocab.index(label)]), 1e-12))) if label in self.vocab else float('inf')
         return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, dict(zip(self.vocab, map(float, p))), cams)
 
-    def __len__(self): return len(self._items)
-    def __repr__(self): return f"Review of {len(self)} images in {self.data} ({len(self.marks)} marked, {len(self.skipped)} skipped)"
+    def __len__(self): self.score(); return len(self._items)
+    def __repr__(self):
+        n, read = len(self._items) + len(self._todo), len(self._items) + len(self._skipped)
+        return f"Review of {n} images in {self.path} ({read} read, {len(self.marks)} marked, {len(self._skipped)} skipped)"
     @property
-    def splits(self)->list: return sorted({it.split for it in self._items.values()})
+    def splits(self)->list: return list(self._splits)
+    @property
+    def skipped(self)->dict:
+        "`{key: reason}` of the images that do not decode (reading every image not read yet)."
+        self.score(); return dict(self._skipped)
 
 # %% ../nbs/07_review.ipynb #63a6fa11
 from fastcore.basics import patch
 
+def _in(label, split): return lambda l, s: (label is None or l == label) and (split is None or s == split)
+
+@patch
+def _view(self:Review, label:str|None=None, split:str|None=None)->list:
+    "The keys of the images of `label` and `split`, read or not (not the skipped ones)."
+    ok = _in(label, split)
+    with self._lock:
+        return [k for k,(l,s) in self._todo.items() if ok(l, s)] + [k for k,it in self._items.items() if ok(it.label, it.split)]
+
+@patch
+def scoring(self:Review, label:str|None=None, # one class (None: all)
+            split:str|None=None, # one split (None: all)
+            keys:list|None=None, # or these images (keys)
+           ):
+    "Read and score the images of `label` and `split` (or `keys`) not read yet, a batch at a time; yield `(done, total)` after each."
+    view = self._view(label, split) if keys is None else [str(k) for k in keys]
+    for _ in range(len(view)):   # each pass reads at least one image
+        with self._work:
+            with self._lock: todo = sorted((k for k in view if k in self._todo), key=self._first)
+            if not todo: return
+            self._score(todo[:self.bs])
+        yield len(view) - len(todo) + min(len(todo), self.bs), len(view)
+
+@patch
+def score(self:Review, label:str|None=None, split:str|None=None)->Review:
+    "Read and score every image of `label` and `split` not read yet (a progress bar unless `quiet`)."
+    n = -(-sum(k in self._todo for k in self._view(label, split))//self.bs)
+    for _ in pbar(self.scoring(label, split), total=n, quiet=self.quiet or not n, comment='review'): pass
+    return self
+
+@patch
+def progress(self:Review, label:str|None=None, split:str|None=None)->tuple:
+    "`(read, total)`: how many images of `label` and `split` are read (scored or skipped), of how many; reads nothing."
+    ok = _in(label, split)
+    with self._lock:
+        todo = sum(ok(l, s) for l,s in self._todo.values())
+        read = sum(ok(it.label, it.split) for it in self._items.values()) + sum(ok(*self._where[k]) for k in self._skipped)
+    return read, read + todo
+
+@patch
+def _sort(self:Review, its:list)->list:
+    return sorted(its, key=(lambda it: self._first(it.key)) if self._rank else (lambda it: (-it.loss, it.key)))
+
 @patch
 def items(self:Review, label:str|None=None, # one class (None: all)
           split:str|None=None, # one split (None: all)
+          wait:bool=True, # read the images of the view not read yet first (False: only those read so far)
          )->list:
-    "The `ReviewItem`s of `label` and `split`, highest loss first."
-    its = [it for it in self._items.values() if (label is None or it.label == label) and (split is None or it.split == split)]
-    return sorted(its, key=lambda it: (-it.loss, it.key))
+    "The `ReviewItem`s of `label` and `split`, highest loss (or `order`) first."
+    if wait: self.score(label, split)
+    ok = _in(label, split)
+    with self._lock: its = [it for it in self._items.values() if ok(it.label, it.split)]
+    return self._sort(its)
 
 @patch
 def page(self:Review, label:str|None=None, split:str|None=None,
          n:int=0, # the page number, from 0
          per_page:int=12, # items per page
+         wait:bool=True, # read what the page needs first (False: a page of the images read so far)
         )->list:
-    "Page `n` of `items(label, split)`."
-    return self.items(label, split)[n*per_page:(n+1)*per_page]
+    "Page `n` of `items(label, split)`; with an `order`, only the images of that page are read."
+    if self._rank is None or not wait: return self.items(label, split, wait)[n*per_page:(n+1)*per_page]
+    keys = []
+    for _ in range(per_page + 1):   # a page's image that does not decode makes room for the next one
+        keys = sorted(self._view(label, split), key=self._first)[n*per_page:(n+1)*per_page]
+        todo = [k for k in keys if k in self._todo]
+        if not todo: break
+        for _ in self.scoring(keys=todo): pass
+    with self._lock: return [self._items[k] for k in keys if k in self._items]
 
 @patch
 def item(self:Review, item, # a `ReviewItem`, or its key (the path relative to the dataset folder)
         )->ReviewItem:
-    "The `ReviewItem` of `item`."
+    "The `ReviewItem` of `item` (read now if it was not yet)."
     key = item.key if isinstance(item, ReviewItem) else str(item)
-    if key not in self._items: raise FastpipesError(f"`{key}` is not an image of this review; pass an item of `items()` or its key.")
-    return self._items[key]
+    if key in self._todo:
+        for _ in self.scoring(keys=[key]): pass
+    with self._lock:
+        if key in self._skipped: raise FastpipesError(f"`{key}` cannot be reviewed: {self._skipped[key]}.")
+        if key not in self._items: raise FastpipesError(f"`{key}` is not an image of this review; pass an item of `items()` or its key.")
+        return self._items[key]
 
 @patch
 def overlay(self:Review, item, # a `ReviewItem` or its key
@@ -192,10 +228,10 @@ def overlay(self:Review, item, # a `ReviewItem` or its key
             alpha:float=0.5)->Image.Image:
     "The image as the model saw it, with the CAM of `target` over it."
     it = self.item(item)
-    im, why = _decode(self.data/it.key)
-    if im is None: raise FastpipesError(f"`{self.data/it.key}` {why} any more; start a new review.")
+    im, why = _decode(self.path/it.key)
+    if im is None: raise FastpipesError(f"`{self.path/it.key}` changed since the review read it ({why}); start a new review.")
     t = self.vocab.index(target or it.pred)
-    return cam_overlay(fit_image(im, size, self.meta['resize_method']), it.cams[t], alpha)
+    return cam_overlay(fit_image(im, size, self.spec.resize_method, self.spec.pad_mode), it.cams[t], alpha)
 
 # %% ../nbs/07_review.ipynb #bfa0ae19
 def _parse(action:str, label):
@@ -236,7 +272,7 @@ def table(self:Review, label:str|None=None, split:str|None=None)->pd.DataFrame:
 @patch
 def marked(self:Review)->pd.DataFrame:
     "The marked images: key, label, split, action, new label."
-    rows = [dict(key=k, label=self._items[k].label, split=self._items[k].split, action=a, new_label=l) for k,(a,l) in self.marks.items()]
+    with self._lock: rows = [dict(key=k, label=self._items[k].label, split=self._items[k].split, action=a, new_label=l) for k,(a,l) in self.marks.items()]
     return pd.DataFrame(rows, columns=['key', 'label', 'split', 'action', 'new_label'])
 
 # %% ../nbs/07_review.ipynb #5ad3ccd4
@@ -268,22 +304,22 @@ def _moves(moves:list):
 @patch
 def _check_unchanged(self:Review, keys):
     for k in keys:
-        fn = self.data/k
+        fn = self.path/k
         if not fn.is_file() or _stamp(fn) != self._items[k].stamp:
             raise FastpipesError(f"`{fn}` moved or changed since the review started; start a new review (nothing was moved).")
 
 @patch
 def _class_dir(self:Review, split:str, label:str)->Path:
     "The folder of class `label` in `split` (`scan_images` calls the split of top-level class folders 'all')."
-    return self.data/label if split == 'all' and not (self.data/'train').is_dir() else self.data/split/label
+    return self.path/label if split == 'all' and not (self.path/'train').is_dir() else self.path/split/label
 
 @patch
 def _plan(self:Review)->list:
     "`(key, action, new label, src, dst)` for every mark."
     plan, taken = [], set()
     for k,(act,label) in self.marks.items():
-        it, src = self._items[k], self.data/k
-        dst = _unique(self.data/'rejected'/REASON/src.name if act == 'delete'
+        it, src = self._items[k], self.path/k
+        dst = _unique(self.path/'rejected'/REASON/src.name if act == 'delete'
                       else self._class_dir(it.split, label)/src.relative_to(self._class_dir(it.split, it.label)), taken)
         taken.add(dst); plan.append((k, act, label, src, dst))
     return plan
@@ -293,25 +329,29 @@ def _rel(fn:Path, root:Path)->str: return fn.relative_to(root).as_posix()
 @patch
 def apply(self:Review)->pd.DataFrame:
     "Move the marked files (deleted ones to `rejected/reviewed/`, relabelled ones to their class) and update the manifest."
+    with self._lock: return self._apply()
+
+@patch
+def _apply(self:Review)->pd.DataFrame:
     if not self.marks: return self.marked()
-    with dataset_lock(self.data):
+    with dataset_lock(self.path):
         self._check_unchanged(self.marks)
         plan = self._plan()
-        made = sorted({p for *_,s,d in plan for p in d.parents if inside(p, self.data) and p != self.data and not p.exists()},
+        made = sorted({p for *_,s,d in plan for p in d.parents if inside(p, self.path) and p != self.path and not p.exists()},
                       key=lambda p: -len(p.parts))  # folders this apply creates, deepest first
         _moves([(s, d) for *_,s,d in plan])
         try:
-            rows = read_manifest(self.data)
+            rows = read_manifest(self.path)
             by_file = {r.get('file'): r for r in rows}
             before = {}
             for k,act,label,src,dst in plan:
-                it, new = self._items[k], _rel(dst, self.data)
+                it, new = self._items[k], _rel(dst, self.path)
                 row = by_file.get(k)
                 before[new] = dict(row) if row else None
                 upd = dict(file=new, label=label or it.label, split=it.split, status='rejected' if act == 'delete' else 'ok', reason=REASON)
                 if row: row.update(upd)
                 else: rows.append(new_row(**upd))
-            write_manifest(self.data, rows)
+            write_manifest(self.path, rows)
         except BaseException:
             _moves([(d, s) for *_,s,d in plan]); raise
     done = self.marked()
@@ -319,7 +359,7 @@ def apply(self:Review)->pd.DataFrame:
     for k,act,label,src,dst in plan:
         it = self._items.pop(k)
         if act == 'relabel':
-            new = _rel(dst, self.data)
+            new = _rel(dst, self.path)
             p = np.array([it.probs[v] for v in self.vocab])
             self._items[new] = self._item(new, label, it.split, it.cams, p); self._items[new].stamp = _stamp(dst)
     self.marks = {}
@@ -328,22 +368,26 @@ def apply(self:Review)->pd.DataFrame:
 @patch
 def undo(self:Review)->pd.DataFrame:
     "Reverse the last `apply`: files back in place, manifest rows as they were, the marks restored."
+    with self._lock: return self._undo()
+
+@patch
+def _undo(self:Review)->pd.DataFrame:
     if not self.history: raise FastpipesError("Nothing to undo: no review was applied in this session.")
     h = self.history[-1]
-    with dataset_lock(self.data):
+    with dataset_lock(self.path):
         for *_,src,dst in h['plan']:
             if not dst.is_file() or src.exists():
                 raise FastpipesError(f"`{dst}` moved or `{src}` was recreated since the review was applied; nothing was undone.")
         _moves([(d, s) for *_,s,d in h['plan']])
         for p in h['made']:  # the folders the apply made, when they are empty again (an empty class folder stops training)
             if p.is_dir() and not any(p.iterdir()): p.rmdir()
-        rows = read_manifest(self.data)
+        rows = read_manifest(self.path)
         gone = {new for new,old in h['before'].items() if old is None}
         rows = [dict(h['before'][r.get('file')]) if h['before'].get(r.get('file')) else r for r in rows if r.get('file') not in gone]
-        write_manifest(self.data, rows)
+        write_manifest(self.path, rows)
     self.history.pop()
     for k,act,label,src,dst in h['plan']:
-        if act == 'relabel': self._items.pop(_rel(dst, self.data), None)
+        if act == 'relabel': self._items.pop(_rel(dst, self.path), None)
         self._items[k] = h['items'][k]
     self.marks = {**h['marks'], **self.marks}
     return pd.DataFrame([dict(key=k, action=a, new_label=l) for k,(a,l) in h['marks'].items()])

@@ -34,6 +34,7 @@ class Route:
     header_delay:float=0.0       # send 90 padding header lines this many seconds apart first: trickled headers
     reason:str|None=None         # the status line's text instead of the standard one (e.g. with escape sequences)
     raw:bytes|None=None          # send these bytes instead of an HTTP response, then close (a garbage status line)
+    trailing:bytes=b''           # bytes sent right after the body, beyond its Content-Length (a smuggled response)
 
 def _as_route(r)->Route|None:
     if r is None or isinstance(r, Route): return r
@@ -88,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(r, srv)
 
     def _stream(self, r, srv):
-        body, n = r.body, 0
+        body, n = r.body + r.trailing, 0   # the trailing bytes go out with the body's last chunk
         try:
             while True:
                 if n < len(body): data = body[n:n+r.chunk]
@@ -301,4 +302,5 @@ class LoopbackProxy:
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.close()
+
 

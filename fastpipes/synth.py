@@ -9,7 +9,7 @@ from pathlib import Path
 import io
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
-from .core import FastpipesError, atomic_write, pbar
+from .core import FastpipesError, atomic_write, check_number, pbar
 
 # %% auto #0
 __all__ = ['MARK_CLASSES', 'BLANK', 'marks_image', 'make_marks']
@@ -31,7 +31,7 @@ def _background(rng, size):
     c0, c1 = np.array(_rand_color(rng, 30, 170)), np.array(_rand_color(rng, 30, 170))
     t = np.linspace(0, 1, size)[:, None, None]
     g = c0*(1-t) + c1*t
-    g = np.broadcast_to(g, (size, size, 3)) if rng.random() < .5 else np.broadcast_to(g.transpose(1, 0, 2), (size, size, 3))
+    g = np.broadcast_to(g if rng.random() < .5 else g.transpose(1, 0, 2), (size, size, 3))
     g = g + rng.normal(0, 12, (size, size, 3))
     return Image.fromarray(np.clip(g, 0, 255).astype(np.uint8))
 
@@ -47,6 +47,7 @@ def _clutter(draw, rng, size, n):
         elif kind == 2: draw.rectangle([x-r, y-r, x+r, y+r], outline=col, width=w*2)
         else: draw.polygon([(x, y-r), (x-r, y+r), (x+r, y+r)], fill=col)
 
+# %% ../nbs/00a_synth.ipynb #3f7d0b12
 def _draw_mark(draw, label, box, col, w):
     "Draw a `circle` (ring) or a `cross` (X) filling `box`."
     x0, y0, x1, y1 = box
@@ -68,7 +69,7 @@ def marks_image(label:str, # one of `MARK_CLASSES`, or `BLANK` for no mark
                )->tuple:
     "A cluttered RGB image with one mark of kind `label`, and the mark's box `(x0,y0,x1,y1)` (None for `BLANK`)."
     _check_label(label)
-    if size < 32: raise FastpipesError(f"size={size} is too small for a visible mark: use 32 pixels or more.")
+    check_number(size, 'size', 32, whole=True)   # room for a visible mark
     rng = np.random.default_rng([int(seed), _LABELS.index(label)])
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
@@ -102,10 +103,12 @@ def make_marks(dest:Path, # folder to write (created)
                **kwargs, # passed to `marks_image` (e.g. `mark_frac`, `clutter`)
               )->pd.DataFrame:
     "Write a two-class marks dataset to `dest/{train,test}/<label>/*.jpg` and `dest/boxes.csv`; return the table."
-    if n_train < 0 or n_test < 0 or n_train + n_test == 0: raise FastpipesError("Ask for at least one image: n_train and n_test must be >= 0 and not both 0.")
+    n_train, n_test = check_number(n_train, 'n_train', 0, whole=True), check_number(n_test, 'n_test', 0, whole=True)
+    if n_train + n_test == 0: raise FastpipesError("Ask for at least one image: `n_train` and `n_test` are both 0.")
     classes = tuple(classes)
     for c in classes: _check_label(c)
-    if len(set(classes)) < 2 or len(set(classes)) != len(classes): raise FastpipesError(f"Give two or more different classes, not {classes}.")
+    if len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise FastpipesError(f"Give two or more different classes, not {classes}.")
     dest = Path(dest)
     jobs = [(sp, lbl, i) for sp, n in (('train', n_train), ('test', n_test)) for lbl in classes for i in range(n)]
     rows = []

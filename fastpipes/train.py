@@ -4,13 +4,14 @@
 
 # %% ../nbs/04_train.ipynb #a1e2644a
 from __future__ import annotations
-import io, json
+import hashlib, io, json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from PIL import Image
-from fastcore.basics import listify
+from fastcore.basics import listify, patch
 from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.callback.core import Callback
@@ -24,7 +25,7 @@ from fastai.data.transforms import Categorize, ColReader, ToTensor, IntToFloatTe
 from fastai.interpret import ClassificationInterpretation
 from fastai.layers import Flatten
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
+from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage
@@ -32,14 +33,16 @@ from fastai.vision.learner import vision_learner
 import fastpipes
 from functools import partial
 from .arch import arch_name, arch_stats, body_features, offline_guard, resolve_arch
-from .core import FastpipesError, atomic_write, image_files, literal_text, set_seed, sha256_file
+from .core import FastpipesError, RunFolder, atomic_write, image_files, literal_text, set_seed, sha256_file
 from .data import scan_images
+from .inference import default_title
 from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one_cycle, set_precision
 
 # %% auto #0
-__all__ = ['WEIGHTS', 'META', 'FORMAT', 'cam_head', 'is_cam_model', 'build_learner', 'cam_learner', 'to_cam_learner',
+__all__ = ['WEIGHTS', 'META', 'CLASSIFIER_FORMAT', 'cam_head', 'is_cam_model', 'build_learner', 'cam_learner', 'to_cam_learner',
            'TrainHistory', 'history', 'train_classifier', 'evaluate', 'class_accuracy', 'confusion_figure',
-           'top_losses_figure', 'save_classifier', 'empty_dls', 'load_classifier', 'predict']
+           'top_losses_figure', 'ClassifierSpec', 'model_dir', 'empty_dls', 'save_classifier', 'load_classifier',
+           'predict']
 
 # %% ../nbs/04_train.ipynb #057f2a15
 def cam_head(nf:int, # channels out of the body (512 for resnet18/34, 2048 for resnet50)
@@ -109,25 +112,29 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
 
 # %% ../nbs/04_train.ipynb #ed0c54f2
 class TrainHistory(Callback):
-    "Keep the `Recorder`'s row of every epoch of every `fit`, tagged with its phase (each `fit` resets the `Recorder`; `fine_tune` fits twice)."
+    "Keep the `Recorder`'s row of every trained epoch of every `fit`, tagged with its phase (`fine_tune` fits twice)."
     order = Recorder.order + 1
-    def __init__(self): self.rows = []
+    def __init__(self): self.rows, self.trained = [], False
     def before_fit(self):
         self.learn.train_history = self.rows
         frozen = bool(getattr(self.opt, 'frozen_idx', 0))
         self.phase = 'frozen' if frozen else 'unfrozen' if any(r['phase'] == 'frozen' for r in self.rows) else 'train'
+    # `get_preds` and `validate` fire `after_epoch` too (the Learner is their context manager), with no training:
+    # only an epoch that trained is a row
+    def before_epoch(self): self.trained = False
+    def before_train(self): self.trained = True
     def after_epoch(self):
         v = self.recorder.values[-1] if self.recorder.values else []
-        if getattr(self.learn, 'lr_finder', None) or not len(v): return   # `lr_find`, or an epoch skipped on resume
+        if not self.trained or getattr(self.learn, 'lr_finder', None) or not len(v): return
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **{n: np.nan if x is None else float(x) for n,x in zip(names, v)}))
 
 def history(learn:Learner)->pd.DataFrame:
-    "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics."
+    "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics (any fastai Learner)."
     rows = getattr(learn, 'train_history', None)
     if rows is None:
         names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
-        rows = [dict(epoch=i, phase='train', **dict(zip(names, map(float, v[:len(names)]))))
+        rows = [dict(epoch=i, phase='train', **{n: np.nan if x is None else float(x) for n,x in zip(names, v)})
                 for i,v in enumerate(learn.recorder.values)]
     return pd.DataFrame(rows)
 
@@ -234,7 +241,7 @@ def _scores(probs, targs, vocab)->dict:
 
 def _valid(learn):
     "The validation `DataLoader`; a loaded classifier has none."
-    src = (getattr(learn, 'fastpipes', None) or {}).get('loaded_from')
+    src = getattr(learn, 'loaded_from', None)
     if src: raise FastpipesError(f"The classifier loaded from `{src}` has no validation set; pass a folder of class folders.")
     return learn.dls.valid
 
@@ -298,62 +305,77 @@ def top_losses_figure(learn:Learner, k:int=9, # number of images shown
         fig.tight_layout()
     return fig
 
-# %% ../nbs/04_train.ipynb #5011f8a9
+# %% ../nbs/04_train.ipynb #ab67998d
 WEIGHTS, META = 'weights.pth', 'classifier.json'
-FORMAT = 'fastpipes-classifier/1'
+CLASSIFIER_FORMAT = 'fastpipes-classifier/2'
+_FORMATS = ('fastpipes-classifier/1', CLASSIFIER_FORMAT)   # /1 (before `cam_layer` and `activation`) still loads
 
+@dataclass(frozen=True)
+class ClassifierSpec:
+    "What a classifier expects and gives: the record saved as `classifier.json` and read by every later stage."
+    arch:str|None  # architecture name (see `resolve_arch`)
+    vocab:tuple  # the classes, in the model's output order
+    size:tuple|None  # the input's (height, width) after `Resize`
+    resize_method:str='crop'  # fastai's `Resize`: 'crop', 'pad' or 'squish'
+    pad_mode:str='reflection'  # with 'pad': 'zeros', 'border' or 'reflection'
+    normalize:dict|None=None  # `{mean, std}` applied to `[0, 1]` RGB inputs, or None
+    cam:bool=True  # the head is `cam_head`: every prediction has an exact CAM
+    cam_layer:str|None='1.2'  # the module holding the class weights of the CAM (`model[1][2]`)
+    activation:str='softmax'  # 'softmax' (one label per image) or 'sigmoid' (several)
+    pretrained:bool|None=None  # trained from ImageNet weights
+    model_kwargs:dict=field(default_factory=dict)  # more `vision_learner` arguments that rebuild the model
+    fastpipes_version:str=fastpipes.__version__
+    sha256:str|None=None  # of the weights file, once saved
+
+    @property
+    def title(self)->str:
+        "The classes as a title: 'cat vs dog', at most four of them (`inference.default_title`)."
+        return default_title(self.vocab)
+
+    def to_dict(self)->dict:
+        "The JSON-ready form saved as `classifier.json`."
+        d = {'format': CLASSIFIER_FORMAT, **asdict(self)}
+        return {**d, 'vocab': list(self.vocab), 'size': list(self.size) if self.size else None}
+
+# %% ../nbs/04_train.ipynb #59acd1ea
 def _tfm(dl, cls): return [t for t in dl.fs if isinstance(t, cls)] if hasattr(dl, 'fs') else []
 
 def _resize(dls)->tuple:
-    rs = _tfm(dls.after_item, Resize)
-    if not rs: raise FastpipesError("The Learner's DataLoaders have no `Resize` item transform, so the image size is unknown; build them with `image_dls`.")
-    return list(rs[0].size)[::-1], str(rs[0].method), str(rs[0].pad_mode)  # fastai keeps (w, h)
+    "`(size (h, w), method, pad_mode)` of `dls`' `Resize`, or `(None, 'crop', 'reflection')` without one."
+    rs = _tfm(getattr(dls, 'after_item', None), Resize)
+    if not rs: return None, 'crop', 'reflection'
+    return tuple(rs[0].size)[::-1], str(rs[0].method), str(rs[0].pad_mode)  # fastai keeps (w, h)
 
-def _norm(dls):
-    ns = _tfm(dls.after_batch, Normalize)
-    if not ns: return None
-    return dict(mean=ns[0].mean.flatten().tolist(), std=ns[0].std.flatten().tolist())
+def _norm(dls)->dict|None:
+    ns = _tfm(getattr(dls, 'after_batch', None), Normalize)
+    return dict(mean=ns[0].mean.flatten().tolist(), std=ns[0].std.flatten().tolist()) if ns else None
 
-def _is_cam_head(head)->bool:
-    "A CAM head: pooling, flatten and one `Linear` without bias, nothing else with weights."
-    lins = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
-    others = [m for m in head.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.Dropout))]
-    return len(lins) == 1 and lins[0].bias is None and not others
+def _label(v): return v.item() if isinstance(v, np.generic) else v
 
-def _meta(learn)->dict:
+@patch(cls_method=True)
+def from_learner(cls:ClassifierSpec, learn:Learner)->ClassifierSpec:
+    "The spec of `learn`, read from its DataLoaders, model and loss (the architecture from `train_classifier`)."
     fp = getattr(learn, 'fastpipes', None) or {}
-    arch = fp.get('arch') or getattr(getattr(learn, 'arch', None), '__name__', None)
-    if arch is None: raise FastpipesError("Cannot tell the Learner's architecture; train it with `train_classifier` or `build_learner`.")
+    arch = fp.get('arch') or (arch_name(learn.arch) if getattr(learn, 'arch', None) is not None else None)
     size, method, pad_mode = _resize(learn.dls)
-    vocab = [v.item() if isinstance(v, np.generic) else v for v in learn.dls.vocab]
-    if not all(isinstance(v, (str, int, float, bool)) for v in vocab):
-        raise FastpipesError("Only classes that are strings, numbers or booleans can be saved; relabel the data.")
-    return dict(format=FORMAT, fastpipes_version=fastpipes.__version__, arch=arch, vocab=vocab,
-                size=size, resize_method=method, pad_mode=pad_mode, normalize=_norm(learn.dls),
-                cam=fp.get('cam', _is_cam_head(learn.model[-1])), pretrained=fp.get('pretrained'),
-                model_kwargs=fp.get('model_kwargs', {}))
+    cam = is_cam_model(learn.model)
+    act = 'sigmoid' if 'BCE' in type(learn.loss_func).__name__ else 'softmax'   # multi-label: one sigmoid per class
+    return cls(arch, tuple(map(_label, getattr(learn.dls, 'vocab', None) or [])), size, method, pad_mode,
+               _norm(learn.dls), cam, '1.2' if cam else None, act, fp.get('pretrained'), fp.get('model_kwargs', {}))
 
-def save_classifier(learn:Learner, # a trained classifier
-                    path:Path, # folder to write (created); holds `weights.pth` and `classifier.json`
-                   )->Path:
-    "Save `learn`'s weights and what rebuilding it needs to the folder `path`, without pickling code."
-    path = Path(path)
-    if path.exists() and not path.is_dir(): raise FastpipesError(f"`{path}` is a file; `save_classifier` writes a folder.")
-    meta = _meta(learn)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().clone() for k,v in learn.model.state_dict().items()}, buf)
-    atomic_write(path/WEIGHTS, buf.getvalue())
-    meta['sha256'] = sha256_file(path/WEIGHTS)
-    atomic_write(path/META, json.dumps(meta, indent=2))
-    return path
+@patch(as_prop=True)
+def spec(self:Learner)->ClassifierSpec:
+    "This classifier's `ClassifierSpec`: the one it was loaded with, else read from its DataLoaders and model."
+    return getattr(self, '_spec', None) or ClassifierSpec.from_learner(self)
 
-# %% ../nbs/04_train.ipynb #983956dd
+# %% ../nbs/04_train.ipynb #f2b3e587
 _KEYS = ('format', 'arch', 'vocab', 'size', 'resize_method', 'normalize', 'cam', 'sha256')
 
 def _int_in(lo, hi): return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 def _num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 def _is_bool(v)->bool: return isinstance(v, bool)
 def _opt(check): return lambda v: v is None or check(v)
+def _sha(v)->bool: return isinstance(v, str) and len(v) == 64 and all(c in '0123456789abcdef' for c in v)
 
 def _size_ok(v)->bool:
     side = _int_in(8, 4096)
@@ -376,8 +398,8 @@ def _arch_ok(v)->bool:
     except FastpipesError: return False
 
 # Only these keys, with these values, reach `build_learner(pretrained=False)`: no weights, no URLs, no files.
-_MODEL_KWARGS_SCHEMA = dict(n_in=_int_in(1, 16), concat_pool=_is_bool, pool=_is_bool, first_bn=_is_bool, bn_final=_is_bool,
-    lin_first=_is_bool, ps=lambda v: _num(v) and 0 <= v < 1, cut=_opt(_int_in(-64, 64)),
+_MODEL_KWARGS_SCHEMA = dict(n_in=_int_in(1, 16), concat_pool=_is_bool, pool=_is_bool, first_bn=_is_bool,
+    bn_final=_is_bool, lin_first=_is_bool, ps=lambda v: _num(v) and 0 <= v < 1, cut=_opt(_int_in(-64, 64)),
     lin_ftrs=_opt(lambda v: isinstance(v, list) and len(v) <= 8 and all(map(_int_in(1, 1 << 16), v))),
     y_range=_opt(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_num, v))))
 assert set(_MODEL_KWARGS_SCHEMA) == set(_MODEL_KWARGS)
@@ -385,47 +407,91 @@ assert set(_MODEL_KWARGS_SCHEMA) == set(_MODEL_KWARGS)
 def _kwargs_ok(v)->bool:
     return isinstance(v, dict) and all(k in _MODEL_KWARGS_SCHEMA and _MODEL_KWARGS_SCHEMA[k](x) for k,x in v.items())
 
-_SCHEMA = dict(format=lambda v: v == FORMAT, fastpipes_version=lambda v: isinstance(v, str) and len(v) < 64,
+_SCHEMA = dict(format=lambda v: v in _FORMATS, fastpipes_version=lambda v: isinstance(v, str) and len(v) < 64,
     arch=_arch_ok, vocab=_vocab_ok, size=_size_ok, resize_method=lambda v: v in ('crop', 'pad', 'squish'),
     pad_mode=lambda v: v in ('zeros', 'border', 'reflection'), normalize=_norm_ok, cam=_is_bool,
-    pretrained=_opt(_is_bool), model_kwargs=_kwargs_ok,
-    sha256=lambda v: isinstance(v, str) and len(v) == 64 and all(c in '0123456789abcdef' for c in v))
-_WHAT = dict(format=f'is not {FORMAT!r}', arch='is not a known architecture name', vocab='is not a list of 2 or more distinct labels',
-    size='is not a side (or two) from 8 to 4096 pixels', normalize='is not {mean, std} with positive std',
-    model_kwargs=f'holds keys or values other than those of {list(_MODEL_KWARGS)}', sha256='is not a SHA-256 in hex')
+    cam_layer=_opt(lambda v: v == '1.2'), activation=lambda v: v in ('softmax', 'sigmoid'),
+    pretrained=_opt(_is_bool), model_kwargs=_kwargs_ok, sha256=_opt(_sha))   # None: not saved yet
+_WHAT = dict(format=f'is not one of {list(_FORMATS)}', arch='is not a known architecture name',
+    vocab='is not a list of 2 or more distinct labels', size='is not a side (or two) from 8 to 4096 pixels',
+    normalize='is not {mean, std} with positive std', sha256='is not a SHA-256 in hex (or null)',
+    model_kwargs=f'holds keys or values other than those of {list(_MODEL_KWARGS)}')
 
-def _check_meta(meta:dict, fn:Path):
-    "Raise unless every key of the classifier description `meta` is known and its value valid."
+def _check_meta(meta:dict, fn):
+    "Raise unless every key of the classifier description `meta` (from `fn`) is known and its value valid."
     unknown = sorted(set(meta) - set(_SCHEMA))
     if unknown: raise FastpipesError(f"`{fn}` has unknown keys {unknown}; it was not written by `save_classifier`.")
     missing = [k for k in _KEYS if k not in meta]
     if missing: raise FastpipesError(f"`{fn}` lacks the keys {missing}; save the classifier again.")
     for k,ok in _SCHEMA.items():
         if k in meta and not ok(meta[k]):
-            raise FastpipesError(f"`{fn}` describes the data or the model wrongly: `{k}` {_WHAT.get(k, 'has an invalid value')} ({json.dumps(meta[k])[:60]}); save the classifier again.")
+            raise FastpipesError(f"`{fn}` describes the data or the model wrongly: `{k}` {_WHAT.get(k, 'has an invalid value')}"
+                                 f" ({json.dumps(meta[k])[:60]}); save the classifier again.")
     n_in = meta.get('model_kwargs', {}).get('n_in', 3)
     if meta['normalize'] is not None and len(meta['normalize']['mean']) != n_in:
-        raise FastpipesError(f"`{fn}`: `normalize` has {len(meta['normalize']['mean'])} channels for a model of {n_in}; save the classifier again.")
+        raise FastpipesError(f"`{fn}`: `normalize` has {len(meta['normalize']['mean'])} channels for a model of {n_in}; "
+                             "save the classifier again.")
 
-def _read_meta(path:Path)->tuple[Path, dict]:
-    "The folder and the checked JSON of a saved classifier at `path` (its folder or its JSON file)."
+# %% ../nbs/04_train.ipynb #50356f9b
+def model_dir(path:Path, # a classifier folder, its `classifier.json`, or a run folder (`RUN/model/`)
+             )->Path:
+    "The folder holding the classifier at `path`: a classifier folder itself, or the `model/` of a run folder."
     path = Path(path)
     if not path.exists(): raise FastpipesError(f"The classifier `{path}` does not exist; save one with `save_classifier`.")
-    folder = path if path.is_dir() else path.parent
-    fn = folder/META
-    if not fn.is_file(): raise FastpipesError(f"`{folder}` holds no `{META}`; it is not a classifier saved by fastpipes.")
-    if fn.stat().st_size > 16 << 20: raise FastpipesError(f"`{fn}` is too large to be a classifier description.")
-    try: meta = json.loads(fn.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError): raise FastpipesError(f"`{fn}` is not valid JSON; save the classifier again.") from None
-    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
-        raise FastpipesError(f"`{fn}` is not a fastpipes classifier description (format {FORMAT!r}).")
-    _check_meta(meta, fn)
-    return folder, meta
+    if path.is_file(): path = path.parent
+    for d in (path, RunFolder(path).model):
+        if (d/META).is_file(): return d
+    raise FastpipesError(f"`{path}` holds no model (`{META}` or `model/{META}`): it is not a classifier or a run folder; "
+                         f"train one with `fastpipes train DATA --out {path}`.")
 
-def _read_weights(folder:Path, meta:dict)->dict:
+@patch(cls_method=True)
+def from_dict(cls:ClassifierSpec, d:dict, # a `classifier.json`'s content
+              where='the classifier description', # where `d` comes from, for the message
+             )->ClassifierSpec:
+    "The spec described by `d`, checked key by key."
+    if not isinstance(d, dict) or d.get('format') not in _FORMATS:
+        raise FastpipesError(f"`{where}` is not a fastpipes classifier description (format {CLASSIFIER_FORMAT!r}).")
+    _check_meta(d, where)
+    kw = {k: v for k,v in d.items() if k != 'format'}
+    if d['format'] != CLASSIFIER_FORMAT: kw['cam_layer'] = '1.2' if d['cam'] else None   # /1: before the key existed
+    return cls(**{**kw, 'vocab': tuple(d['vocab']), 'size': tuple(d['size']) if isinstance(d['size'], list) else (d['size'],)*2})
+
+@patch(cls_method=True)
+def read(cls:ClassifierSpec, path:Path, # a classifier folder, its `classifier.json`, or a run folder
+        )->ClassifierSpec:
+    "The checked spec saved at `path`."
+    fn = model_dir(path)/META
+    if fn.stat().st_size > 16 << 20: raise FastpipesError(f"`{fn}` is too large to be a classifier description.")
+    try: d = json.loads(fn.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise FastpipesError(f"`{fn}` is not valid JSON; save the classifier again.") from None
+    return cls.from_dict(d, fn)
+
+@patch
+def check(self:ClassifierSpec, where='the classifier description', # the file it goes to, for the message
+         )->ClassifierSpec:
+    "Raise one sentence unless the spec can be saved and read back: an architecture, a size, simple labels, valid keys."
+    if self.arch is None:
+        raise FastpipesError("Cannot tell the Learner's architecture; train it with `train_classifier` or `build_learner`.")
+    if self.size is None:
+        raise FastpipesError("The Learner's DataLoaders have no `Resize` item transform, so the image size is unknown; "
+                             "build them with `image_dls`.")
+    if not all(isinstance(v, (str, int, float, bool)) for v in self.vocab):
+        raise FastpipesError("Only classes that are strings, numbers or booleans can be saved; relabel the data.")
+    _check_meta(self.to_dict(), where)
+    return self
+
+@patch
+def save(self:ClassifierSpec, path:Path, # the classifier folder (created)
+        )->Path:
+    "Check the spec and write it to `path/classifier.json` atomically."
+    return atomic_write(Path(path)/META, json.dumps(self.check(Path(path)/META).to_dict(), indent=2))
+
+# %% ../nbs/04_train.ipynb #e8adb314
+def _read_weights(folder:Path, spec:ClassifierSpec)->dict:
     fn = folder/WEIGHTS
     if not fn.is_file(): raise FastpipesError(f"`{folder}` holds no `{WEIGHTS}`; save the classifier again.")
-    if sha256_file(fn) != meta['sha256']:
+    if sha256_file(fn) != spec.sha256:
         raise FastpipesError(f"`{fn}` does not match the checksum in `{META}`: the file is corrupt or was replaced.")
     # Whatever the bytes, the weights-only unpickler runs no code; a foreign or corrupt file makes it raise one of
     # many types (UnpicklingError, IndexError, KeyError, UnicodeDecodeError, ... on random bytes), so all are caught.
@@ -441,39 +507,49 @@ class _Const:
     def __init__(self, v): self.v = v
     def __call__(self, x): return self.v
 
-def empty_dls(vocab:list, # the classes
-              size:int|tuple, # the image size `Resize` produces
-              resize_method:str='crop', pad_mode:str='reflection',
-              normalize:dict|None=None, # `{mean, std}` or None
+def empty_dls(spec:ClassifierSpec, # what the classifier expects: classes, size, resize, normalisation
               bs:int=64, # batch size of `test_dl`s
              )->DataLoaders:
-    "DataLoaders that hold no real data but carry the vocab and the inference transforms (for `test_dl`)."
+    "DataLoaders that hold no real data but carry the vocab and the inference transforms of `spec` (for `test_dl`)."
     blank = Image.new('RGB', (64, 64))  # a placeholder: `Resize` makes every item `size`
+    vocab = list(spec.vocab)
     dsets = Datasets([blank], tfms=[[PILImage.create], [_Const(vocab[0]), Categorize(vocab=vocab)]], splits=([0],[0]))
     after_batch = [IntToFloatTensor()]
-    if normalize: after_batch.append(Normalize.from_stats(normalize['mean'], normalize['std']))
-    size = size if isinstance(size, int) else tuple(size)
-    return dsets.dataloaders(after_item=[Resize(size, method=resize_method, pad_mode=pad_mode), ToTensor()],
-                             after_batch=after_batch, bs=bs, num_workers=0)
+    if spec.normalize: after_batch.append(Normalize.from_stats(spec.normalize['mean'], spec.normalize['std']))
+    rs = Resize(tuple(spec.size), method=spec.resize_method, pad_mode=spec.pad_mode)
+    return dsets.dataloaders(after_item=[rs, ToTensor()], after_batch=after_batch, bs=bs, num_workers=0)
 
-def load_classifier(path:Path, # folder written by `save_classifier` (or its `classifier.json`)
+# %% ../nbs/04_train.ipynb #86521c70
+def save_classifier(learn:Learner, # a trained classifier
+                    path:Path, # folder to write (created); holds `weights.pth` and `classifier.json`
+                   )->Path:
+    "Save `learn`'s weights and its `ClassifierSpec` to the folder `path`, without pickling code."
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise FastpipesError(f"`{path}` is a file; `save_classifier` writes a folder.")
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k,v in learn.model.state_dict().items()}, buf)
+    spec = replace(learn.spec, sha256=hashlib.sha256(buf.getvalue()).hexdigest()).check(path/META)
+    atomic_write(path/WEIGHTS, buf.getvalue())
+    spec.save(path)
+    return path
+
+def load_classifier(path:Path, # folder written by `save_classifier`, its `classifier.json`, or a run folder
                     bs:int=64, # batch size for `test_dl` and `predict`
                    )->Learner:
     "A Learner rebuilt from a saved classifier; nothing in the files is unpickled."
-    folder, meta = _read_meta(path)
-    sd = _read_weights(folder, meta)
-    try: dls = empty_dls(meta['vocab'], meta['size'], meta['resize_method'], meta.get('pad_mode', 'reflection'), meta['normalize'], bs)
-    except (TypeError, ValueError, KeyError) as e:
-        raise FastpipesError(f"`{folder/META}` describes the data wrongly ({e}); save the classifier again.") from None
-    learn = build_learner(dls, meta['arch'], pretrained=False, cam=bool(meta['cam']), loss_func=CrossEntropyLossFlat(),
-                          metrics=[accuracy, error_rate], **meta.get('model_kwargs', {}))
+    folder = model_dir(path)
+    spec = ClassifierSpec.read(folder)
+    sd = _read_weights(folder, spec)
+    loss = BCEWithLogitsLossFlat() if spec.activation == 'sigmoid' else CrossEntropyLossFlat()
+    learn = build_learner(empty_dls(spec, bs), spec.arch, pretrained=False, cam=spec.cam, loss_func=loss,
+                          metrics=[accuracy, error_rate], **spec.model_kwargs)
     try: learn.model.load_state_dict(sd)
     except RuntimeError:
-        raise FastpipesError(f"The weights in `{folder}` do not fit a {meta['arch']} with {len(meta['vocab'])} classes"
-                             f"{' and a CAM head' if meta['cam'] else ''}; the files do not belong together.") from None
+        raise FastpipesError(f"The weights in `{folder}` do not fit a {spec.arch} with {len(spec.vocab)} classes"
+                             f"{' and a CAM head' if spec.cam else ''}; the files do not belong together.") from None
     learn.model.eval()
-    learn.fastpipes = dict(arch=meta['arch'], cam=bool(meta['cam']), pretrained=meta.get('pretrained'),
-                           model_kwargs=meta.get('model_kwargs', {}), loaded_from=str(folder))
+    learn._spec, learn.loaded_from = spec, folder
+    learn.fastpipes = dict(arch=spec.arch, cam=spec.cam, pretrained=spec.pretrained, model_kwargs=spec.model_kwargs)
     return learn
 
 # %% ../nbs/04_train.ipynb #33b884fd

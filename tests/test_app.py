@@ -1,6 +1,7 @@
 """The local app in a real browser: headless Chromium (Debian's, as `.ci/run` installs it), driven by Playwright,
 opens the app served on 127.0.0.1, uploads an image, reads the label and sees a CAM image with a non-zero natural
-size; in the Review tab it selects an image, marks it for deletion and applies the mark (the file moves on disk)."""
+size; in the Review tab it waits for the view to be read (the status line says so), selects an image, marks it for
+deletion and applies the mark (the file moves on disk)."""
 import socket, tempfile
 from pathlib import Path
 import pytest
@@ -47,8 +48,11 @@ def test_app_in_browser(run):
                 w, h = page.eval_on_selector('#fp-cam img', 'e => [e.naturalWidth, e.naturalHeight]')
                 assert w > 0 and h > 0
                 assert 'circle' in page.inner_text('#fp-probs') or 'cross' in page.inner_text('#fp-probs')
-                # review: select the first image, mark it for deletion, apply
+                # review: the tab reads its view as it is shown, and says so until the view is read
                 page.get_by_role('tab', name='Review').click()
+                page.wait_for_function("document.querySelector('#fp-rv-status').innerText.includes('16 images in this view')")
+                assert page.locator('#fp-rv-gallery .thumbnail-item').count() == 12   # the first page, highest loss first
+                # select the first image, mark it for deletion, apply
                 page.locator('#fp-rv-gallery .thumbnail-item').first.click()
                 page.wait_for_function("document.querySelector('#fp-rv-key textarea, #fp-rv-key input').value.length > 0")
                 key = page.eval_on_selector('#fp-rv-key textarea, #fp-rv-key input', 'e => e.value')

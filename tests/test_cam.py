@@ -7,7 +7,6 @@ from fastpipes.core import FastpipesError
 from fastpipes.data import image_dls
 from fastpipes.synth import make_marks, MARK_CLASSES
 from fastpipes.train import train_classifier
-from fastai.callback.mixup import MixUp
 from fastpipes.train import build_learner, to_cam_learner
 from fastpipes.cam import (cam_maps, grad_cam, cam_grid, pointing_game, deletion_auc, insertion_auc,
                            average_drop, increase_in_confidence, _upsample)
@@ -76,7 +75,8 @@ def test_agrees_with_pytorch_grad_cam(marks, arch):
         assert r >= 0.99, r
     # our Grad-CAM agrees too
     g, _ = grad_cam(learn, xb)
-    for o, t in zip(_minmax(_upsample(g, (96, 96))), theirs):
+    assert g.shape == maps.shape   # every class, as `cam_maps` gives
+    for o, t in zip(_minmax(_upsample(g[torch.arange(4), pred], (96, 96))), theirs):
         assert np.corrcoef(o.flatten().numpy(), t.flatten().numpy())[0, 1] >= 0.99
 
 def _hooks(model): return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
@@ -85,9 +85,9 @@ def test_grad_cam_leaves_no_hooks(marks):
     learn = build_learner(_dls(marks, 2), 'resnet18', pretrained=False, cam=False)
     before = _hooks(learn.model)
     maps, probs = grad_cam(learn, torch.randn(2, 3, 64, 64))
-    assert maps.shape == (2, 2, 2) and (maps >= 0).all()
+    assert maps.shape == (2, 2, 2, 2) and (maps >= 0).all()
     assert _hooks(learn.model) == before == 0
-    with pytest.raises(FastpipesError, match='not a class'): grad_cam(learn, torch.randn(2, 3, 64, 64), target='nope')
+    with pytest.raises(FastpipesError, match='not a class'): cam_grid(learn, sorted(get_image_files(marks/'test'))[:1], target='nope')
     assert _hooks(learn.model) == 0
     with pytest.raises(FastpipesError, match='5 channels'): grad_cam(learn, torch.randn(2, 5, 64, 64))
     assert _hooks(learn.model) == 0
@@ -128,15 +128,15 @@ def test_cam_grid_errors(marks, tmp_path):
     learn = build_learner(ImageDataLoaders.from_folder(marks, train='train', valid='test', bs=4, num_workers=0),
                           'resnet18', pretrained=False)
     with pytest.raises(FastpipesError, match='No images'): cam_grid(learn, tmp_path)
-    with pytest.raises(FastpipesError, match='1 or more'): cam_grid(learn, nrows=0)
-    with pytest.raises(FastpipesError, match='1 or more'): cam_grid(learn, ncols=-1)
+    with pytest.raises(FastpipesError, match='`nrows` must be a whole number >= 1'): cam_grid(learn, nrows=0)
+    with pytest.raises(FastpipesError, match='`ncols` must be a whole number >= 1'): cam_grid(learn, ncols=-1)
     with pytest.raises(FastpipesError, match='not a class'): cam_grid(learn, target='square')
     with pytest.raises(FastpipesError, match='not an image file'): cam_grid(learn, [tmp_path/'x.jpg', tmp_path/'y.jpg'])
 
-# The one expensive test: the demo's recipe (`fastpipes demo`: two kinds of marks at 192 px, so the maps are 6x6;
-# a resnet18 from scratch, 8 epochs with augmentation and `MixUp`; about three minutes on two cores), with another
-# seed, must localise the marks.
-SIZE, N_TRAIN, N_TEST, EPOCHS, CELLS = 192, 150, 50, 8, 6
+# The one expensive test: the demo's recipe (`fastpipes demo`: the pretrained EfficientNet-Lite0 fine-tuned on two
+# kinds of marks at 128 px, 4x4 maps), with another seed, must localise the marks. Training results differ from one CPU
+# to the next, so the thresholds leave a margin below what the demo reaches (accuracy 1.0, pointing game 0.9-1.0).
+SIZE, N_TRAIN, N_TEST, CELLS = 128, 40, 25, 4
 
 def _chance(bx, size, n=200, seed=0):
     "Pointing game of maps whose maximum falls in a random cell: the level a map must beat."
@@ -145,28 +145,36 @@ def _chance(bx, size, n=200, seed=0):
 
 @pytest.mark.slow
 def test_localisation_pointing_game(tmp_path):
+    from fastpipes.pipeline import DEMO
     torch.set_num_threads(2)
-    df = make_marks(tmp_path, n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=0)
-    dls = image_dls(tmp_path, size=SIZE, bs=16, aug=True, num_workers=0, seed=0)
-    learn = train_classifier(dls, 'resnet18', epochs=EPOCHS, pretrained=False, lr=2e-3, quiet=True, seed=0, cbs=[MixUp()])
+    df = make_marks(tmp_path, n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=1, mark_frac=DEMO['mark_frac'])
+    dls = image_dls(tmp_path, size=SIZE, bs=DEMO['bs'], aug=False, num_workers=0, seed=1)
+    learn = train_classifier(dls, 'efficientnet_lite0', epochs=DEMO['epochs'], freeze_epochs=DEMO['freeze_epochs'],
+                             lr=DEMO['lr'], quiet=True, seed=1)
     maps, ok, xs, ys = [], [], [], []
     for xb, yb in learn.dls.valid:
         yb = yb.as_subclass(torch.Tensor)
         m, p = cam_maps(learn, xb)
         maps.append(m[torch.arange(len(yb)), yb]); ok.append(p.argmax(1) == yb); xs.append(xb.as_subclass(torch.Tensor)); ys.append(yb)
-    maps, xs, ys, acc = torch.cat(maps), torch.cat(xs), torch.cat(ys), torch.cat(ok).float().mean().item()
+    maps, xs, ys = torch.cat(maps), torch.cat(xs), torch.cat(ys)
+    acc = int(torch.cat(ok).sum())/len(ys)   # a ratio of counts, exact
     files = [Path(f).relative_to(tmp_path).as_posix() for f in learn.dls.valid.items.file]
     bxs = df.set_index('file').loc[files, ['x0', 'y0', 'x1', 'y1']].values.astype(float)
-    marked = ~np.isnan(bxs[:, 0])
-    assert acc >= 0.95, acc
-    pg, chance = pointing_game(maps[marked], bxs[marked], size=SIZE), _chance(bxs[marked], SIZE)
+    pg, chance = pointing_game(maps, bxs, size=SIZE), _chance(bxs, SIZE)
     print(f"accuracy {acc:.3f}, pointing game {pg:.3f} (chance {chance:.3f})")
-    assert pg >= 0.9 and pg >= chance + 0.5, (pg, chance)
+    assert acc >= 0.85, acc
+    assert pg >= 0.75 and pg >= chance + 0.3, (pg, chance)
     # the metrics agree that the map is informative: deleting the salient pixels first hurts more than inserting them helps
-    i = torch.nonzero(torch.as_tensor(marked)).flatten()[::4]
+    i = torch.arange(0, len(ys), 4)
     assert deletion_auc(learn, xs[i], maps[i], target=ys[i].tolist(), steps=8) < insertion_auc(learn, xs[i], maps[i], target=ys[i].tolist(), steps=8)
     assert 0 <= average_drop(learn, xs[i], maps[i], target=ys[i].tolist()) <= 100
     assert 0 <= increase_in_confidence(learn, xs[i], maps[i], target=ys[i].tolist()) <= 100
+
+def test_pointing_game_is_a_ratio_of_counts():
+    "45 hits of 50 is 0.9, not float32's 0.8999999762 (which fails `>= 0.9`)."
+    m = torch.zeros(50, 2, 2); m[:, 0, 0] = 1
+    boxes = [[0, 0, 32, 32]]*45 + [[40, 40, 60, 60]]*5   # the peak's cell centre is (16, 16)
+    assert pointing_game(m, boxes, size=64, tol=0) == 45/50 >= 0.9
 
 def test_agrees_with_torchcam(marks):
     "torchcam's `CAM` (ReLU, min-max normalised) is `cam_maps` of the predicted class after the same steps."

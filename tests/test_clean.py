@@ -296,7 +296,7 @@ def test_links_and_special_files(tmp_path):
     os.mkfifo(d/'train/cat/pipe.jpg'); os.symlink('/dev/zero', d/'train/cat/zero.jpg'); os.symlink(secret, d/'train/dog/key.jpg')
     os.mkfifo(d/'train/dog/fifo-notes')   # not an image name: left alone, never opened
     t = _unblock(d/'train/cat/pipe.jpg')
-    res = clean_images(d, quiet=True, n_workers=2)
+    res = clean_images(d, quiet=True, num_workers=2)
     t.cancel()
     got = dict(zip(res.files.file, res.files.reason.fillna('ok')))
     assert got == {'train/cat/a.jpg': 'ok', 'train/cat/pipe.jpg': 'special-file', 'train/cat/zero.jpg': 'symlink',
@@ -378,3 +378,105 @@ def test_emoji_label_folder(tmp_path):
     assert len(safe_name(lbl).encode()) <= 255 and safe_name(lbl) == safe_name(lbl) != safe_name('🐈'*65)
     d = tmp_path/safe_name(lbl); d.mkdir(); photo(1).save(d/'a.jpg')
     assert clean_images(tmp_path, quiet=True).n_kept == 1
+
+# --- a full disk (issue 23) ---
+
+def _enospc(*a, **k):
+    import errno
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+def crawled(d:Path)->dict:
+    "A crawled dataset with a manifest row (with URL and SHA-256) per file, of files clean keeps, converts, presizes, "
+    "renames and rejects; returns `{url: (relative file, bytes)}`."
+    files = {'train/cat/a.jpg': encode(photo(70), 'JPEG'), 'train/cat/b.webp': encode(photo(71), 'WEBP'),
+             'train/cat/c.bmp': encode(photo(72), 'BMP'), 'train/cat/d-png.jpg': encode(photo(73), 'PNG'),
+             'train/dog/page.jpg': b'<html><body>403</body></html>', 'train/dog/e.jpg': encode(photo(74), 'JPEG'),
+             'train/dog/e-copy.png': encode(photo(74), 'PNG'), 'test/dog/big.jpg': encode(photo(75, (400, 300)), 'JPEG'),
+             'test/cat/f.jpg': encode(photo(76), 'JPEG')}
+    rows, out = [], {}
+    for i,(rel,b) in enumerate(files.items()):
+        (d/rel).parent.mkdir(parents=True, exist_ok=True); (d/rel).write_bytes(b)
+        url = f'http://example.com/{i}'
+        out[url] = (rel, b)
+        rows.append(new_row(url=url, label=rel.split('/')[1], split=rel.split('/')[0], status='ok', file=rel,
+                            sha256=sha256_file(d/rel)))
+    write_manifest(d, rows)
+    return out
+
+def contents(d:Path)->dict:
+    "`tree(d)` without the lock file that every run creates."
+    return {k: v for k,v in tree(d).items() if k != LOCK}
+
+def assert_consistent(d:Path, files:dict):
+    "Every file is where its manifest row says: kept ones with the row's SHA-256, rejected ones unchanged; no strays."
+    from fastpipes.core import dataset_view
+    rows = {r['url']: r for r in read_manifest(d)}
+    for url,(rel,b) in files.items():
+        r = rows[url]
+        if r['status'] == 'rejected' and not (d/r['file']).exists(): continue   # deleted (`delete=True`)
+        assert (d/r['file']).is_file(), (rel, r)
+        if r['status'] == 'rejected': assert (d/r['file']).read_bytes() == b, rel
+        else: assert sha256_file(d/r['file']) == r['sha256'], rel
+    assert sorted(dataset_view(d).files()) == sorted(d/r['file'] for r in rows.values() if r['status'] == 'ok')
+    assert not (d/'.fastpipes-clean').exists() and not (d/'.fastpipes-trash').exists()
+
+def test_full_disk_while_converting(tmp_path, monkeypatch):
+    "A full disk while a converted copy is written: one sentence, every file and the manifest as they were."
+    d = tmp_path/'ds'; crawled(d); before = contents(d)
+    monkeypatch.setattr(Image.Image, 'save', _enospc)
+    with pytest.raises(FastpipesError, match=r'^No space left on the device to write `.*`; free some space') as e:
+        clean_images(d, quiet=True, num_workers=2)
+    assert '\n' not in str(e.value) and contents(d) == before
+
+@pytest.mark.parametrize('delete', [False, True])
+def test_full_disk_at_every_move(tmp_path, monkeypatch, delete):
+    "The disk fills at the 1st, 2nd, ... rename of a run (moves, conversions, the manifest's own): one sentence, and "
+    "every file is where it was or where the manifest says; cleaning again then finishes the work."
+    import os
+    real = {k: getattr(os, k) for k in ('replace', 'rename')}
+    def run(d:Path, fail_at:int|None=None)->int:
+        "Clean `d`, the `fail_at`-th rename failing for a full disk; how many renames were tried."
+        calls = [0]
+        def renamer(k):
+            def f(src, dst):
+                calls[0] += 1
+                if calls[0] == fail_at: _enospc()
+                return real[k](src, dst)
+            return f
+        for k in real: monkeypatch.setattr(os, k, renamer(k))
+        try: clean_images(d, quiet=True, delete=delete)
+        finally:
+            for k,f in real.items(): monkeypatch.setattr(os, k, f)
+        return calls[0]
+    crawled(tmp_path/'all'); n = run(tmp_path/'all')
+    assert n >= 5   # 5 files move or are converted, then the manifest is written
+    for k in range(1, n+1):
+        d = tmp_path/f'{k}'; files = crawled(d)
+        with pytest.raises(FastpipesError, match='^No space left on the device to write'): run(d, k)
+        assert_consistent(d, files)
+        clean_images(d, quiet=True, delete=delete)
+        assert_consistent(d, files)
+
+def test_full_disk_at_manifest(tmp_path, monkeypatch):
+    "When the manifest cannot be written, every file moved, converted or deleted is put back as it was."
+    import builtins, fastpipes.core
+    d = tmp_path/'ds'; crawled(d); before = contents(d)
+    def open_(fn, *a, **k): return _enospc() if str(fn).endswith('.part') else builtins.open(fn, *a, **k)
+    monkeypatch.setattr(fastpipes.core, 'open', open_, raising=False)   # `atomic_write` writing the `.part` file
+    with pytest.raises(FastpipesError, match='No space left on the device to write `.*manifest.jsonl`'):
+        clean_images(d, quiet=True, delete=True)
+    assert contents(d) == before
+
+def test_full_disk_nothing_put_back(tmp_path, monkeypatch):
+    "If even the renames back fail, the files stay in `.fastpipes-trash` and the sentence says so: none is deleted."
+    import os
+    d = tmp_path/'ds'; files = crawled(d); real, moved = os.replace, []
+    def replace(src, dst):
+        if Path(dst).name.startswith('manifest.jsonl') or len(moved) >= 4: _enospc()
+        moved.append(dst); return real(src, dst)
+    monkeypatch.setattr(os, 'replace', replace)
+    with pytest.raises(FastpipesError, match=r'could not be put back; they are in `.*\.fastpipes-trash`'):
+        clean_images(d, quiet=True)
+    monkeypatch.setattr(os, 'replace', real)
+    left = {p.read_bytes() for p in d.rglob('*') if p.is_file()}
+    assert all(b in left for _,b in files.values())

@@ -217,7 +217,7 @@ def test_explain_cam_agrees_with_grad_cam(pets_dir):
     logits, cams = pets_cam(learn, xb)
     maps, probs = cam.grad_cam(learn, xb, layer=learn.model.layer4)
     hw = cams.shape[1]*cams.shape[2]
-    assert torch.allclose(maps, torch.relu(cams)/hw, atol=1e-5)
+    assert maps.shape[1] == 1 and torch.allclose(maps[:, 0], torch.relu(cams)/hw, atol=1e-5)
     assert torch.allclose(probs.reshape(-1), torch.sigmoid(logits), atol=1e-6)
 
 # --- LeanLearner: the same training, records and events as fastai's Learner ----------------------------------

@@ -134,6 +134,22 @@ def test_name_dls(tmp_path, no_build):
     with pytest.raises(FastpipesError, match='does not exist'): name_dls(tmp_path/'nope', str.isupper)
     with pytest.raises(FastpipesError, match='valid_pct'): name_dls(pets, str.isupper, valid_pct=None)
 
+def test_name_dls_takes_image_dls_options():
+    "`name_dls` shows `image_dls`'s options (through `delegates`), with the same defaults, not a copy of them."
+    import inspect
+    ps, img = inspect.signature(name_dls).parameters, inspect.signature(image_dls).parameters
+    shared = [k for k in img if k not in ('path', 'valid', 'valid_pct', 'label_func', 'kwargs')]
+    assert shared and all(ps[k].default == img[k].default for k in shared)
+    assert 'valid' not in ps and ps['valid_pct'].default == 0.2 and 'kwargs' in ps
+
+def test_bad_numbers_one_sentence(ds, no_build):
+    "The numbers are checked by `check_number`, with its wording."
+    for kw,msg in [(dict(bs=0), '`bs` must be a whole number >= 1, not 0.'),
+                   (dict(valid_pct=1.5), '`valid_pct` must be a number above 0 and below 1, not 1.5.'),
+                   (dict(size=(32, 0)), '`size` must be a whole number >= 1, not 0.')]:
+        with pytest.raises(FastpipesError) as e: image_dls(ds, **kw)
+        assert str(e.value) == msg
+
 def test_name_dls_builds(tmp_path):
     pets = tmp_path/'pets'; src = squares(tmp_path/'src', n_train=5, splits=None); pets.mkdir()
     for i,fn in enumerate(sorted(src.rglob('*.jpg'))): (pets/(('Sphynx' if 'red' in fn.name else 'pug')+f'_{i}.jpg')).write_bytes(fn.read_bytes())

@@ -265,7 +265,7 @@ def test_tensor_dls_errors():
     with pytest.raises(FastpipesError, match='training set has 10 images but 9 labels'): tensor_dls(x[:10], y[:9], x, y)
     with pytest.raises(FastpipesError, match='test set is empty'): tensor_dls(x, y, x[:0], y[:0])
     with pytest.raises(FastpipesError, match=r'shape \(10, 784\)'): tensor_dls(x[:10].reshape(10, -1), y[:10], x, y)
-    with pytest.raises(FastpipesError, match='batch size'): tensor_dls(x, y, x, y, bs=0)
+    with pytest.raises(FastpipesError, match='`bs` must be a whole number >= 1, not 0.'): tensor_dls(x, y, x, y, bs=0)
 
 def test_pets_as_tensors(tmp_path):
     write_pets(tmp_path/'images')

@@ -24,7 +24,7 @@ def exported(run, tmp_path_factory):
     from fastpipes.export import export_run
     d, _ = run
     t = tmp_path_factory.mktemp('exported')
-    return export_run(d/'run', t/'export', space=t/'space', data=d/'data')
+    return export_run(d/'run', t/'export', space=t/'space', path=d/'data')
 
 def test_onnx_matches_pytorch(run, exported):
     from fastpipes.export import check_onnx, onnx_session
@@ -38,9 +38,8 @@ def test_onnx_matches_pytorch(run, exported):
         assert diff['probs'] < 1e-4 and diff['cams'] < 1e-4, diff
     # the graph takes [0, 1] images: fed the same pictures, it agrees with the learner's own normalised pass
     xb = learn.dls.valid.one_batch()[0].as_subclass(torch.Tensor).cpu()
-    from fastai.data.transforms import Normalize
-    norm = [t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)][0]
-    x01 = xb*norm.std.cpu() + norm.mean.cpu()
+    norm = learn.spec.normalize   # the model contract says how inputs were normalised
+    x01 = xb*torch.tensor(norm['std']).view(1, -1, 1, 1) + torch.tensor(norm['mean']).view(1, -1, 1, 1)
     maps, probs = cam_maps(learn, xb)
     p, m = sess.run(None, {'image': x01.numpy()})
     assert np.abs(p - probs.cpu().numpy()).max() < 1e-4 and np.abs(m - maps.cpu().numpy()).max() < 1e-4
@@ -83,22 +82,30 @@ def wait_http(url:str, proc=None, timeout:float=120)->int:
         except OSError: time.sleep(0.3)
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
-def test_space_folder(exported, tmp_path):
+def test_space_folder(exported, tmp_path, monkeypatch):
     "The fast twin of the subprocess test: the files, and `app.py` imported in this process classifies an example."
     import importlib.util
     space = exported['space']
-    assert {p.name for p in space.iterdir()} >= {'app.py', 'requirements.txt', 'model.onnx', 'model.json', 'README.md', 'examples'}
+    assert {p.name for p in space.iterdir()} >= {'app.py', 'inference.py', 'requirements.txt', 'model.onnx', 'model.json', 'README.md', 'examples'}
     assert exported['safetensors'].is_file()
     readme = (space/'README.md').read_text()
     assert readme.startswith('---\n') and 'sdk: gradio' in readme and 'app_file: app.py' in readme
-    assert {'gradio', 'onnxruntime'} <= {l.split('>')[0] for l in (space/'requirements.txt').read_text().split()}
-    assert 'import fastpipes' not in (space/'app.py').read_text() and 'from fastpipes' not in (space/'app.py').read_text()
+    reqs = (space/'requirements.txt').read_text().split()
+    assert {'gradio', 'onnxruntime'} <= {l.split('>')[0] for l in reqs}
+    import gradio
+    assert f"gradio>={gradio.__version__.split('.')[0]},<{int(gradio.__version__.split('.')[0])+1}" in reqs   # below the next major
+    for f in ('app.py', 'inference.py'): assert 'import fastpipes' not in (space/f).read_text()
     spec = importlib.util.spec_from_file_location('space_app', space/'app.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    label, probs, ov = mod.classify_image(mod.predict, str(sorted((space/'examples').iterdir())[0]), mod.META['vocab'], mod.META['size'])
+    mod = importlib.util.module_from_spec(spec)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, 'fastpipes', None); m.setitem(sys.modules, 'fastpipes.core', None)   # as on the Space
+        m.delitem(sys.modules, 'inference', raising=False)
+        spec.loader.exec_module(mod)
+    inf = mod.inference
+    label, probs, ov = inf.classify(mod.predict, str(sorted((space/'examples').iterdir())[0]), mod.META)
     assert label in ('circle', 'cross') and abs(sum(probs.values()) - 1) < 1e-5 and ov.size[1] == 256
     (tmp_path/'e.png').write_bytes(b'')
-    with pytest.raises(mod.FastpipesError, match='is empty'): mod.classify_image(mod.predict, str(tmp_path/'e.png'), ['a', 'b'], 32)
+    with pytest.raises(inf.FastpipesError, match='is empty'): inf.classify(mod.predict, str(tmp_path/'e.png'), mod.META)
 
 @pytest.mark.slow
 def test_space_starts_and_answers(exported, tmp_path):

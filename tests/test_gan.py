@@ -103,9 +103,9 @@ def test_show_samples(eights):
     (np.zeros((3, 30, 30), np.uint8), {}, 'multiples of 4'),
     (np.zeros((28, 28), np.uint8), {}, 'shaped'),
     (np.zeros((0, 28, 28), np.uint8), {}, 'no images'),
-    (np.zeros((3, 28, 28)), dict(nz=0), 'positive integer'),
-    (np.zeros((3, 28, 28)), dict(nz=-2), 'positive integer'),
-    (np.zeros((3, 28, 28)), dict(nz=2.5), 'positive integer'),
+    (np.zeros((3, 28, 28)), dict(nz=0), '`nz` must be a whole number >= 1, not 0.'),
+    (np.zeros((3, 28, 28)), dict(nz=-2), '`nz` must be a whole number >= 1'),
+    (np.zeros((3, 28, 28)), dict(nz=2.5), '`nz` must be a whole number >= 1'),
     (np.full((3, 28, 28), np.nan), {}, 'NaN'),
     (np.zeros((3, 28, 28)), dict(loss='hinge'), 'must be one of'),
 ])
@@ -114,10 +114,10 @@ def test_bad_input(images, kw, match):
     _one_sentence(e)
 
 @pytest.mark.parametrize('call,match', [
-    (lambda l: generate(l, 0), 'positive integer'),
-    (lambda l: generate(l, -3), 'positive integer'),
+    (lambda l: generate(l, 0), '`n` must be a whole number >= 1'),
+    (lambda l: generate(l, -3), '`n` must be a whole number >= 1'),
     (lambda l: generate(nn.Linear(6, 6), 2), 'gan_learner'),
-    (lambda l: show_samples(l, 0, 4), 'positive integers'),
+    (lambda l: show_samples(l, 0, 4), '`nrows` must be a whole number >= 1'),
     (lambda l: save_generator(nn.Linear(6, 6), 'x.pth'), 'gan_learner'),
 ])
 def test_bad_sampling_calls(eights, call, match):

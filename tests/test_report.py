@@ -169,3 +169,26 @@ def test_labels_are_literal_in_figures(tmp_path):
     for c in [lbl, 'cat']: (d/c).mkdir(parents=True); Image.new('RGB', (40, 40)).save(d/c/'a.jpg')
     page = write_report(tmp_path/'out', dataset=dataset_counts(d), history=hist).read_text()
     assert "&#x27;$\\foo$&#x27; dog" in page
+
+def _many_classes(d:Path, n:int=60, label_len:int=150)->Path:
+    "A dataset of `n` classes with one 32-px train and one test image each, named with long labels."
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for split in ('train', 'test'):
+            f = d/split/f"class {i:02d} {'x'*label_len}"; f.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(f/'a.png')
+    return d
+
+def test_report_of_many_classes(tmp_path):
+    "60 classes (trained 1 epoch at 32 px): the most confused pairs replace the 3600-cell grid, and every figure stays small."
+    from fastpipes.pipeline import train_run
+    data = _many_classes(tmp_path/'data')
+    learn, metrics = train_run(data, tmp_path/'run', size=32, bs=64, arch='resnet18', pretrained=False, epochs=1, aug=False, quiet=True)
+    pngs = {p.name: Image.open(p).size for p in (tmp_path/'run').glob('*.png')}
+    assert 'most_confused_classes.png' in pngs and 'confusion_matrix.png' not in pngs, pngs
+    assert {'top_losses.png', 'class_activation_maps.png', 'training_curve.png'} <= set(pngs)
+    assert all(w <= 1600 and h <= 1600 for w, h in pngs.values()), pngs   # 16 inches at 100 dpi, long labels and all
+    page = (tmp_path/'run'/'report.html').read_text()
+    assert 'Most confused classes' in page and 'the 30 lowest of 60' in page   # per-class accuracy: the 30 lowest, the rest in metrics.json
+    assert len(metrics['per_class']) == 60

@@ -122,3 +122,49 @@ def test_review_class_folders_without_splits(run, tmp_path):
     assert (d/'cross'/'more'/'x.jpg').is_file() and (d/'cross'/'cross_00001.jpg').is_file()
     assert not (d/'circle'/'more').exists() and not (d/'rejected').exists()   # the folders apply made are gone again
     Review(run/'run', d)   # and the dataset scans (an empty class folder would be an error)
+
+def test_review_reads_lazily(run, data, monkeypatch):
+    "Nothing is read when the review starts; a view reads its own images, a batch at a time; with an `order`, a page reads only itself."
+    import fastpipes.review as R
+    reads = []
+    real = R.load_image
+    monkeypatch.setattr(R, 'load_image', lambda fn, *a, **k: reads.append(Path(fn).relative_to(data).as_posix()) or real(fn, *a, **k))
+    rv = R.Review(run/'run', data, bs=5)
+    assert reads == [] and rv.progress() == (0, 36) and rv.splits == ['test', 'train']
+    steps = list(rv.scoring('circle', 'test'))
+    keys = sorted(p.relative_to(data).as_posix() for p in data.rglob('*.jpg'))
+    assert steps == [(5, 6), (6, 6)] and sorted(reads) == [k for k in keys if k.startswith('test/circle/')]
+    its = rv.items('circle', 'test')
+    assert len(its) == 6 and len(reads) == 6                        # already read: nothing read again
+    assert [i.loss for i in its] == sorted((i.loss for i in its), reverse=True)
+    reads.clear()
+    it = rv.item('train/cross/cross_00003.jpg')                    # one image on demand
+    assert reads == ['train/cross/cross_00003.jpg'] and it.label == 'cross'
+    # an audit's order: page 0 reads its 4 images, and they are the 4 the order puts first
+    score = {k: float(i) for i, k in enumerate(keys)}
+    reads.clear()
+    ro = R.Review(run/'run', data, order=score)
+    page = ro.page(None, 'train', 0, per_page=4)
+    want = sorted((k for k in score if k.startswith('train/')), key=lambda k: -score[k])[:4]
+    assert [i.key for i in page] == want and sorted(reads) == sorted(want)
+    assert ro.progress() == (4, 36)
+    assert [i.key for i in ro.items('cross', 'train')] == sorted((k for k in score if k.startswith('train/cross/')), key=lambda k: -score[k])
+
+def test_review_image_gone_or_broken_after_reading(run, data):
+    "An image deleted or cut short after the review read it, or before: one sentence naming it, never an unexpected error."
+    from fastpipes.review import Review
+    rv = Review(run/'run', data)
+    a, b = rv.items('cross', 'test')[:2]
+    (data/a.key).unlink()
+    with pytest.raises(FastpipesError, match=f"`{data/a.key}` changed since the review read it") as e: rv.overlay(a)
+    assert len(str(e.value).splitlines()) == 1
+    (data/b.key).write_bytes((data/b.key).read_bytes()[:50])
+    with pytest.raises(FastpipesError, match=f"`{data/b.key}` changed since the review read it"): rv.overlay(b)
+    rv.mark(a, 'delete')
+    with pytest.raises(FastpipesError, match='moved or changed since the review started'): rv.apply()
+    # before it is read: the image is skipped with its reason
+    rv2 = Review(run/'run', data)
+    c = 'train/circle/circle_00002.jpg'
+    (data/c).unlink()
+    assert rv2.items('circle', 'train') and c in rv2.skipped and 'cannot be read' in rv2.skipped[c]
+    with pytest.raises(FastpipesError, match=f"`{c}` cannot be reviewed"): rv2.item(c)

@@ -99,3 +99,14 @@ def test_track_keeps_threads_not_started_yet():
     t1, t2 = threading.Thread(target=lambda: None), threading.Thread(target=lambda: None)
     srv._track(t1); srv._track(t2)
     assert srv._threads == {t1, t2}
+
+def test_trailing_bytes_after_the_body():
+    "A route with `trailing` sends more than its Content-Length, on the same connection, and then answers the next request."
+    import socket
+    with LoopbackServer({'/a': Route(b'12345', trailing=b'EXTRA'), '/b': b'next'}) as srv, \
+         socket.create_connection((srv.ip(), srv.servers[0].server_address[1]), timeout=5) as c:
+        c.sendall(b'GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n')
+        got, end = b'', time.monotonic() + 5
+        while not got.endswith(b'next') and time.monotonic() < end: got += c.recv(4096)
+    first, rest = got.split(b'\r\n\r\n', 1)
+    assert b'Content-Length: 5' in first and rest.startswith(b'12345EXTRAHTTP/1.1 200') and rest.endswith(b'next')

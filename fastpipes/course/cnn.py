@@ -61,7 +61,9 @@ def _right(inp:torch.Tensor, targ:torch.Tensor, binary:bool)->torch.Tensor:
     "Per item, whether the prediction is right: `σ(inp) > 0.5` against 0/1 for one logit, else the argmax."
     inp, targ = inp.detach(), targ.reshape(-1)
     pred = torch.sigmoid(inp.reshape(-1)) > 0.5 if binary else inp.argmax(-1).reshape(-1)
-    if len(pred) != len(targ): raise FastpipesError(f"The model gives {len(pred)} predictions for {len(targ)} targets; check its number of outputs.")
+    if len(pred) != len(targ):
+        raise FastpipesError(f"The model gives {len(pred)} predictions for {len(targ)} targets; check its number "
+                             "of outputs.")
     return pred == (targ.bool() if binary else targ)
 
 def binary_accuracy(inp:torch.Tensor, # logits, one per item
@@ -70,6 +72,9 @@ def binary_accuracy(inp:torch.Tensor, # logits, one per item
     "The course's accuracy of a sigmoid output: `mean(I(σ(inp) > 0.5) == targ)`."
     return _right(inp, targ, True).float().mean()
 
+
+
+# %% ../../nbs/23_cnn.ipynb #f3737830
 class ItemAccuracy(Metric):
     "Accuracy over a whole epoch, from a count of right items per batch (argmax, or `σ(z) > 0.5` with `binary`)."
     def __init__(self, binary:bool=False, # one logit per item (`σ(z) > 0.5`) rather than one score per class
@@ -83,6 +88,7 @@ class ItemAccuracy(Metric):
     @property
     def name(self): return 'binary_accuracy' if self.binary else 'accuracy'
 
+# %% ../../nbs/23_cnn.ipynb #c9e796bf
 def mlp(sizes:tuple=(784, 64, 1), # layer widths, input first; the last is the number of logits
        )->nn.Sequential:
     "Fully connected layers with ReLUs between them, ending in logits."
@@ -159,6 +165,7 @@ def _head(kind:str, nf:int, n_out:int, dropout:float|None)->list:
                 ('relu_fc2', nn.ReLU()), *drop(dropout), ('fc3', nn.Linear(84, n_out))]
     return [*drop(dropout), ('fc', nn.Linear(nf, n_out))]
 
+# %% ../../nbs/23_cnn.ipynb #20dbbfcc
 def course_cnn(kind:str='mnist', # one of `CNN_KINDS`
                n_out:int=10, # number of classes
                in_ch:int|None=None, # input channels (default: 1 for 'mnist', 3 for the others)
@@ -176,7 +183,8 @@ def course_cnn(kind:str='mnist', # one of `CNN_KINDS`
     try:
         with torch.no_grad(): nf = feats.eval()(torch.zeros(1, in_ch, size, size)).shape[1]
     except RuntimeError as e:
-        raise FastpipesError(f"Net {kind!r} cannot take {size}×{size} inputs, too small for its convolutions and pooling ({_first_line(e)}).") from None
+        raise FastpipesError(f"Net {kind!r} cannot take {size}×{size} inputs, too small for its convolutions and "
+                             f"pooling ({_first_line(e)}).") from None
     layers = list(feats.named_children()) + _head(kind, nf, n_out, dropout)
     if (kind == 'mnist') if log_softmax is None else log_softmax: layers.append(('log_softmax', nn.LogSoftmax(dim=1)))
     model = nn.Sequential(OrderedDict(layers)).train()
@@ -207,7 +215,8 @@ def layer_table(model:nn.Module, # any PyTorch model
         x = torch.zeros(2, *input_shape, device=p.device if p is not None else None)
         with torch.no_grad(): model.eval()(x)
     except RuntimeError as e:
-        raise FastpipesError(f"The model cannot take inputs of shape {tuple(input_shape)} ({_first_line(e)}).") from None
+        shape = tuple(input_shape)
+        raise FastpipesError(f"The model cannot take inputs of shape {shape} ({_first_line(e)}).") from None
     finally:
         for h in hooks: h.remove()
         model.train(training)
@@ -260,7 +269,9 @@ def course_learner(dls, # `DataLoaders` of images (`mnist_dls`, `cifar10_dls`, .
                   )->Learner:
     "A `Learner` that trains one of the course's CNNs with the course's setup and the given variants."
     shape = _input_shape(dls)
-    if len(shape) != 3: raise FastpipesError(f"A CNN needs images (channels, height, width) but these batches hold items of shape {shape}; do not pass flat=True.")
+    if len(shape) != 3:
+        raise FastpipesError(f"A CNN needs images (channels, height, width) but these batches hold items of shape "
+                             f"{shape}; do not pass flat=True.")
     c, h, w = shape
     n_out = n_out or getattr(dls, 'c', None) or 10
     nll = (kind == 'mnist') if nll is None else nll
@@ -309,8 +320,10 @@ def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, 
 # %% ../../nbs/23_cnn.ipynb #fad6f0d2
 def _check_resnet(model:nn.Module)->nn.Module:
     "`model` when it is a ResNet with a one-logit `fc` head, else a clear error."
-    if not (hasattr(model, 'layer4') and isinstance(getattr(model, 'fc', None), nn.Linear) and model.fc.out_features == 1):
-        raise FastpipesError("explain needs a ResNet with a one-logit `fc` head like pets_learner's; for other learners use fastpipes.cam.cam_grid.")
+    fc = getattr(model, 'fc', None)
+    if not (hasattr(model, 'layer4') and isinstance(fc, nn.Linear) and fc.out_features == 1):
+        raise FastpipesError("explain needs a ResNet with a one-logit `fc` head like pets_learner's; for other "
+                             "learners use fastpipes.cam.cam_grid.")
     return model
 
 def _cam_view(model:nn.Module)->nn.Sequential:
@@ -319,6 +332,7 @@ def _cam_view(model:nn.Module)->nn.Sequential:
     head[-1].weight = model.fc.weight
     return nn.Sequential(nn.Sequential(*list(model.children())[:-2]), head)
 
+# %% ../../nbs/23_cnn.ipynb #bbbfebcb
 def pets_cam(learn:Learner, # a `pets_learner` (a ResNet with a one-logit `fc` head)
              xb:torch.Tensor, # a batch of model inputs `(n, 3, H, W)`
             )->tuple:
@@ -327,6 +341,7 @@ def pets_cam(learn:Learner, # a `pets_learner` (a ResNet with a one-logit `fc` h
     maps, _ = cam_maps(Learner(learn.dls, _cam_view(model), loss_func=learn.loss_func), xb)
     return maps.mean((2, 3))[:, 0] + model.fc.bias.detach(), maps[:, 0]
 
+# %% ../../nbs/23_cnn.ipynb #b7dc2519
 def _show_cam(img:np.ndarray, cam:np.ndarray, title:str, figsize=(8, 4)):
     "A figure with the photo and the CAM over it."
     import matplotlib.pyplot as plt
@@ -344,7 +359,8 @@ def _photo(image):
     from PIL import Image
     if isinstance(image, np.ndarray): image = Image.fromarray(image)
     if isinstance(image, Image.Image): return image.convert('RGB')
-    if not Path(image).is_file(): raise FastpipesError(f"{image} does not exist: give a photo file, a PIL image or a uint8 array.")
+    if not Path(image).is_file():
+        raise FastpipesError(f"{image} does not exist: give a photo file, a PIL image or a uint8 array.")
     return image
 
 def _hwc(img:torch.Tensor)->np.ndarray:
@@ -353,6 +369,7 @@ def _hwc(img:torch.Tensor)->np.ndarray:
     if img.max() <= 1: img = img*255
     return img.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
+# %% ../../nbs/23_cnn.ipynb #f9df71be
 def explain(learn:Learner, # a `pets_learner` (any ResNet with a `Linear(512, 1)` head and a fastai `DataBlock`)
             image, # a photo: file name, PIL image or uint8 array
             figsize:tuple=(8, 4), # size of the figure

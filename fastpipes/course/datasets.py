@@ -16,7 +16,7 @@ from fastcore.foundation import L
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 
-from ..core import FastpipesError
+from ..core import FastpipesError, check_number
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR_CLASSES', 'PETS_CLASSES', 'load_idx', 'save_idx', 'sklearn_digits', 'load_csv',
@@ -77,7 +77,7 @@ def sklearn_digits(size:int=28, # side of the returned images
     from sklearn.datasets import load_digits
     d = load_digits()
     box = box or round(size*20/28)
-    if not 0 < box <= size: raise FastpipesError(f"The digit box ({box}) must fit in the image ({size}).")
+    check_number(box, 'box', 1, size, whole=True)   # the digit's box fits in the image
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.
     x = F.interpolate(x, size=(box, box), mode='bicubic', align_corners=False, antialias=box < 8)
     p = (size - box)//2
@@ -104,7 +104,8 @@ def load_csv(path:Path, # a CSV with a `label` column and one column per pixel
     if 'label' not in df.columns:
         raise FastpipesError(f"{path} has no `label` column; its first columns are {list(df.columns[:3])}.")
     px, n = df.drop(columns='label'), int(np.prod(shape))
-    if px.shape[1] != n: raise FastpipesError(f"{path} has {px.shape[1]} pixel columns; {n} are needed for {shape} images.")
+    if px.shape[1] != n:
+        raise FastpipesError(f"{path} has {px.shape[1]} pixel columns; {n} are needed for {shape} images.")
     v = px.to_numpy()
     if df.isna().any().any() or not np.issubdtype(v.dtype, np.number) or v.min() < 0 or v.max() > 255:
         raise FastpipesError(f"{path} has pixel values that are missing or outside 0–255.")
@@ -119,7 +120,8 @@ class _CifarUnpickler(pickle.Unpickler):
     "An unpickler that builds only dicts, lists, bytes, numbers and NumPy arrays."
     def find_class(self, module, name):
         if (module, name) not in _PICKLE_OK:
-            raise FastpipesError(f"{self.fn} refers to {module}.{name}, which a CIFAR batch never does; it was not loaded.")
+            raise FastpipesError(f"{self.fn} refers to {module}.{name}, which a CIFAR batch never does; "
+                                 "it was not loaded.")
         if hasattr(np, '_core'): module = module.replace('numpy.core', 'numpy._core')   # NumPy 2 renamed it
         return super().find_class(module, name)
 
@@ -140,7 +142,8 @@ def load_cifar_batch(path:Path, # a CIFAR python batch: `data_batch_1`, ..., `te
         raise FastpipesError(f"{path} is not a CIFAR batch: it has no `data` and `labels` entries.")
     x, y = np.asarray(d[b'data']), np.asarray(d.get(b'labels', d.get(b'fine_labels')), dtype=np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
-        raise FastpipesError(f"{path} holds {x.dtype} data of shape {x.shape}; CIFAR needs uint8 (n, 3072) and n labels.")
+        raise FastpipesError(f"{path} holds {x.dtype} data of shape {x.shape}; CIFAR needs uint8 (n, 3072) and "
+                             "n labels.")
     return x.reshape(-1, 3, 32, 32), y
 
 # %% ../../nbs/21_datasets.ipynb #b3477b40
@@ -161,9 +164,10 @@ def load_image_folder(path:Path, # a folder with one sub-folder of images per cl
     subs = sorted(d.name for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
     bad = [d for d in subs if _label_of(d, classes) is None]
     if not subs or bad:
-        raise FastpipesError(f"{path} needs one sub-folder per class named {classes[0]!r}, {classes[1]!r}, … or 0, 1, …; "
-                             f"{'it has ' + repr(bad[:3]) if bad else 'it has none'}.")
-    fns = [(fn, _label_of(d, classes)) for d in subs for fn in sorted((path/d).iterdir()) if fn.suffix.lower() in _PHOTO_EXTS]
+        raise FastpipesError(f"{path} needs one sub-folder per class named {classes[0]!r}, {classes[1]!r}, … or "
+                             f"0, 1, …; {'it has ' + repr(bad[:3]) if bad else 'it has none'}.")
+    fns = [(fn, _label_of(d, classes)) for d in subs for fn in sorted((path/d).iterdir())
+           if fn.suffix.lower() in _PHOTO_EXTS]
     rgb = len(shape) == 3
     x = np.empty((len(fns), *shape[-2:], *((3,) if rgb else ())), np.uint8)
     for i, (fn, _) in enumerate(fns):
@@ -171,7 +175,8 @@ def load_image_folder(path:Path, # a folder with one sub-folder of images per cl
             with Image.open(fn) as im: a = np.asarray(im.convert('RGB' if rgb else 'L'))
         except (OSError, ValueError) as e: raise FastpipesError(f"{fn} is not a readable image ({e}).") from None
         if a.shape[:2] != tuple(shape[-2:]):
-            raise FastpipesError(f"{fn} is {a.shape[1]}×{a.shape[0]} pixels; this dataset's images are {shape[-1]}×{shape[-2]}.")
+            raise FastpipesError(f"{fn} is {a.shape[1]}×{a.shape[0]} pixels; this dataset's images are "
+                                 f"{shape[-1]}×{shape[-2]}.")
         x[i] = a
     y = np.array([c for _, c in fns], dtype=np.int64)
     return (np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if rgb else x), y
@@ -182,7 +187,8 @@ def data_root()->Path:
     return Path(os.environ.get('FASTPIPES_DATA', Path.home()/'.fastai'/'data')).expanduser()
 
 _MNIST = {'mnist': ('MNIST', 'mnist', 'mnist_png'), 'fashion': ('FashionMNIST', 'fashion-mnist', 'fashion_mnist_png')}
-FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                   'Ankle boot')
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 def _find(folders, patterns)->Path|None:
@@ -195,6 +201,7 @@ def _find(folders, patterns)->Path|None:
                 if re.fullmatch(pat, n): return names[n]
     return None
 
+# %% ../../nbs/21_datasets.ipynb #68eb715b
 def _idx_files(root:Path, name:str)->dict|None:
     "The four idx files of MNIST-like dataset `name` under `root`, or `None`."
     tv = _MNIST[name][0]
@@ -230,7 +237,8 @@ def _download_mnist(root:Path, name:str):
     try:
         for train in (True, False): cls(root, train=train, download=True)
     except (OSError, RuntimeError) as e:
-        raise FastpipesError(f"Could not download {_MNIST[name][0]} ({e}); put its files in {root/_MNIST[name][0]/'raw'}.") from None
+        tv = _MNIST[name][0]
+        raise FastpipesError(f"Could not download {tv} ({e}); put its files in {root/tv/'raw'}.") from None
 
 # %% ../../nbs/21_datasets.ipynb #7216e0f4
 def mnist_arrays(path:Path|None=None, # folder with the idx files, torchvision's `MNIST/raw`, or the CSVs
@@ -240,7 +248,8 @@ def mnist_arrays(path:Path|None=None, # folder with the idx files, torchvision's
                 )->tuple:
     "MNIST or FashionMNIST as `(x_train, y_train, x_test, y_test)`: uint8 (n,28,28) images, int64 labels."
     root, name = Path(path) if path is not None else data_root(), 'fashion' if fashion else 'mnist'
-    if root.is_file(): raise FastpipesError(f"{root} is a file; pass the folder that holds the {_MNIST[name][0]} files.")
+    if root.is_file():
+        raise FastpipesError(f"{root} is a file; pass the folder that holds the {_MNIST[name][0]} files.")
     fs = _idx_files(root, name)
     if fs is None and (csvs := _csv_files(root, name)):
         return (*_keep_digits(*load_csv(csvs['train']), digits), *_keep_digits(*load_csv(csvs['test']), digits))
@@ -252,8 +261,8 @@ def mnist_arrays(path:Path|None=None, # folder with the idx files, torchvision's
         tv, stem, _ = _MNIST[name]
         raise FastpipesError(f"No {tv} files under {root}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                              f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or not) in {root/tv/'raw'}, "
-                             f"or {stem}_train.csv and {stem}_test.csv in {root}, or training/ and testing/ folders of PNGs "
-                             f"with one sub-folder per class, or pass download=True when online.")
+                             f"or {stem}_train.csv and {stem}_test.csv in {root}, or training/ and testing/ folders "
+                             f"of PNGs with one sub-folder per class, or pass download=True when online.")
     res = []
     for split in ('train', 'test'):
         x, y = load_idx(fs[split, 'images']), load_idx(fs[split, 'labels']).astype(np.int64)
@@ -277,12 +286,13 @@ def cifar10_arrays(path:Path|None=None, # folder holding `cifar-10-batches-py/`,
         import torchvision.datasets as tvd
         try: tvd.CIFAR10(root, train=True, download=True)
         except (OSError, RuntimeError) as e:
-            raise FastpipesError(f"Could not download CIFAR-10 ({e}); put its batches in {root/'cifar-10-batches-py'}.") from None
+            raise FastpipesError(f"Could not download CIFAR-10 ({e}); put its batches in "
+                                 f"{root/'cifar-10-batches-py'}.") from None
         d = _dir()
     if d is None:
         raise FastpipesError(f"No CIFAR-10 under {root}: put data_batch_1 … data_batch_5 and test_batch in "
-                             f"{root/'cifar-10-batches-py'}, or train/ and test/ folders of PNGs with one sub-folder per "
-                             f"class in {root/'cifar10'}, or pass download=True when online.")
+                             f"{root/'cifar-10-batches-py'}, or train/ and test/ folders of PNGs with one sub-folder "
+                             f"per class in {root/'cifar10'}, or pass download=True when online.")
     trn = [load_cifar_batch(fn, trusted) for fn in sorted(d.glob('data_batch_[0-9]*'))]
     if not trn: raise FastpipesError(f"{d} has test_batch but no data_batch_1 … data_batch_5.")
     xt, yt = np.concatenate([o[0] for o in trn]), np.concatenate([o[1] for o in trn])
@@ -344,6 +354,7 @@ class TensorDL(DataLoader):
                   scale=self.scale, stats=self.stats, vocab=self.vocab, device=self.device)
         return type(self)(**{**kw, **kwargs})
 
+# %% ../../nbs/21_datasets.ipynb #cebadc11
 class TensorDLs(DataLoaders):
     "`DataLoaders` of `TensorDL`s, whose `new_empty` (used by `Learner.export`) keeps their settings but no data."
     def new_empty(self):
@@ -368,8 +379,10 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
     for split, x, y in (('training', x_train, y_train), ('test', x_test, y_test)):
         if len(x) != len(y): raise FastpipesError(f"The {split} set has {len(x)} images but {len(y)} labels.")
         if not len(x): raise FastpipesError(f"The {split} set is empty.")
-        if np.ndim(x) not in (3, 4): raise FastpipesError(f"Images must be an array (n, h, w) or (n, c, h, w); the {split} set's has shape {np.shape(x)}.")
-    if bs < 1: raise FastpipesError(f"The batch size must be 1 or more (got {bs}).")
+        if np.ndim(x) not in (3, 4):
+            raise FastpipesError(f"Images must be an array (n, h, w) or (n, c, h, w); the {split} set's has shape "
+                                 f"{np.shape(x)}.")
+    check_number(bs, 'bs', 1, whole=True)
     xt, xv = _nchw(x_train), _nchw(x_test)
     yt, yv = (torch.from_numpy(np.asarray(o, dtype=np.int64)) for o in (y_train, y_test))
     stats = None
@@ -377,7 +390,7 @@ def tensor_dls(x_train:np.ndarray, y_train:np.ndarray, # uint8 images (n,h,w) or
         f = xt.float() / (255 if scale else 1)
         stats = (f.mean((0, 2, 3), keepdim=True)[0], f.std((0, 2, 3), keepdim=True)[0])
     kw = dict(bs=bs, flat=flat, scale=scale, stats=stats, vocab=vocab)
-    trn, val = TensorDL(xt, yt, shuffle=True, **kw), TensorDL(xv, yv, bs=bs*2, **{k:v for k,v in kw.items() if k != 'bs'})
+    trn, val = TensorDL(xt, yt, shuffle=True, **kw), TensorDL(xv, yv, **(kw | dict(bs=bs*2)))
     if as_tensors: return trn.decode_x(xt), yt, val.decode_x(xv), yv
     if device is None:
         from fastai.torch_core import default_device
@@ -391,16 +404,20 @@ def _class_ids(keep, names:tuple)->tuple|None:
     keep = [keep] if isinstance(keep, (int, str, np.integer)) else list(keep)
     ids = [names.index(k) if k in names else k for k in keep]
     bad = [k for k in ids if not (isinstance(k, (int, np.integer)) and 0 <= k < len(names))]
-    if bad or not ids: raise FastpipesError(f"Unknown classes {bad or keep}: use indices 0–{len(names)-1} or names such as {names[0]!r}.")
+    if bad or not ids:
+        raise FastpipesError(f"Unknown classes {bad or keep}: use indices 0–{len(names)-1} or names such as "
+                             f"{names[0]!r}.")
     return tuple(sorted(set(int(k) for k in ids)))
 
 def _relabel(arrs:tuple, keep:tuple|None, names:tuple)->tuple:
     "Labels of `arrs` mapped to positions in `keep`, and the matching class names."
     if keep is None: return arrs, names
-    keep = sorted(keep); lut = np.full(max(max(keep), len(names))+1, -1, dtype=np.int64); lut[keep] = np.arange(len(keep))
+    keep = sorted(keep)
+    lut = np.full(max(max(keep), len(names))+1, -1, dtype=np.int64); lut[keep] = np.arange(len(keep))
     xt, yt, xv, yv = arrs
     return (xt, lut[yt], xv, lut[yv]), tuple(names[k] for k in keep)
 
+# %% ../../nbs/21_datasets.ipynb #875155e9
 def mnist_dls(path:Path|None=None, # folder with the files (see `mnist_arrays`)
               fashion:bool=False, # FashionMNIST instead of MNIST
               digits:tuple|None=None, # keep only these classes, e.g. `(0, 1)` or `('Sneaker', 'Bag')`
@@ -431,6 +448,7 @@ def pets_label(fn:Path)->str:
     "'cat' when the file name starts with an upper-case letter, else 'dog'."
     return 'cat' if Path(fn).name[:1].isupper() else 'dog'
 
+# %% ../../nbs/21_datasets.ipynb #b2308e2a
 def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the images folder itself
                download:bool=False, # fetch with fastai's `untar_data(URLs.PETS)` when nothing is on disk
               )->L:
@@ -439,10 +457,11 @@ def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the
     def _files(): return L(sorted(p for d in (root/'images', root, root/'oxford-iiit-pet'/'images') if d.is_dir()
                                   for p in d.iterdir() if p.suffix.lower() in _PHOTO_EXTS))
     fs = _files()
-    if not fs and download:   # into `root` itself when it is named like fastai's folder, else into `root/oxford-iiit-pet`
+    if not fs and download:   # into `root` when it is named like fastai's folder, else into `root/oxford-iiit-pet`
         from fastai.data.external import untar_data, URLs
         try: untar_data(URLs.PETS, data=root.parent if root.name == 'oxford-iiit-pet' else root)
-        except OSError as e: raise FastpipesError(f"Could not download the pets ({e}); put the photos in {root/'images'}.") from None
+        except OSError as e:
+            raise FastpipesError(f"Could not download the pets ({e}); put the photos in {root/'images'}.") from None
         fs = _files()
     if not fs:
         raise FastpipesError(f"No pet photos under {root}: put the Oxford-IIIT Pet photos (Abyssinian_1.jpg, "
@@ -456,11 +475,12 @@ def pets_dls(path:Path|None=None, # the pets folder (see `pets_files`)
              seed:int=42, # seed of the random split
              aug:bool=False, # fastai's standard augmentations on the training set
              download:bool=False, # fetch with fastai when nothing is on disk
-             as_tensors:bool=False, # return `(x_train, y_train, x_valid, y_valid)` tensors instead (n×3×size×size floats)
+             as_tensors:bool=False, # return `(x_train, y_train, x_valid, y_valid)` tensors instead (floats)
              **kwargs, # passed to `DataBlock.dataloaders` (num_workers, device, ...)
             )->DataLoaders:
     "Oxford-IIIT Pet as a cat-vs-dog fastai `DataLoaders` (or tensors), ImageNet-normalized."
-    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, Normalize, aug_transforms, imagenet_stats
+    from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, Normalize,
+                                   aug_transforms, imagenet_stats)
     fs = pets_files(path, download)
     if len(fs) < 2: raise FastpipesError(f"Only {len(fs)} pet photo found; a train/valid split needs at least two.")
     tfms = [*(aug_transforms() if aug else []), Normalize.from_stats(*imagenet_stats)]

@@ -14,7 +14,7 @@ from fastai.learner import ValueMetric
 from fastai.optimizer import Adam
 from fastai.torch_core import default_device
 from fastai.vision.gan import GANLearner, GANTrainer, FixedGANSwitcher
-from ..core import FastpipesError, atomic_write
+from ..core import FastpipesError, atomic_write, check_number
 from .datasets import TensorDL, TensorDLs, mnist_arrays, sklearn_digits
 
 # %% auto #0
@@ -30,9 +30,9 @@ def digit_images(source:Path|str|None=None, # MNIST folder (idx files or `MNIST/
                  download:bool=False, # download MNIST with torchvision when it is not on disk
                 )->np.ndarray:
     "The real images of `digit` as uint8 `(n, 28, 28)`, read from local files first."
-    if not (isinstance(digit, (int, np.integer)) and 0 <= digit <= 9):
-        raise FastpipesError(f"`digit` must be an integer from 0 to 9, not {digit!r}.")
-    if split not in ('train', 'test', 'all'): raise FastpipesError(f"`split` must be 'train', 'test' or 'all', not {split!r}.")
+    check_number(digit, 'digit', 0, 9, whole=True)
+    if split not in ('train', 'test', 'all'):
+        raise FastpipesError(f"`split` must be 'train', 'test' or 'all', not {split!r}.")
     if isinstance(source, str) and source == 'sklearn': return sklearn_digits(28, digits=(int(digit),))[0]
     xtr, _, xte, _ = mnist_arrays(source, digits=(int(digit),), download=download)
     return {'train': xtr, 'test': xte, 'all': np.concatenate([xtr, xte])}[split]
@@ -44,7 +44,8 @@ def _as_images(images)->torch.Tensor:
     if x.ndim == 3: x = x[:, None]
     if x.ndim != 4: raise FastpipesError(f"Images must be shaped (n, h, w) or (n, c, h, w), not {tuple(x.shape)}.")
     if len(x) == 0: raise FastpipesError("There are no images: pass at least one image of the class to generate.")
-    if x.shape[1] not in (1, 3): raise FastpipesError(f"Images must have 1 or 3 channels, not {x.shape[1]} (shape {tuple(x.shape)}).")
+    if x.shape[1] not in (1, 3):
+        raise FastpipesError(f"Images must have 1 or 3 channels, not {x.shape[1]} (shape {tuple(x.shape)}).")
     if x.shape[2] % 4 or x.shape[3] % 4 or min(x.shape[2:]) < 4:
         raise FastpipesError(f"Image sides must be multiples of 4 (like 28 or 32), not {tuple(x.shape[2:])}.")
     if x.dtype == torch.uint8: return x.float()/255
@@ -149,9 +150,9 @@ class GANMonitor(Callback):
         self.run_ = self.run_ + 1 if self._collapsed(g, c) else 0
         if not self.patience or self.run_ < self.patience: return
         self.stopped = self.epoch
-        warnings.warn(f"GAN training stopped after epoch {self.epoch}: the critic won outright for {self.patience} epochs "
-                      f"in a row (critic loss {c:.3g}, generator loss {g:.3g}), so the generator has collapsed; "
-                      f"try a lower lr, more data or loss='wgan-gp'.")
+        warnings.warn(f"GAN training stopped after epoch {self.epoch}: the critic won outright for {self.patience} "
+                      f"epochs in a row (critic loss {c:.3g}, generator loss {g:.3g}), so the generator has "
+                      "collapsed; try a lower lr, more data or loss='wgan-gp'.")
         raise CancelFitException()
 
 # %% ../../nbs/24_gan.ipynb #efe3bbe8
@@ -168,7 +169,8 @@ def _quiet_trainer(learn:GANLearner)->GANLearner:
     "Replace `learn`'s `GANTrainer` with an equivalent `_Trainer`."
     t = learn.gan_trainer
     learn.remove_cb(t)
-    return learn.add_cb(_Trainer(switch_eval=t.switch_eval, clip=t.clip, beta=t.gen_loss.beta, gen_first=t.gen_first, show_img=t.show_img))
+    return learn.add_cb(_Trainer(switch_eval=t.switch_eval, clip=t.clip, beta=t.gen_loss.beta, gen_first=t.gen_first,
+                                 show_img=t.show_img))
 
 # %% ../../nbs/24_gan.ipynb #c0a0e955
 class NoiseDL(TensorDL):
@@ -193,7 +195,7 @@ def gan_dls(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`
             **kwargs, # passed to `TensorDL`
            )->TensorDLs:
     "fastai `DataLoaders` of (noise `(bs, nz)`, real images `(bs, c, h, w)` in [-1, 1]) batches."
-    if not isinstance(nz, (int, np.integer)) or nz < 1: raise FastpipesError(f"`nz` must be a positive integer, not {nz!r}.")
+    check_number(nz, 'nz', 1, whole=True)
     x = _as_images(images)*2 - 1
     n = max(epoch_size or max(len(x), 16*bs), bs)
     if n != len(x): x = x[torch.arange(n) % len(x)]   # item `i` is image `i % len(images)`
@@ -214,7 +216,7 @@ def gan_learner(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`, s
                 bs:int=64, # batch size
                 lr:float|None=None, # learning rate; default 2e-4 for 'bce', 1e-3 for 'wgan-gp'
                 nf:int=32, # width of generator and critic
-                switcher:Callback|None=None, # default `FixedGANSwitcher`: 1 critic step per generator step (5 for 'wgan-gp')
+                switcher:Callback|None=None, # default `FixedGANSwitcher`: 1 critic step per generator step (5: wgan)
                 gp:float=10., # gradient penalty weight for 'wgan-gp'
                 patience:int=3, # epochs of outright critic wins before stopping; 0 never stops
                 epoch_size:int|None=None, # items per epoch (see `gan_dls`)
@@ -242,7 +244,8 @@ def _generator(learn)->nn.Module:
     "The generator of a `GANLearner`, or `learn` itself when it is one."
     g = getattr(getattr(learn, 'model', None), 'generator', learn)
     if not isinstance(g, nn.Module) or not hasattr(g, 'nz'):
-        raise FastpipesError(f"Expected a GAN learner from `gan_learner` or a generator from `load_generator`, not {type(learn).__name__}.")
+        raise FastpipesError("Expected a GAN learner from `gan_learner` or a generator from `load_generator`, not "
+                             f"{type(learn).__name__}.")
     return g
 
 def generate(learn, # a `GANLearner` from `gan_learner`, or a generator from `load_generator`
@@ -251,7 +254,7 @@ def generate(learn, # a `GANLearner` from `gan_learner`, or a generator from `lo
             )->torch.Tensor:
     "`n` generated images `(n, c, h, w)` in [0, 1]."
     g = _generator(learn)
-    if not isinstance(n, (int, np.integer)) or n < 1: raise FastpipesError(f"`n` must be a positive integer, not {n!r}.")
+    check_number(n, 'n', 1, whole=True)
     dev = next(g.parameters()).device
     rng = torch.Generator(device='cpu').manual_seed(seed) if seed is not None else None
     z = torch.randn(n, g.nz, generator=rng).to(dev)
@@ -271,8 +274,7 @@ def show_samples(learn, # a `GANLearner` or a generator from `load_generator`
                 ):
     "A matplotlib `Figure` with a `nrows`×`ncols` grid of generated images."
     import matplotlib.pyplot as plt
-    if not all(isinstance(k, (int, np.integer)) and k >= 1 for k in (nrows, ncols)):
-        raise FastpipesError(f"`nrows` and `ncols` must be positive integers, not {nrows!r} and {ncols!r}.")
+    check_number(nrows, 'nrows', 1, whole=True); check_number(ncols, 'ncols', 1, whole=True)
     x = generate(learn, nrows*ncols, seed=seed).numpy()
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols, nrows), squeeze=False)
     for img, ax in zip(x, axs.flat):
@@ -288,7 +290,8 @@ def save_generator(learn, # a `GANLearner` from `gan_learner`, or a generator
                   )->Path:
     "Save the generator's weights to `path` and its configuration to `path` with suffix `.json`."
     g, path = _generator(learn), Path(path)
-    if not isinstance(g, DigitGenerator): raise FastpipesError(f"Only a `DigitGenerator` can be saved, not {type(g).__name__}.")
+    if not isinstance(g, DigitGenerator):
+        raise FastpipesError(f"Only a `DigitGenerator` can be saved, not {type(g).__name__}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in g.state_dict().items()}, path)
     atomic_write(path.with_suffix('.json'), json.dumps(g.config))
@@ -299,7 +302,8 @@ def load_generator(path:Path, # the `.pth` file written by `save_generator`
     "The generator saved at `path`, in eval mode."
     path = Path(path); cfg = path.with_suffix('.json')
     if not path.is_file() or not cfg.is_file():
-        raise FastpipesError(f"No saved generator at {path}: `save_generator` writes {path.name} and {cfg.name} side by side.")
+        raise FastpipesError(f"No saved generator at {path}: `save_generator` writes {path.name} and {cfg.name} "
+                             "side by side.")
     g = DigitGenerator(**json.loads(cfg.read_text()))
     g.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
     return g.eval()
@@ -331,6 +335,7 @@ def digit_classifier(images, # uint8 or float images, `(n, h, w)` or `(n, c, h, 
                 loss = F.cross_entropy(m(x[j]), y[j]); opt.zero_grad(); loss.backward(); opt.step()
     return m.eval()
 
+# %% ../../nbs/24_gan.ipynb #0d010ecb
 def _psd_sqrt(s:np.ndarray)->np.ndarray:
     "Square root of the symmetric positive semi-definite matrix `s`."
     w, v = np.linalg.eigh(s)

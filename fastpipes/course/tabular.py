@@ -24,7 +24,7 @@ from fastai.tabular.core import Categorify, FillMissing, Normalize, ReadTabBatch
 from fastai.tabular.learner import TabularLearner
 from fastai.tabular.model import TabularModel, get_emb_sz
 
-from ..core import FastpipesError, eval_mode, set_seed
+from ..core import FastpipesError, check_number, eval_mode, set_seed
 from .core import LeanLearner, course_opt
 from .datasets import TensorDL, TensorDLs
 
@@ -33,7 +33,7 @@ __all__ = ['TRANSFORMS', 'IRIS_COLS', 'apply_transform', 'LinearModel', 'FiniteL
            'regression_learner', 'coefs', 'set_coefs', 'free_fall', 'exp_decay', 'lstsq_coefs', 'plot_fit', 'SumLinear',
            'overparam_learner', 'line_data', 'fit_mle', 'iris_df', 'course_split', 'TrainAccuracy', 'NamedAccuracy',
            'TabularClassifier', 'ReadTensors', 'SliceTabDL', 'table_classifier', 'Standardize', 'AutoEncoder',
-           'autoencoder_learner', 'encode', 'reconstruct', 'pca_mse', 'show_reconstruction']
+           'pca_mse', 'autoencoder_learner', 'encode', 'reconstruct', 'show_reconstruction']
 
 # %% ../../nbs/22_tabular.ipynb #736bef37
 def _check_cols(df:pd.DataFrame, cols:list):
@@ -46,15 +46,20 @@ def _check_cols(df:pd.DataFrame, cols:list):
     dup = sorted({str(c) for c in cols if (df.columns == c).sum() > 1})
     if dup: raise FastpipesError(f"Column(s) {dup} appear more than once in the table; rename or drop the copies.")
 
+def _is_number(col:pd.Series)->bool:
+    "Whether the column `col` holds numbers (booleans are categories)."
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
 def _floats(a, what:str='the inputs')->np.ndarray:
     "`a` as a float64 array, or a one-sentence error naming `what`."
     try: return np.array(a, dtype=np.float64)
-    except (TypeError, ValueError) as e: raise FastpipesError(f"Expected numbers for {what}, got {type(a).__name__} ({e}).") from e
+    except (TypeError, ValueError) as e:
+        raise FastpipesError(f"Expected numbers for {what}, got {type(a).__name__} ({e}).") from e
 
 def _numeric(df:pd.DataFrame, cols:list)->np.ndarray:
     "The columns `cols` of `df` as a float64 array (n, len(cols)), or a one-sentence error."
     _check_cols(df, cols)
-    bad = [c for c in cols if not (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))]
+    bad = [c for c in cols if not _is_number(df[c])]
     if bad: raise FastpipesError(f"Column(s) {bad} are not numeric; this model needs numbers (encode or drop them).")
     a = df[cols].to_numpy(np.float64, copy=True)
     if len(a) == 0: raise FastpipesError("The table has no rows.")
@@ -74,7 +79,8 @@ def _tfm_fn(transform)->Callable:
     "The function for `transform`: a name in `TRANSFORMS` or a callable."
     if callable(transform): return transform
     if not (transform is None or isinstance(transform, str)) or transform not in TRANSFORMS:
-        raise FastpipesError(f"Unknown transform {transform!r}; use one of {[k for k in TRANSFORMS if k]} or a function.")
+        names = [k for k in TRANSFORMS if k]
+        raise FastpipesError(f"Unknown transform {transform!r}; use one of {names} or a function.")
     return TRANSFORMS[transform]
 
 def apply_transform(transform, # a name in `TRANSFORMS` or a function of a tensor
@@ -91,7 +97,9 @@ def apply_transform(transform, # a name in `TRANSFORMS` or a function of a tenso
         if not callable(transform) or isinstance(e, FastpipesError): raise
         raise FastpipesError(f"The transform {_tfm_name(transform)} failed on a tensor of shape {tuple(x.shape)} "
                              f"({type(e).__name__}: {e}); it must take and return a tensor, element-wise.") from e
-    if r.shape != x.shape: raise FastpipesError(f"The transform changed the shape of the inputs from {tuple(x.shape)} to {tuple(r.shape)}; it must work element-wise.")
+    if r.shape != x.shape:
+        raise FastpipesError(f"The transform changed the shape of the inputs from {tuple(x.shape)} to "
+                             f"{tuple(r.shape)}; it must work element-wise.")
     bad = ~torch.isfinite(r)
     if bad.any():
         i, j = [int(v) for v in bad.nonzero()[0]]
@@ -110,7 +118,7 @@ class LinearModel(nn.Module):
         super().__init__()
         self.transform, self.bias = transform, bias
         self.lin = nn.Linear(n_in, 1, bias=bias)
-        self.register_buffer('shift', torch.zeros(n_in) if shift is None else torch.as_tensor(shift, dtype=torch.float32))
+        self.register_buffer('shift', torch.zeros(n_in) if shift is None else torch.as_tensor(shift).float())
         self.register_buffer('P', torch.eye(n_in) if P is None else torch.as_tensor(P, dtype=torch.float32))
 
     def features(self, x): return apply_transform(self.transform, x)
@@ -170,10 +178,10 @@ class TableLearner(LeanLearner):
         "fastai's `fit`, with a one-sentence error when the loss diverges."
         super().fit(n_epoch, **kwargs)
         d = getattr(getattr(self, 'finite_loss', None), 'diverged', None)
-        if d: raise FastpipesError(f"The loss became {d[1]} in epoch {d[0]}; lower `lr` (now {d[2]:g}) or check the data for NaN/inf.")
+        if d: raise FastpipesError(f"The loss became {d[1]} in epoch {d[0]}; lower `lr` (now {d[2]:g}) or check the "
+                                   "data for NaN/inf.")
 
-def _check_lr(lr):
-    if not isinstance(lr, (int, float, np.number)) or not lr > 0: raise FastpipesError(f"`lr` must be a positive number, got {lr!r}.")
+def _check_lr(lr): check_number(lr, 'lr', 0, open_lo=True)
 
 @delegates(Learner, but=['dls', 'model', 'lr'])
 def _table_learner(cls, dls, model, lr:float, cbs=None, **kwargs)->Learner:
@@ -181,6 +189,7 @@ def _table_learner(cls, dls, model, lr:float, cbs=None, **kwargs)->Learner:
     _check_lr(lr)
     return cls(dls, model, lr=lr, cbs=L(cbs) + FiniteLoss(), **kwargs)
 
+# %% ../../nbs/22_tabular.ipynb #67855330
 class RegressionLearner(TableLearner):
     "A `Learner` for a regression on named columns whose `predict` takes raw inputs."
     def predict(self, x, # a DataFrame with the input columns, or raw values (n,) / (n, p)
@@ -188,21 +197,22 @@ class RegressionLearner(TableLearner):
         "Predictions for the raw inputs `x` (the transform is applied by the model)."
         if isinstance(x, pd.DataFrame): x = _numeric(x, self.x_names)
         x = _floats(x)
-        if x.ndim > 2: raise FastpipesError(f"Expected inputs of shape (n,) or (n, {len(self.x_names)}), got {x.shape}.")
+        n = len(self.x_names)
+        if x.ndim > 2: raise FastpipesError(f"Expected inputs of shape (n,) or (n, {n}), got {x.shape}.")
         x = x.reshape(-1, 1) if len(self.x_names) == 1 and x.ndim < 2 else np.atleast_2d(x)
-        if x.shape[1] != len(self.x_names): raise FastpipesError(f"Expected {len(self.x_names)} input column(s) {self.x_names}, got {x.shape[1]}.")
+        if x.shape[1] != n: raise FastpipesError(f"Expected {n} input column(s) {self.x_names}, got {x.shape[1]}.")
         apply_transform(self.model.transform, x, self.x_names)
         with torch.no_grad(): return self.model.eval()(_on(self.model, x)).cpu().numpy()[:, 0].astype(np.float64)
 
 def _tensor_dls(x:np.ndarray, y:np.ndarray, bs:int|None, valid=None)->TensorDLs:
     "Full-batch (or `bs`) `TensorDL`s over float tensors; the validation set is `valid` or the training set."
-    if bs is not None and (not isinstance(bs, (int, np.integer)) or bs < 1):
-        raise FastpipesError(f"`bs` must be a positive whole number or None (the whole table), got {bs!r}.")
+    if bs is not None: check_number(bs, 'bs', 1, whole=True)
     t = [torch.as_tensor(a, dtype=torch.float32) for a in (x, y)]
     v = t if valid is None else [torch.as_tensor(a, dtype=torch.float32) for a in valid]
     bs = min(bs or len(x), len(x))
     return TensorDLs(TensorDL(*t, bs=bs, shuffle=bs < len(x), scale=False), TensorDL(*v, bs=len(v[0]), scale=False))
 
+# %% ../../nbs/22_tabular.ipynb #e4427fc4
 def _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)->RegressionLearner:
     "Check the table, build the model with `model_fn(features)` and return the untrained `RegressionLearner`."
     xs = listify(x)
@@ -223,15 +233,15 @@ def regression_learner(df:pd.DataFrame, # the table
                        y:str, # target column
                        transform=None, # None, a name in `TRANSFORMS` ('sqrt', 'exp(-x)', 'log', 'x^2') or a function
                        bias:bool=True, # fit an intercept `b0`
-                       norm:bool=True, # whiten the transformed features inside the model (coefficients stay in user units)
+                       norm:bool=True, # whiten the transformed features inside the model (coefficients in user units)
                        opt:str='sgd', # 'sgd' or 'adam'
                        lr:float=0.45, # learning rate (with `norm`, each full-batch step shrinks the error by |1-2·lr|)
                        mom:float=0., # momentum of SGD
-                       bs:int|None=None, # batch size; None: the whole table (one step per epoch); use a smaller `lr` with mini-batches
+                       bs:int|None=None, # batch size; None: the whole table (mini-batches need a smaller `lr`)
                        seed:int|None=42, # seed for the initial weights
                        **kwargs, # passed to `Learner`
                       )->RegressionLearner:
-    "An untrained `Learner` for `y ≈ b0 + Σ bi·transform(xi)` by gradient descent on the MSE: `learn.fit(10)` reaches least squares."
+    "An untrained `Learner` for `y ≈ b0 + Σ bi·transform(xi)` by gradient descent on the MSE: `learn.fit(10)`."
     def model_fn(X):
         F = apply_transform(transform, X, listify(x)).double()
         return LinearModel(X.shape[1], transform, bias, *(_whitener(F, bias, listify(x)) if norm else ()))
@@ -239,7 +249,9 @@ def regression_learner(df:pd.DataFrame, # the table
 
 def _reg_model(learn:Learner)->nn.Module:
     m = getattr(learn, 'model', None)
-    if not hasattr(m, 'coefs'): raise FastpipesError(f"Expected a learner from `regression_learner` or `overparam_learner`, got a learner whose model is `{type(m).__name__}`.")
+    if not hasattr(m, 'coefs'):
+        raise FastpipesError("Expected a learner from `regression_learner` or `overparam_learner`, got a learner whose "
+                             f"model is `{type(m).__name__}`.")
     return m
 
 def coefs(learn:Learner)->dict:
@@ -293,7 +305,8 @@ def plot_fit(learn:RegressionLearner, # a fitted regression
     if len(learn.x_names) == 1:
         ax.scatter(x[:, 0], y[:, 0], s=10, alpha=0.6, label='data')
         g = np.linspace(x.min(), x.max(), n)
-        ax.plot(g, learn.predict(g), color='C3', label='fit: ' + ', '.join(f'{k}={v:.4g}' for k, v in coefs(learn).items()))
+        fit = ', '.join(f'{k}={v:.4g}' for k, v in coefs(learn).items())
+        ax.plot(g, learn.predict(g), color='C3', label=f'fit: {fit}')
         ax.set_xlabel(learn.x_names[0])
     else:
         ax.scatter(learn.predict(x), y[:, 0], s=10, alpha=0.6)
@@ -320,8 +333,10 @@ class SumLinear(nn.Module):
     @torch.no_grad()
     def set_coefs(self, **kw):
         c = {**self.coefs(), **_known(kw, self.names())}
-        self.a.copy_(torch.tensor([c[k] for k in self.intercepts])); self.b.copy_(torch.tensor([c[k] for k in self.slopes]))
+        self.a.copy_(torch.tensor([c[k] for k in self.intercepts]))
+        self.b.copy_(torch.tensor([c[k] for k in self.slopes]))
 
+# %% ../../nbs/22_tabular.ipynb #75b69985
 @delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr'])
 def overparam_learner(df:pd.DataFrame, # the table
                       x:str, # the input column
@@ -336,7 +351,7 @@ def overparam_learner(df:pd.DataFrame, # the table
                       seed:int|None=42, # seed of the initial values (they set how equal terms share their sum)
                       **kwargs, # passed to `Learner`
                      )->RegressionLearner:
-    "An untrained `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x` (the course's `α0 + β0 + (α1 + β1)x`): `learn.fit(60)`."
+    "An untrained `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x` (the course's `α0 + β0 + (α1 + β1)x`): `fit(60)`."
     if len(listify(x)) != 1: raise FastpipesError(f"`overparam_learner` takes one input column `x`, got {listify(x)}.")
     def model_fn(X):
         apply_transform(transform, X, [x])
@@ -356,7 +371,8 @@ def line_data(n:int=100, # number of points
 # %% ../../nbs/22_tabular.ipynb #875aa0b7
 def _as_params(init)->dict:
     "`init` as an ordered dict name -> float."
-    d = dict(init) if isinstance(init, dict) else {f'p{i}': v for i, v in enumerate(np.atleast_1d(_floats(init, '`init`')).ravel())}
+    if isinstance(init, dict): d = dict(init)
+    else: d = {f'p{i}': v for i, v in enumerate(np.atleast_1d(_floats(init, '`init`')).ravel())}
     if not d: raise FastpipesError("`init` holds no parameters; give one starting value per parameter.")
     bad = [k for k, v in d.items() if np.ndim(v) != 0 or not np.isfinite(_floats(v, f'parameter `{k}`'))]
     if bad: raise FastpipesError(f"Starting value(s) of {bad} must be finite single numbers.")
@@ -367,18 +383,22 @@ def _mle_data(data)->torch.Tensor:
     a = _floats(data, 'the data')
     if a.ndim != 1: raise FastpipesError(f"The data must be a 1-d array of observations, got shape {a.shape}.")
     if a.size == 0: raise FastpipesError("No data to fit.")
-    if not np.isfinite(a).all(): raise FastpipesError(f"The data hold {int((~np.isfinite(a)).sum())} NaN or inf value(s); drop them first.")
+    if not np.isfinite(a).all():
+        raise FastpipesError(f"The data hold {int((~np.isfinite(a)).sum())} NaN or inf value(s); drop them first.")
     return torch.as_tensor(a)
 
 def _nll(logpdf:Callable, x:torch.Tensor, params)->torch.Tensor:
     "`-mean(logpdf(x, *params))`, or a one-sentence error when `logpdf` fails or returns no tensor."
     try: r = logpdf(x, *params)
     except Exception as e:  # the user's function: name it, keep the cause
-        raise FastpipesError(f"`logpdf` failed on the data ({type(e).__name__}: {e}); it must take `(x, *params)` as tensors and return a tensor.") from e
+        raise FastpipesError(f"`logpdf` failed on the data ({type(e).__name__}: {e}); it must take `(x, *params)` "
+                             "as tensors and return a tensor.") from e
     if not torch.is_tensor(r) or r.numel() == 0 or not r.requires_grad:
-        raise FastpipesError(f"`logpdf` must return a tensor computed from its parameters with torch functions, got {type(r).__name__}.")
+        raise FastpipesError("`logpdf` must return a tensor computed from its parameters with torch functions, "
+                             f"got {type(r).__name__}.")
     return -r.mean()
 
+# %% ../../nbs/22_tabular.ipynb #dd2455f7
 def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data point (tensors)
             data, # 1-d array of observations
             init, # starting value(s): a number, a list, or a dict name -> value
@@ -389,15 +409,17 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
            )->tuple:
     "Maximum likelihood by gradient descent: the estimate (a float or a dict) and the history (a DataFrame)."
     p = _as_params(init)
-    if not isinstance(steps, (int, np.integer)) or steps < 0: raise FastpipesError(f"`steps` must be a whole number >= 0, got {steps!r}.")
+    check_number(steps, 'steps', 0, whole=True)
     _check_lr(lr)
     cons = [constraint]*len(p) if constraint is None or isinstance(constraint, str) else list(constraint)
     if len(cons) != len(p) or any(c not in (None, 'positive') for c in cons):
         raise FastpipesError(f"`constraint` must be None, 'positive' or one of those per parameter ({len(p)}).")
     pos = [c == 'positive' for c in cons]
-    if any(v <= 0 for v, q in zip(p.values(), pos) if q): raise FastpipesError("A positive parameter must start above 0.")
+    if any(v <= 0 for v, q in zip(p.values(), pos) if q):
+        raise FastpipesError("A positive parameter must start above 0.")
     x = _mle_data(data)
-    theta = torch.tensor([np.log(v) if q else v for v, q in zip(p.values(), pos)], dtype=torch.float64, requires_grad=True)
+    start = [np.log(v) if q else v for v, q in zip(p.values(), pos)]
+    theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     o = course_opt(opt, mom=0.)([theta], lr=lr).opt   # the plain torch optimiser
     mask = torch.tensor(pos)
     def values(t): return torch.where(mask, t.exp(), t)
@@ -406,7 +428,8 @@ def fit_mle(logpdf:Callable, # `logpdf(data, *params)`: log density of each data
         v = values(theta)
         nll = _nll(logpdf, x, v)
         if not torch.isfinite(nll):
-            raise FastpipesError(f"The negative log-likelihood became {nll.item()} at step {i}; use constraint='positive' or a smaller lr.")
+            raise FastpipesError(f"The negative log-likelihood became {nll.item()} at step {i}; use "
+                                 "constraint='positive' or a smaller lr.")
         with torch.no_grad(): hist[i, 0], hist[i, 1:] = nll, v
         nll.backward(); o.step(); o.zero_grad()
     est = dict(zip(p, values(theta).detach().tolist()))
@@ -429,7 +452,8 @@ def iris_df(src:str|None=None, # None: scikit-learn's bundled copy; else a CSV p
         df = pd.DataFrame(d.data, columns=IRIS_COLS[:4])
         return df.assign(species=pd.Series(d.target_names[d.target]).str.replace('iris-', '', regex=False))
     try: df = pd.read_csv(src)
-    except (OSError, ValueError) as e: raise FastpipesError(f"Could not read the iris CSV {src!r} ({type(e).__name__}: {e}).") from e
+    except (OSError, ValueError) as e:
+        raise FastpipesError(f"Could not read the iris CSV {src!r} ({type(e).__name__}: {e}).") from e
     df.columns = [_snake(c) for c in df.columns]
     df = df.rename(columns={'variety': 'species', 'class': 'species'})
     _check_cols(df, IRIS_COLS)
@@ -448,14 +472,16 @@ def course_split(df:pd.DataFrame, # the table
     valid = df.index.difference(train, sort=False)
     return pos[train].tolist(), pos[valid].tolist()
 
+# %% ../../nbs/22_tabular.ipynb #913917cf
 class TrainAccuracy(Metric):
-    "Accuracy on the whole training set, in evaluation mode, at the end of each epoch (the set is read once, as one batch)."
+    "Accuracy on the whole training set, in evaluation mode, at the end of each epoch (read once, as one batch)."
     def reset(self): self.learn = None
     def accumulate(self, learn): self.learn = learn
     @property
     def value(self):
         dl = None if self.learn is None else self.learn.dls.train
-        return None if dl is None or not len(dl.dataset) else _accuracy_on(self.learn, self._batch(dl))  # none once exported
+        if dl is None or not len(dl.dataset): return None   # none once exported
+        return _accuracy_on(self.learn, self._batch(dl))
     @property
     def name(self): return 'train_accuracy'
     def _batch(self, dl):
@@ -477,6 +503,7 @@ def _accuracy_on(learn:Learner, b:tuple)->float:
     xb, yb = b[:learn.dls.n_inp], b[learn.dls.n_inp]
     with eval_mode(learn.model) as m: return (m(*xb).argmax(-1) == yb.view(-1)).float().mean().item()
 
+# %% ../../nbs/22_tabular.ipynb #c4ddccf1
 class TabularClassifier(TableLearner, TabularLearner):
     "fastai's `TabularLearner` with `LeanLearner`'s event dispatch and `TableLearner`'s check of the loss."
 
@@ -495,6 +522,7 @@ class SliceTabDL(TabDataLoader):
         i = torch.as_tensor(b, dtype=torch.long)
         return tuple(t[i] for t in self._ts)
 
+# %% ../../nbs/22_tabular.ipynb #f883ce2b
 def _splits(df, y, split, valid_pct, seed)->tuple:
     "Training and test positions for `split`, checked."
     if split == 'course': tr, va = course_split(df, valid_pct, seed)
@@ -502,33 +530,41 @@ def _splits(df, y, split, valid_pct, seed)->tuple:
         tr, va = [list(s) for s in RandomSplitter(valid_pct, seed)(range(len(df)))]
     else: raise FastpipesError(f"Unknown split {split!r}; use 'course' or 'random'.")
     if not va or len(tr) < 2:
-        raise FastpipesError(f"Only {len(df)} rows: a {valid_pct:.0%} split leaves {len(tr)} for training and {len(va)} for testing; give more rows or change `valid_pct`.")
+        raise FastpipesError(f"Only {len(df)} rows: a {valid_pct:.0%} split leaves {len(tr)} for training and "
+                             f"{len(va)} for testing; give more rows or change `valid_pct`.")
     seen = set(df[y].iloc[tr])
-    if len(seen) < 2: raise FastpipesError(f"The training rows hold a single class of `{y}`; give more rows or another split.")
+    if len(seen) < 2:
+        raise FastpipesError(f"The training rows hold a single class of `{y}`; give more rows or another split.")
     unseen = sorted({str(v) for v in df[y].iloc[va] if v not in seen})
-    if unseen: raise FastpipesError(f"The test rows hold class(es) {unseen[:5]}{'...' if len(unseen) > 5 else ''} of `{y}` that no training row has; "
-                                    f"give more rows per class, another `seed`, or use `regression_learner` for a numeric target.")
+    if unseen:
+        raise FastpipesError(f"The test rows hold class(es) {unseen[:5]}{'...' if len(unseen) > 5 else ''} of `{y}` "
+                             "that no training row has; give more rows per class, another `seed`, or use "
+                             "`regression_learner` for a numeric target.")
     return tr, va
 
 def _check_missing(df:pd.DataFrame, conts:list, tr:list, va:list):
     "Raise if a numeric column has missing values among the test rows only (fastai fills what training saw)."
     bad = [c for c in conts if df[c].iloc[va].isna().any() and not df[c].iloc[tr].isna().any()]
-    if bad: raise FastpipesError(f"Column(s) {bad} have missing values only among the test rows, which fastai cannot fill; fill or drop those rows.")
+    if bad: raise FastpipesError(f"Column(s) {bad} have missing values only among the test rows, which fastai "
+                                 "cannot fill; fill or drop those rows.")
 
 def _check_table(df:pd.DataFrame, y:str, xs:list, valid_pct:float):
     "Raise on a table `table_classifier` cannot learn from."
     _check_cols(df, [y] + xs)
     if len(df) == 0: raise FastpipesError("The table has no rows.")
     if y in xs: raise FastpipesError(f"`{y}` is both the class column and an input column; drop it from `x`.")
-    if not isinstance(valid_pct, (int, float, np.number)) or not 0 < valid_pct < 1:
-        raise FastpipesError(f"`valid_pct` must be between 0 and 1 (exclusive), got {valid_pct!r}.")
+    check_number(valid_pct, 'valid_pct', 0, 1, open_lo=True, open_hi=True)
     if df[y].isna().any(): raise FastpipesError(f"Column `{y}` has missing classes; drop those rows first.")
-    if df[y].nunique() < 2: raise FastpipesError(f"Column `{y}` has a single class ({df[y].iloc[0]!r}); a classifier needs at least two.")
+    if df[y].nunique() < 2:
+        raise FastpipesError(f"Column `{y}` has a single class ({df[y].iloc[0]!r}); a classifier needs at least two.")
     empty = [c for c in xs if df[c].isna().all()]
     if empty: raise FastpipesError(f"Column(s) {empty} hold no values at all; drop them.")
-    inf = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) and np.isinf(df[c].to_numpy(np.float64)).any()]
-    if inf: raise FastpipesError(f"Column(s) {inf} have infinite values; drop or clip those rows (missing values are filled).")
+    inf = [c for c in xs if _is_number(df[c]) and np.isinf(df[c].to_numpy(np.float64)).any()]
+    if inf:
+        raise FastpipesError(f"Column(s) {inf} have infinite values; drop or clip those rows (missing values are "
+                             "filled).")
 
+# %% ../../nbs/22_tabular.ipynb #92ef0774
 @delegates(Learner, but=['dls', 'model', 'lr', 'metrics'])
 def table_classifier(df:pd.DataFrame, # the table
                      y:str, # the class column
@@ -541,14 +577,14 @@ def table_classifier(df:pd.DataFrame, # the table
                      bs:int=16, # batch size
                      **kwargs, # passed to `Learner`
                     )->TabularLearner:
-    "fastai's tabular model on `df` predicting `y`, untrained, with train and test accuracy every epoch: `learn.fit_one_cycle(20)`."
+    "fastai's tabular model on `df` predicting `y`, untrained, with train and test accuracy: `learn.fit_one_cycle(20)`."
     _check_cols(df, [y] + listify(x))
     xs = listify(x) or [c for c in df.columns if c != y]
     if not xs: raise FastpipesError("The table has no input columns besides the class column.")
     _check_table(df, y, xs, valid_pct)
     _check_lr(lr)
     df = df.reset_index(drop=True) if not df.index.is_unique else df
-    conts = [c for c in xs if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    conts = [c for c in xs if _is_number(df[c])]
     cats = [c for c in xs if c not in conts]
     set_seed(seed)
     tr, va = _splits(df, y, split, valid_pct, seed)
@@ -556,7 +592,8 @@ def table_classifier(df:pd.DataFrame, # the table
     to = TabularPandas(df, [Categorify, FillMissing, Normalize], cats, conts, y_names=y, y_block=CategoryBlock(),
                        splits=(tr, va))
     dls = to.dataloaders(bs=bs, num_workers=0, dl_type=SliceTabDL)
-    model = TabularModel(get_emb_sz(dls.train_ds), len(dls.cont_names), get_c(dls), list(layers))  # as `tabular_learner`
+    # the model `tabular_learner` builds
+    model = TabularModel(get_emb_sz(dls.train_ds), len(dls.cont_names), get_c(dls), list(layers))
     return _table_learner(TabularClassifier, dls, model, lr, metrics=[TrainAccuracy(), NamedAccuracy()], **kwargs)
 
 # %% ../../nbs/22_tabular.ipynb #8197ad9a
@@ -574,25 +611,42 @@ class AutoEncoder(nn.Module):
     def __init__(self, n_in:int, latent:int=2, linear:bool=True, hidden:int=16, mean=0., std=1.):
         super().__init__()
         self.norm = Standardize(torch.zeros(n_in) + torch.as_tensor(mean), torch.ones(n_in)*torch.as_tensor(std))
-        def mlp(a, b): return nn.Linear(a, b) if linear else nn.Sequential(nn.Linear(a, hidden), nn.ReLU(), nn.Linear(hidden, b))
+        def mlp(a, b):
+            return nn.Linear(a, b) if linear else nn.Sequential(nn.Linear(a, hidden), nn.ReLU(), nn.Linear(hidden, b))
         self.encoder, self.decoder = mlp(n_in, latent), mlp(latent, n_in)
     def encode(self, x): return self.encoder(self.norm(x))
     def forward(self, x): return self.decoder(self.encode(x))
 
+# %% ../../nbs/22_tabular.ipynb #36d8b70c
 def _table(X)->tuple:
     "`X` (DataFrame or array) as a float array and column names."
     if isinstance(X, pd.DataFrame): return _numeric(X, list(X.columns)), [str(c) for c in X.columns]
     a = _floats(X, 'the table')
     if a.ndim != 2: raise FastpipesError(f"Expected a 2-d table of numbers (rows, columns), got shape {a.shape}.")
     if a.size == 0: raise FastpipesError("The table has no rows.")
-    if not np.isfinite(a).all(): raise FastpipesError(f"The table has {int((~np.isfinite(a)).any(1).sum())} row(s) with NaN or inf; drop or fill them first.")
+    if not np.isfinite(a).all():
+        n = int((~np.isfinite(a)).any(1).sum())
+        raise FastpipesError(f"The table has {n} row(s) with NaN or inf; drop or fill them first.")
     return a, [f'x{i+1}' for i in range(a.shape[1])]
 
+def pca_mse(X, k:int=2, norm:bool=True)->float:
+    "The mean squared error of the best rank-`k` affine reconstruction of `X` (PCA): a linear autoencoder's optimum."
+    a, _ = _table(X)
+    check_number(k, 'k', 1, min(a.shape), whole=True)
+    if norm and (a.std(0) == 0).any(): raise FastpipesError("A column is constant; drop it before standardising.")
+    a = a - a.mean(0)
+    if norm: a = a/a.std(0)
+    s = np.linalg.svd(a, compute_uv=False)
+    return float((s[k:]**2).sum()/a.size)
+
+# %% ../../nbs/22_tabular.ipynb #87467212
 def _rows_for(learn:Learner, X)->np.ndarray:
     "The raw rows `X` checked against the columns `learn` was trained on."
     a, _ = _table(X)
-    if not isinstance(getattr(learn, 'model', None), AutoEncoder): raise FastpipesError("Expected a learner from `autoencoder_learner`.")
-    if a.shape[1] != len(learn.x_names): raise FastpipesError(f"Expected {len(learn.x_names)} column(s) {learn.x_names}, got {a.shape[1]}.")
+    if not isinstance(getattr(learn, 'model', None), AutoEncoder):
+        raise FastpipesError("Expected a learner from `autoencoder_learner`.")
+    if a.shape[1] != len(learn.x_names):
+        raise FastpipesError(f"Expected {len(learn.x_names)} column(s) {learn.x_names}, got {a.shape[1]}.")
     return a
 
 @delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr'])
@@ -607,10 +661,10 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
                         seed:int|None=42, # seed of the initial weights and the shuffling
                         **kwargs, # passed to `Learner`
                        )->Learner:
-    "An untrained `Learner` for the course's autoencoder `p → latent → p` with the MSE between input and output: `learn.fit_one_cycle(40)`."
+    "An untrained `Learner` for the course's autoencoder `p → latent → p` on the MSE: `learn.fit_one_cycle(40)`."
     a, names = _table(X)
     if a.shape[1] < 2: raise FastpipesError(f"An autoencoder needs at least two columns; the table has {a.shape[1]}.")
-    if not isinstance(latent, (int, np.integer)) or not 0 < latent < a.shape[1]: raise FastpipesError(f"`latent` must be between 1 and {a.shape[1]-1} for {a.shape[1]} columns.")
+    check_number(latent, 'latent', 1, a.shape[1]-1, whole=True)   # fewer codes than columns
     if len(a) < 2: raise FastpipesError("An autoencoder needs at least two rows.")
     _check_lr(lr)
     mean, std = (a.mean(0), a.std(0)) if norm else (np.zeros(a.shape[1]), np.ones(a.shape[1]))
@@ -623,6 +677,7 @@ def autoencoder_learner(X, # numeric table (DataFrame or array (n, p)); a DataFr
     learn.x_names = names
     return learn
 
+# %% ../../nbs/22_tabular.ipynb #f499890f
 @torch.no_grad()
 def encode(learn:Learner, X)->np.ndarray:
     "The codes `Z` of the raw rows `X`."
@@ -637,16 +692,7 @@ def reconstruct(learn:Learner, X, raw:bool=True)->np.ndarray:
     r = m(_on(m, a))
     return (m.norm.decode(r) if raw else r).cpu().numpy()
 
-def pca_mse(X, k:int=2, norm:bool=True)->float:
-    "The mean squared error of the best rank-`k` affine reconstruction of `X` (PCA), the optimum of a linear autoencoder."
-    a, _ = _table(X)
-    if not isinstance(k, (int, np.integer)) or not 0 < k <= min(a.shape): raise FastpipesError(f"`k` must be between 1 and {min(a.shape)} for a table of shape {a.shape}, got {k!r}.")
-    if norm and (a.std(0) == 0).any(): raise FastpipesError("A column is constant; drop it before standardising.")
-    a = a - a.mean(0)
-    if norm: a = a/a.std(0)
-    s = np.linalg.svd(a, compute_uv=False)
-    return float((s[k:]**2).sum()/a.size)
-
+# %% ../../nbs/22_tabular.ipynb #a63d955e
 def show_reconstruction(learn:Learner, # an autoencoder learner
                         X, # raw rows
                         n:int=10, # first rows to show
@@ -654,7 +700,7 @@ def show_reconstruction(learn:Learner, # an autoencoder learner
                        ):
     "The course's heatmap of the first `n` rows of `[X, Z, X̂]` (standardised X), with dashed separators."
     import matplotlib.pyplot as plt
-    if not isinstance(n, (int, np.integer)) or n < 1: raise FastpipesError(f"`n` must be a whole number >= 1, got {n!r}.")
+    check_number(n, 'n', 1, whole=True)
     a, names = _rows_for(learn, X)[:n], learn.x_names
     with torch.no_grad(): xs = learn.model.norm(_on(learn.model, a)).cpu().numpy()
     z, xh = encode(learn, a), reconstruct(learn, a, raw=False)
@@ -663,7 +709,8 @@ def show_reconstruction(learn:Learner, # an autoencoder learner
     im = ax.imshow(m, cmap='coolwarm', aspect='auto', vmin=-abs(m).max(), vmax=abs(m).max())
     p, k = xs.shape[1], z.shape[1]
     for c in (p - .5, p + k - .5): ax.axvline(c, color='k', ls='--', lw=1)
-    ax.set_xticks(range(m.shape[1]), names + [f'z{i+1}' for i in range(k)] + [f'{c}ˆ' for c in names], rotation=60, ha='right')
+    ticks = names + [f'z{i+1}' for i in range(k)] + [f'{c}ˆ' for c in names]
+    ax.set_xticks(range(m.shape[1]), ticks, rotation=60, ha='right')
     ax.set_ylabel('row'); ax.set_title('X | Z | X̂')
     ax.figure.colorbar(im, ax=ax)
     return ax.figure
