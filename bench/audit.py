@@ -9,8 +9,8 @@ images (14 cartoons, 12 text images, 10 maps, 8 charts, each group filed under o
 `test`); 30 transformed copies of training photos (crops to 70–90% of each side, rescales to 40–80%, a text overlay,
 re-encoding at JPEG quality 20–45; one to three of these each): 10 in their own class, 10 under the other label,
 10 into `test`. Then, in one run:
-- `audit(DATA)` with its defaults, cold (no cache) with onnxruntime (when installed, as `audit` does by default)
-  and with PyTorch alone, then cached (a second run): wall and CPU time per 1000 images (scaled from the dataset's
+- `audit_images(DATA)` with its defaults, cold (no cache) with onnxruntime (when installed, as `audit_images` does by
+  default) and with PyTorch alone, then cached (a second run): wall and CPU time per 1000 images (scaled from the dataset's
   size), the network's one-time build (per process) timed apart, with the load average before each;
 - label flips: AUROC and precision at k (k = number of flips) of `label_score` (1 − the out-of-sample probability
   of the given label) among the photos (flipped or not); the same for two in-sample orders: (a) the same logistic
@@ -23,10 +23,10 @@ re-encoding at JPEG quality 20–45; one to three of these each): 10 in their ow
 - off-topic: AUROC and precision at k of `offtopic_score`; the same for a pure nearest-neighbour test (mean cosine
   distance to the 5 nearest neighbours in the same class), which a group hides from;
 - copies, pair by pair over all pairs of images: recall of the planted (original, copy) pairs and the fraction of
-  flagged pairs that are not planted, at `audit`'s threshold; AUROC and precision at k; the same for the 64-bit
+  flagged pairs that are not planted, at `audit_images`'s threshold; AUROC and precision at k; the same for the 64-bit
   perceptual hash (`fastpipes.clean.phash`, ImageHash's phash) at `clean_images`' default of 4 bits, and its best
   recall with at most 1% false pairs at any threshold;
-- what `audit` flags (its `issue` column) against what was planted: precision and recall per kind.
+- what `audit_images` flags (its `issue` column) against what was planted: precision and recall per kind.
 """
 import argparse, os, shutil, sys, tempfile, time
 from pathlib import Path
@@ -108,14 +108,14 @@ def main():
             print(f"load before the cold audit ({engine}): {load()}", flush=True)
             (_, got), bw, bc = timed(lambda: A._net('efficientnet_lite0', 224))
             assert got == engine
-            return (*timed(lambda: A.audit(dest, quiet=True)), bw, bc)
+            return (*timed(lambda: A.audit_images(dest, quiet=True)), bw, bc)
         finally: A._onnx = real; A._net.cache_clear()
     import importlib.util
     engines = ['onnxruntime', 'torch'] if importlib.util.find_spec('onnxruntime') else ['torch']
     runs = {e: cold(e) for e in reversed(engines)}   # the default engine last: its cache and table stay
     df = runs[engines[0]][0]; n = len(df)
     print(f"load before the cached audit: {load()}")
-    df2, wall2, cpu2 = timed(lambda: A.audit(dest, quiet=True))
+    df2, wall2, cpu2 = timed(lambda: A.audit_images(dest, quiet=True))
     print(f"\n== time ({n} images at 224 px, efficientnet_lite0, {os.cpu_count()} cores; per 1000 images: scaled from {n})")
     for e in engines:
         _, wall, cpu, bw, bc = runs[e]

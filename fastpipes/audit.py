@@ -21,8 +21,8 @@ from .arch import arch_name, arch_stats, embedder
 __all__ = ['AUDIT', 'CACHE', 'ISSUES', 'QUALITY', 'COLUMNS', 'THUMB', 'OFFTOPIC_KINDS', 'MIN_OFFTOPIC', 'embed_images',
            'cache_file', 'out_of_sample_probs', 'confident_learning', 'offtopic_scores', 'copy_candidates',
            'copy_scores', 'copy_pairs', 'quality_flags', 'transformed_copy', 'offtopic_image', 'inject_problems',
-           'audit', 'audit_counts', 'audit_summary', 'read_audit', 'audit_order', 'reject_flagged', 'restore_flagged',
-           'dataset_card', 'card_markdown']
+           'audit_images', 'audit_counts', 'audit_summary', 'read_audit', 'audit_order', 'reject_flagged',
+           'restore_flagged', 'dataset_card', 'card_markdown']
 
 # %% ../nbs/02b_audit.ipynb #01a5a586
 AUDIT = 'audit.csv'          # the audit's table, in the dataset folder
@@ -632,7 +632,7 @@ def _hash(fn:Path)->str|None:
     b, _ = read_limited(fn, MAX_BYTES)
     return None if b is None else hashlib.sha256(b).hexdigest()
 
-def audit(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/`, or a plain folder of images
+def audit_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/`, or a plain folder of images
           arch='efficientnet_lite0', # pretrained network whose pooled features are compared (see `fastpipes.arch`)
           size:int=224, # the network's input side (the shorter side is resized to it, the centre square kept)
           folds:int=5, # k of the k-fold that gives each image class probabilities from models that never saw it
@@ -720,7 +720,7 @@ def read_audit(path:Path, # dataset folder holding `audit.csv`
                       f"(first: {df.file[gone].iloc[0]}); they are left out: audit again to refresh it.")
     return df[~gone].reset_index(drop=True)
 
-def audit_order(df:pd.DataFrame, # an audit table (`audit` or `read_audit`)
+def audit_order(df:pd.DataFrame, # an audit table (`audit_images` or `read_audit`)
                )->pd.DataFrame:
     "The rows of `df` still in place in the order to look at them: flagged by issue and score, the rest by label score."
     df = df[df.status == 'ok']

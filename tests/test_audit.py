@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score
 
 import fastpipes.audit as A
-from fastpipes.audit import (AUDIT, COLUMNS, ISSUES, audit, audit_counts, audit_order, audit_summary, card_markdown,
-                             confident_learning, copy_candidates, copy_pairs, dataset_card, inject_problems,
+from fastpipes.audit import (AUDIT, COLUMNS, ISSUES, audit_images, audit_counts, audit_order, audit_summary,
+                             card_markdown, confident_learning, copy_candidates, copy_pairs, dataset_card, inject_problems,
                              offtopic_scores, out_of_sample_probs, quality_flags, read_audit, reject_flagged,
                              restore_flagged, transformed_copy)
 from fastpipes.core import LOCK, FastpipesError, dataset_lock, new_row, read_manifest, write_manifest
@@ -109,7 +109,7 @@ def audited(tmp_path_factory):
     "A generated dataset with planted problems, audited once: `(folder, planted, table)`."
     d = tmp_path_factory.mktemp('audit')/'data'
     planted = make_data(d)
-    return d, planted, audit(d, quiet=True)
+    return d, planted, audit_images(d, quiet=True)
 
 @pytest.fixture
 def data(audited, tmp_path):
@@ -146,7 +146,7 @@ def test_audit_finds_planted_problems_larger(tmp_path):
     "The fast twin is `test_audit_finds_planted_problems`: more images, more problems, two groups, every kind of copy."
     planted = make_data(tmp_path/'d', n_train=60, n_test=15, seed=5, flips=0.08, groups=(('text', 10), ('chart', 10)),
                         copies=(4, 4, 4))
-    check_found(audit(tmp_path/'d', quiet=True), planted)
+    check_found(audit_images(tmp_path/'d', quiet=True), planted)
 
 def test_second_audit_reads_the_cache(data, monkeypatch):
     calls = []
@@ -156,16 +156,16 @@ def test_second_audit_reads_the_cache(data, monkeypatch):
     src = sorted((data/'train'/'circle').glob('circle_*.jpg'))[0]
     shutil.move(src, data/'test'/'circle'/'moved.jpg')   # a moved file keeps its cache entry: same content
     marks_image('cross', 128, 12345)[0].save(data/'train'/'cross'/'new.jpg')
-    df = audit(data, quiet=True)
+    df = audit_images(data, quiet=True)
     assert [[Path(f).name for f in c] for c in calls] == [['new.jpg']]
     assert len(df) == len(before) + 1 and 'test/circle/moved.jpg' in set(df.file)
-    audit(data, quiet=True)
+    audit_images(data, quiet=True)
     assert calls[-1] == []
 
 def test_unreadable_cache_is_rebuilt(tmp_path):
-    d = small(tmp_path, {'circle': 3, 'cross': 3}); audit(d, quiet=True)
+    d = small(tmp_path, {'circle': 3, 'cross': 3}); audit_images(d, quiet=True)
     A.cache_file(d).write_bytes(b'garbage')
-    with pytest.warns(UserWarning, match='could not be read'): df = audit(d, quiet=True)
+    with pytest.warns(UserWarning, match='could not be read'): df = audit_images(d, quiet=True)
     assert len(df) == 6 and len(A._Cache(A.cache_file(d)).rows) == 6
 
 def test_audit_holds_the_dataset_lock(data):
@@ -176,7 +176,7 @@ def test_audit_holds_the_dataset_lock(data):
     p = subprocess.Popen([sys.executable, '-c', code, str(data)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == 'locked'
-        with pytest.raises(FastpipesError, match='in use by another fastpipes run'): audit(data, quiet=True)
+        with pytest.raises(FastpipesError, match='in use by another fastpipes run'): audit_images(data, quiet=True)
     finally: p.kill(); p.wait(10)
 
 def test_reject_and_restore_round_trip(data):
@@ -263,39 +263,39 @@ def small(d:Path, n:dict)->Path:
     return d
 
 def test_one_class(tmp_path):
-    df = audit(small(tmp_path, {'circle': 12}), quiet=True)
+    df = audit_images(small(tmp_path, {'circle': 12}), quiet=True)
     assert set(df.note) == {'one class: no label check'} and df.label_score.isna().all() and df.offtopic_score.notna().all()
     assert set(df.suggested) == {''} and 'Audited 12 of 12' in audit_summary(df)
 
 def test_class_smaller_than_folds_and_class_of_one(tmp_path):
-    df = audit(small(tmp_path/'a', {'circle': 8, 'cross': 3}), quiet=True, folds=5)
+    df = audit_images(small(tmp_path/'a', {'circle': 8, 'cross': 3}), quiet=True, folds=5)
     assert df.label_score.notna().all() and set(df.note) == {''}
-    df = audit(small(tmp_path/'b', {'circle': 8, 'cross': 6, 'none': 1}), quiet=True)
+    df = audit_images(small(tmp_path/'b', {'circle': 8, 'cross': 6, 'none': 1}), quiet=True)
     assert df.note[df.label == 'none'].tolist() == ['class too small for a label check']
     assert df.label_score[df.label != 'none'].notna().all()
 
 def test_single_image(tmp_path):
-    df = audit(small(tmp_path, {'circle': 1}), quiet=True)
+    df = audit_images(small(tmp_path, {'circle': 1}), quiet=True)
     assert len(df) == 1 and df.issue[0] == ''
     assert df.note[0] == 'too few images for an off-topic check; one class: no label check'
 
 def test_loose_images_without_classes(tmp_path):
     for i in range(12): marks_image('circle', 96, i)[0].save(tmp_path/f'{i}.jpg')
-    df = audit(tmp_path, quiet=True)
+    df = audit_images(tmp_path, quiet=True)
     assert set(df.label) == {''} and set(df.note) == {'no class folder: no off-topic check; in no class folder: no label check'}
 
 def test_nothing_decodes(tmp_path):
     (tmp_path/'a').mkdir(); (tmp_path/'a'/'x.jpg').write_bytes(b'<html></html>')
     (tmp_path/'a'/'y.jpg').write_bytes(b'\xff\xd8\xff\xe0' + b'\0'*50)
-    df = audit(tmp_path, quiet=True)
+    df = audit_images(tmp_path, quiet=True)
     assert df.note.str.startswith('skipped: ').all() and len(df) == 2 and audit_counts(df)['checked'] == 0
-    assert audit(tmp_path, quiet=True).equals(df)   # the reasons are cached with the file hashes
+    assert audit_images(tmp_path, quiet=True).equals(df)   # the reasons are cached with the file hashes
 
 def test_no_images(tmp_path):
-    with pytest.raises(FastpipesError, match='holds no images to audit'): audit(tmp_path, quiet=True)
-    with pytest.raises(FastpipesError, match='does not exist'): audit(tmp_path/'nope', quiet=True)
+    with pytest.raises(FastpipesError, match='holds no images to audit'): audit_images(tmp_path, quiet=True)
+    with pytest.raises(FastpipesError, match='does not exist'): audit_images(tmp_path/'nope', quiet=True)
     (tmp_path/'f.jpg').write_bytes(b'x')
-    with pytest.raises(FastpipesError, match='is a file'): audit(tmp_path/'f.jpg', quiet=True)
+    with pytest.raises(FastpipesError, match='is a file'): audit_images(tmp_path/'f.jpg', quiet=True)
 
 def test_inject_problems_needs_two_classes(tmp_path):
     with pytest.raises(FastpipesError, match='two or more class folders'): inject_problems(small(tmp_path, {'circle': 3}))
