@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_audit.ipynb #63ebaa13
 from __future__ import annotations
-import copy, functools, hashlib, io, math, os, shutil, time, warnings
+import copy, functools, hashlib, html, io, math, os, shutil, time, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,11 +18,11 @@ from .clean import decode_image, to_rgb, _groups
 from .arch import arch_name, arch_stats, embedder
 
 # %% auto #0
-__all__ = ['AUDIT', 'CACHE', 'ISSUES', 'QUALITY', 'COLUMNS', 'THUMB', 'OFFTOPIC_KINDS', 'MIN_OFFTOPIC', 'embed_images',
-           'cache_file', 'out_of_sample_probs', 'confident_learning', 'offtopic_scores', 'copy_candidates',
-           'copy_scores', 'copy_pairs', 'quality_flags', 'transformed_copy', 'offtopic_image', 'inject_problems',
-           'audit_images', 'audit_counts', 'audit_summary', 'read_audit', 'audit_order', 'reject_flagged',
-           'restore_flagged', 'dataset_card', 'card_markdown']
+__all__ = ['AUDIT', 'CACHE', 'ISSUES', 'QUALITY', 'COLUMNS', 'THUMB', 'OFFTOPIC_KINDS', 'MIN_OFFTOPIC', 'FLAGGED', 'CARD_ROWS',
+           'embed_images', 'cache_file', 'out_of_sample_probs', 'confident_learning', 'offtopic_scores',
+           'copy_candidates', 'copy_scores', 'copy_pairs', 'quality_flags', 'transformed_copy', 'offtopic_image',
+           'inject_problems', 'audit_images', 'audit_counts', 'audit_summary', 'read_audit', 'audit_order',
+           'audit_ranks', 'audit_flagged', 'reject_flagged', 'restore_flagged', 'dataset_card', 'card_markdown']
 
 # %% ../nbs/02b_audit.ipynb #01a5a586
 AUDIT = 'audit.csv'          # the audit's table, in the dataset folder
@@ -727,6 +727,22 @@ def audit_order(df:pd.DataFrame, # an audit table (`audit_images` or `read_audit
     pri = df.issue.map({x: k for k, x in enumerate(ISSUES)}).fillna(len(ISSUES))
     return df.assign(_p=pri, _s=-df.score.fillna(0)).sort_values(['_p', '_s', 'file']).drop(columns=['_p', '_s'])
 
+def audit_ranks(df, # an audit table, or a dataset folder holding `audit.csv`
+               )->dict:
+    "`{file: score}`, highest first in `audit_order`'s order: the `order` a `Review` takes."
+    o = audit_order(df if isinstance(df, pd.DataFrame) else read_audit(df))
+    return {f: float(len(o) - k) for k, f in enumerate(o.file)}
+
+FLAGGED = ('file', 'label', 'split', 'issue', 'score', 'suggested', 'copy_of')   # what a table of flagged images shows
+
+def audit_flagged(df, # an audit table, or a dataset folder holding `audit.csv`
+                  n:int|None=None, # the most rows (None: all)
+                 )->pd.DataFrame:
+    "The flagged images still in place, most important first (`audit_order`), with the columns `FLAGGED`."
+    o = audit_order(df if isinstance(df, pd.DataFrame) else read_audit(df))
+    o = o.loc[o.issue != '', list(FLAGGED)].assign(score=lambda t: t.score.round(3))
+    return (o if n is None else o.head(n)).reset_index(drop=True)
+
 # %% ../nbs/02b_audit.ipynb #1082fbd9
 def _move(src:Path, dst:Path):
     "Move the file `src` to `dst` (which does not exist), creating its folder."
@@ -822,24 +838,36 @@ def dataset_card(path:Path, # a dataset folder made by fastpipes (or any folder 
                          if rows else None,
                 audit=audit_counts(path) if (path/AUDIT).is_file() else None)
 
+CARD_ROWS = 30   # the most classes a card lists by name and counts
+
+_MD = str.maketrans({c: '\\' + c for c in '\\`*_[]|~#'})
+
+def _md(x)->str:
+    "`x` as literal Markdown text on one line: HTML escaped, Markdown's marks backslashed."
+    return html.escape(' '.join(str(x).split())).translate(_MD)
+
 def card_markdown(card:dict, # `dataset_card`'s answer
                  )->str:
-    "The dataset card `card` as Markdown, for the report and an exported Space's README."
-    md = [f"## Dataset: {card['name']}", '',
-          f"{card['images']} images in {len(card['classes'])} classes ({', '.join(card['classes'])})" +
-          (f", splits {', '.join(card['splits'])}" if card['splits'] != ['all'] else '') + '.' +
+    "The dataset card `card` as Markdown (every name and query literal text), for an exported Space's README."
+    cl, more = card['classes'][:CARD_ROWS], max(len(card['classes']) - CARD_ROWS, 0)
+    md = [f"## Dataset: {_md(card['name'])}", '',
+          f"{card['images']} images in {len(card['classes'])} classes ({', '.join(map(_md, cl))}" +
+          (f", and {more} more" if more else '') + ')' +
+          (f", splits {', '.join(map(_md, card['splits']))}" if card['splits'] != ['all'] else '') + '.' +
           (f" Files dated {card['dates']['first']} to {card['dates']['last']}." if card['dates'] else '') +
           (f" Median size {card['median_size'][0]}×{card['median_size'][1]} pixels." if card['median_size'] else '')]
     if card['counts']:
-        cols = list(next(iter(card['counts'].values())))
-        md += ['', '| class | ' + ' | '.join(cols) + ' |', '|---|' + '---:|'*len(cols)]
-        md += [f"| {c} | " + ' | '.join(str(n[k]) for k in cols) + ' |' for c, n in card['counts'].items()]
-    join = lambda xs: ', '.join(f'{n} {x}' for x, n in xs)
+        cols, rows = list(next(iter(card['counts'].values()))), list(card['counts'].items())
+        rows = rows[:CARD_ROWS] + ([rows[-1]] if len(rows) > CARD_ROWS else [])   # the totals stay
+        md += ['', '| class | ' + ' | '.join(map(_md, cols)) + ' |', '|---|' + '---:|'*len(cols)]
+        md += [f"| {_md(c)} | " + ' | '.join(str(n[k]) for k in cols) + ' |' for c, n in rows]
+    join = lambda xs: ', '.join(f'{n} {_md(x)}' for x, n in xs)
     if qs := card['queries']:
-        md += ['', '**Queries**: ' + '; '.join(f"{l}: " + ', '.join(f'"{q}"' for q in v) for l, v in qs.items()) + '.']
+        md += ['', '**Queries**: ' + '; '.join(f"{_md(l)}: " + ', '.join(f'"{_md(q)}"' for q in v)
+                                              for l, v in list(qs.items())[:CARD_ROWS]) + '.']
     if card['hosts']['n']:
         md += ['', f"**Sources**: {card['hosts']['n']} hosts; most images from " +
-               ', '.join(f'{h} ({n})' for h, n in card['hosts']['top'][:5]) + '.']
+               ', '.join(f'{_md(h)} ({n})' for h, n in card['hosts']['top'][:5]) + '.']
     if m := card['manifest']:
         md += ['', f"**Collection and cleaning**: {m['rows']} files or URLs: " + join(m['status'].items()) +
                ('; reasons: ' + join(list(m['reasons'].items())[:12]) if m['reasons'] else '') + '.']

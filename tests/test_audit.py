@@ -254,6 +254,20 @@ def test_summary_and_card(data):
     (data/AUDIT).unlink(); write_manifest(data, [])
     assert dataset_card(data)['audit'] is None and '**Audit**' not in card_markdown(dataset_card(data))
 
+def test_card_names_are_text_and_bounded(tmp_path):
+    "Labels, queries and hosts come from the web: the card shows them as text; many classes stay a bounded table."
+    from PIL import Image
+    labels = ['a|b', '*c*', '<img src=x>', '[l](e)'] + [f'k{i:02d}' for i in range(40)]
+    for l in labels: (tmp_path/l).mkdir(); Image.new('RGB', (8, 8)).save(tmp_path/l/'0.png')
+    write_manifest(tmp_path, [new_row(url=f'https://h{i}.example/{i}', query=f'# {l}', label=l, status='ok',
+                                      file=f'{l}/0.png') for i, l in enumerate(labels)])
+    card = dataset_card(tmp_path); md = card_markdown(card)
+    assert len(card['classes']) == 44 and 'and 14 more' in md
+    assert '<img' not in md and '[l](' not in md and '| a|b' not in md and '\n# ' not in md
+    assert '&lt;img src=x&gt;' in md and 'a\\|b' in md and '\\*c\\*' in md
+    table = [l for l in md.splitlines() if l.startswith('| ')]
+    assert len(table) == 1 + 30 + 1 and table[-1].startswith('| total |')   # header, 30 classes, totals
+
 # ---- bad input: a sentence or a recorded reason, never a crash
 
 def small(d:Path, n:dict)->Path:
