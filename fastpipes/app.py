@@ -20,7 +20,9 @@ _ALL = '(all)'
 
 def _sel(v): return None if v in (None, '', _ALL) else v
 
-def _caption(review, it)->str: return f"{it.label} → {it.pred} ({it.prob:.2f}) · loss {it.loss:.2f} · {review.mark_of(it)}"
+def _caption(review, it)->str:
+    flag = f" · {it.issue}" + (f" → {it.suggested}" if it.suggested else '') if it.issue else ''
+    return f"{it.label} → {it.pred} ({it.prob:.2f}) · loss {it.loss:.2f}{flag} · {review.mark_of(it)}"
 
 def _counts(review, c, s)->str:
     read, total = review.progress(_sel(c), _sel(s))
@@ -78,7 +80,9 @@ def review_ui(review:Review, # the review to show
         cls = gr.Dropdown([_ALL, *review.classes], value=_ALL, label='Class', elem_id='fp-rv-class')
         split = gr.Dropdown([_ALL, *review.splits], value=split0, label='Split', elem_id='fp-rv-split')
         num = gr.Number(value=1, precision=0, minimum=1, label='Page', elem_id='fp-rv-page')
-    gal = gr.Gallery([], label='Highest loss first', columns=6, allow_preview=False, object_fit='contain', elem_id='fp-rv-gallery')
+    first = ('Highest loss first' if review.order is None else 'Audit order: flagged first' if review.audit
+             else 'In the given order')
+    gal = gr.Gallery([], label=first, columns=6, allow_preview=False, object_fit='contain', elem_id='fp-rv-gallery')
     keys = gr.State([])   # the keys of the images shown, in the gallery's order
     with gr.Row():
         key = gr.Textbox(label='Selected image', interactive=False, elem_id='fp-rv-key')

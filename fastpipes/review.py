@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_review.ipynb #979756d1
 from __future__ import annotations
-import io, json, math, os, shutil, threading
+import io, json, math, os, shutil, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,6 +14,7 @@ from .data import scan_images
 from .inference import cam_overlay, fit_image, load_image
 from .train import load_classifier, model_dir
 from .cam import cam_maps
+from .audit import AUDIT, audit_ranks, read_audit
 
 # %% auto #0
 __all__ = ['ACTIONS', 'REASON', 'load_run', 'ReviewItem', 'Review', 'review_widget']
@@ -43,6 +44,8 @@ class ReviewItem:
     loss:float # cross-entropy loss against `label` (inf for a class the model does not know)
     probs:dict # probability of every class
     cams:np.ndarray # class activation maps (n_classes, h, w)
+    issue:str = ''     # what the dataset's audit flagged ('mislabeled', 'off-topic', 'copy', ...), if anything
+    suggested:str = '' # the label the audit suggests, if any
 
 def _decode(fn:Path):
     "The RGB image in `fn`, or `(None, reason)` when it cannot be read or decoded (`inference.load_image`, with its pixel cap)."
@@ -66,6 +69,13 @@ def _scorer(order):
     if not hasattr(order, 'get'): raise FastpipesError(f"`order` must be a mapping {{key: score}} or a function of the key, not {type(order).__name__}.")
     return lambda k: order.get(k, -math.inf)
 
+def _audit(path:Path)->pd.DataFrame|None:
+    "The audit table of the dataset folder `path` (`read_audit`), None when it has none; an unreadable one is said."
+    if not (path/AUDIT).is_file(): return None
+    try: return read_audit(path)
+    except FastpipesError as e:
+        warnings.warn(f"The review orders by loss: {str(e).rstrip('.')}."); return None
+
 def _num(v)->float:
     try: v = float(v)
     except (TypeError, ValueError): return -math.inf
@@ -81,12 +91,16 @@ class Review:
                  quiet:bool=True, # no progress bar
                  order=None, # None: highest loss first; or a score per image, highest first: `{key: score}` or `key -> score`
                  learn=None, # the run's model, if already loaded (`load_run(run)`)
+                 audit:bool=True, # use the dataset's `audit.csv` if it has one: its order (when `order` is None), issues
                 ):
         self.run, self.learn = RunFolder(run), learn if learn is not None else load_run(run, bs=bs)
         self.spec, self.path, self.bs, self.quiet = self.learn.spec, _data_folder(run, path), bs, quiet
         self.vocab = [str(v) for v in self.learn.dls.vocab]
         df = scan_images(self.path, valid)
         self.classes = sorted(set(self.vocab) | set(df.label.astype(str)))
+        a = _audit(self.path) if audit else None
+        self.audit = {} if a is None else {f: (i, g if i else '') for f, i, g in zip(a.file, a.issue, a.suggested)}
+        if order is None and a is not None: order = audit_ranks(a)
         self.order, self._rank = order, _scorer(order)
         self.marks, self.history, self._skipped, self._items = {}, [], {}, {}
         self._todo = {Path(f).relative_to(self.path).as_posix(): (str(l), str(s)) for f,l,s in zip(df.file, df.label, df.split)}
@@ -123,7 +137,8 @@ class Review:
     def _item(self, key, label, split, cams, p)->ReviewItem:
         k = int(p.argmax())
         loss = -float(np.log(max(float(p[self.vocab.index(label)]), 1e-12))) if label in self.vocab else float('inf')
-        return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, dict(zip(self.vocab, map(float, p))), cams)
+        return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, dict(zip(self.vocab, map(float, p))), cams,
+                          *self.audit.get(key, ('', '')))
 
     def __len__(self): self.score(); return len(self._items)
     def __repr__(self):
@@ -402,8 +417,11 @@ def _choices(review, it)->list:
 def _caption(review, it)->str:
     import html
     ok = 'green' if it.pred == it.label else 'crimson'
+    flag = f"<br><span style='color:crimson'>{html.escape(it.issue)}" + (
+        f" → {html.escape(it.suggested)}" if it.suggested else '') + "</span>" if it.issue else ''
     return (f"<div style='font-size:12px;line-height:1.2'><b>{html.escape(it.label)}</b> → "
-            f"<span style='color:{ok}'>{html.escape(it.pred)}</span> ({it.prob:.2f})<br>loss {it.loss:.2f} · {html.escape(it.split)}</div>")
+            f"<span style='color:{ok}'>{html.escape(it.pred)}</span> ({it.prob:.2f})<br>loss {it.loss:.2f} · "
+            f"{html.escape(it.split)}{flag}</div>")
 
 def review_widget(review:Review, # the review to show
                   per_page:int=12, # tiles per page
