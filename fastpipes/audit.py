@@ -22,7 +22,8 @@ __all__ = ['AUDIT', 'CACHE', 'ISSUES', 'QUALITY', 'COLUMNS', 'THUMB', 'OFFTOPIC_
            'embed_images', 'cache_file', 'out_of_sample_probs', 'confident_learning', 'offtopic_scores',
            'copy_candidates', 'copy_scores', 'copy_pairs', 'quality_flags', 'transformed_copy', 'offtopic_image',
            'inject_problems', 'audit_images', 'audit_counts', 'audit_summary', 'read_audit', 'audit_order',
-           'audit_ranks', 'audit_flagged', 'reject_flagged', 'restore_flagged', 'dataset_card', 'card_markdown']
+           'audit_ranks', 'audit_flagged', 'reject_flagged', 'restore_flagged', 'dataset_card', 'card_lines',
+           'card_markdown']
 
 # %% ../nbs/02b_audit.ipynb #01a5a586
 AUDIT = 'audit.csv'          # the audit's table, in the dataset folder
@@ -846,33 +847,41 @@ def _md(x)->str:
     "`x` as literal Markdown text on one line: HTML escaped, Markdown's marks backslashed."
     return html.escape(' '.join(str(x).split())).translate(_MD)
 
+def card_lines(card:dict, # `dataset_card`'s answer
+              )->list[tuple[str, str]]:
+    "The card `card` as plain sentences `(heading, text)`: the images ('' heading), queries, sources, cleaning, audit."
+    cl, more, join = card['classes'][:CARD_ROWS], max(len(card['classes']) - CARD_ROWS, 0), lambda xs: ', '.join(
+        f'{n} {x}' for x, n in xs)
+    out = [('', f"{card['images']} images in {len(card['classes'])} classes ({', '.join(cl)}" +
+            (f", and {more} more" if more else '') + ')' +
+            (f", splits {', '.join(card['splits'])}" if card['splits'] != ['all'] else '') + '.' +
+            (f" Files dated {card['dates']['first']} to {card['dates']['last']}." if card['dates'] else '') +
+            (f" Median size {card['median_size'][0]}×{card['median_size'][1]} pixels." if card['median_size']
+             else ''))]
+    if qs := card['queries']:
+        out.append(('Queries', '; '.join(f"{l}: " + ', '.join(f'"{q}"' for q in v)
+                                        for l, v in list(qs.items())[:CARD_ROWS]) + '.'))
+    if card['hosts']['n']:
+        out.append(('Sources', f"{card['hosts']['n']} hosts; most images from " +
+                    ', '.join(f'{h} ({n})' for h, n in card['hosts']['top'][:5]) + '.'))
+    if m := card['manifest']:
+        out.append(('Collection and cleaning', f"{m['rows']} files or URLs: " + join(m['status'].items()) +
+                    ('; reasons: ' + join(list(m['reasons'].items())[:12]) if m['reasons'] else '') + '.'))
+    if a := card['audit']:
+        found = ', '.join(f"{v['n']} {x} ({v['rate']:.1%})" for x, v in a['issues'].items() if v['n'])
+        out.append(('Audit', f"{a['checked']} images checked; " + (found or 'nothing flagged') +
+                    ('; quality warnings (kept): ' + join(a['quality'].items()) if a['quality'] else '') + '.'))
+    return out
+
 def card_markdown(card:dict, # `dataset_card`'s answer
                  )->str:
     "The dataset card `card` as Markdown (every name and query literal text), for an exported Space's README."
-    cl, more = card['classes'][:CARD_ROWS], max(len(card['classes']) - CARD_ROWS, 0)
-    md = [f"## Dataset: {_md(card['name'])}", '',
-          f"{card['images']} images in {len(card['classes'])} classes ({', '.join(map(_md, cl))}" +
-          (f", and {more} more" if more else '') + ')' +
-          (f", splits {', '.join(map(_md, card['splits']))}" if card['splits'] != ['all'] else '') + '.' +
-          (f" Files dated {card['dates']['first']} to {card['dates']['last']}." if card['dates'] else '') +
-          (f" Median size {card['median_size'][0]}×{card['median_size'][1]} pixels." if card['median_size'] else '')]
+    (_, first), *rest = card_lines(card)
+    md = [f"## Dataset: {_md(card['name'])}", '', _md(first)]
     if card['counts']:
         cols, rows = list(next(iter(card['counts'].values()))), list(card['counts'].items())
         rows = rows[:CARD_ROWS] + ([rows[-1]] if len(rows) > CARD_ROWS else [])   # the totals stay
         md += ['', '| class | ' + ' | '.join(map(_md, cols)) + ' |', '|---|' + '---:|'*len(cols)]
         md += [f"| {_md(c)} | " + ' | '.join(str(n[k]) for k in cols) + ' |' for c, n in rows]
-    join = lambda xs: ', '.join(f'{n} {_md(x)}' for x, n in xs)
-    if qs := card['queries']:
-        md += ['', '**Queries**: ' + '; '.join(f"{_md(l)}: " + ', '.join(f'"{_md(q)}"' for q in v)
-                                              for l, v in list(qs.items())[:CARD_ROWS]) + '.']
-    if card['hosts']['n']:
-        md += ['', f"**Sources**: {card['hosts']['n']} hosts; most images from " +
-               ', '.join(f'{_md(h)} ({n})' for h, n in card['hosts']['top'][:5]) + '.']
-    if m := card['manifest']:
-        md += ['', f"**Collection and cleaning**: {m['rows']} files or URLs: " + join(m['status'].items()) +
-               ('; reasons: ' + join(list(m['reasons'].items())[:12]) if m['reasons'] else '') + '.']
-    if a := card['audit']:
-        found = ', '.join(f"{v['n']} {x} ({v['rate']:.1%})" for x, v in a['issues'].items() if v['n'])
-        md += ['', f"**Audit**: {a['checked']} images checked; " + (found or 'nothing flagged') +
-               ('; quality warnings (kept): ' + join(a['quality'].items()) if a['quality'] else '') + '.']
+    for k, t in rest: md += ['', f"**{k}**: {_md(t)}"]
     return '\n'.join(md) + '\n'
