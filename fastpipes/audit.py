@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw
-from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_lock, dataset_view, header_size,
-                            image_size, inside, new_row, pbar, read_limited, read_manifest, safe_name, write_manifest)
+from .core import (FastpipesError, MAX_BYTES, atomic_write, check_number, dataset_lock, dataset_view,
+                            header_size, image_size, inside, new_row, pbar, read_limited, read_manifest, safe_name,
+                            write_manifest)
 from .clean import decode_image, to_rgb, _groups
 from .arch import arch_name, arch_stats, embedder
 
@@ -628,6 +629,12 @@ def _tidy(df:pd.DataFrame)->pd.DataFrame:
         else: df[c] = df[c].astype(object).where(df[c].notna(), '').astype(str)
     return df.reset_index(drop=True)
 
+def _check_numbers(size, folds, offtopic, copy, bs):
+    "One sentence for a number `audit_images` cannot use."
+    check_number(size, 'size', 32, 4096, whole=True); check_number(folds, 'folds', 2, whole=True)
+    check_number(offtopic, 'offtopic', 0, open_lo=True); check_number(copy, 'copy', 0, 1)
+    check_number(bs, 'bs', 1, whole=True)
+
 def _hash(fn:Path)->str|None:
     "SHA-256 of the file `fn`, or None when it cannot be read (a link, a special file, too large, unreadable)."
     b, _ = read_limited(fn, MAX_BYTES)
@@ -644,6 +651,7 @@ def audit_images(path:Path, # dataset folder: `{train,test}/<label>/`, `<label>/
           quiet:bool=False, # no progress bar
          )->pd.DataFrame:
     "Wrong labels, off-topic images, transformed copies, poor images in `path`: a row per image, also in `audit.csv`."
+    _check_numbers(size, folds, offtopic, copy, bs)
     path = Path(path); v = dataset_view(path)
     if not v.images:
         raise FastpipesError(f"The dataset folder `{path}` holds no images to audit; "
@@ -695,7 +703,8 @@ def audit_summary(df, # an audit table, or a dataset folder holding `audit.csv`
         lines.append('Quality warnings (never rejected): ' + ', '.join(f'{n} {f}' for f, n in c['quality'].items())
                      + '.')
     if c['skipped']: lines.append('Skipped: ' + ', '.join(f'{n} {r}' for r, n in c['skipped'].items()) + '.')
-    if c['rejected']: lines.append(f"{c['rejected']} flagged images moved to rejected/ (undo: `restore_flagged`).")
+    if c['rejected']: lines.append(f"{c['rejected']} flagged images moved to rejected/ (undo: `restore_flagged`, "
+                                   "`fastpipes audit DATA --restore`).")
     return '\n'.join(lines)
 
 # %% ../nbs/02b_audit.ipynb #817e8002
@@ -816,6 +825,12 @@ def restore_flagged(path:Path, # dataset folder
 # %% ../nbs/02b_audit.ipynb #2e4d1c6a
 def _day(t:float)->str: return time.strftime('%Y-%m-%d', time.gmtime(t))
 
+def _card_audit(path:Path)->dict|None:
+    "`audit_counts` of `path` if it has an audit; `{'error': why}` when that cannot be read."
+    if not (path/AUDIT).is_file(): return None
+    try: return audit_counts(path)
+    except FastpipesError as e: return dict(error=str(e))
+
 def dataset_card(path:Path, # a dataset folder made by fastpipes (or any folder of class folders)
                 )->dict:
     "What the dataset at `path` is: classes, counts per split, queries, hosts, dates, what cleaning and audit found."
@@ -837,7 +852,7 @@ def dataset_card(path:Path, # a dataset folder made by fastpipes (or any folder 
                 median_size=[int(np.median([w for w, _ in wh])), int(np.median([h for _, h in wh]))] if wh else None,
                 manifest=dict(rows=len(rows), status=dict(st.most_common()), reasons=dict(why.most_common()))
                          if rows else None,
-                audit=audit_counts(path) if (path/AUDIT).is_file() else None)
+                audit=_card_audit(path))
 
 CARD_ROWS = 30   # the most classes a card lists by name and counts
 
@@ -867,7 +882,8 @@ def card_lines(card:dict, # `dataset_card`'s answer
     if m := card['manifest']:
         out.append(('Collection and cleaning', f"{m['rows']} files or URLs: " + join(m['status'].items()) +
                     ('; reasons: ' + join(list(m['reasons'].items())[:12]) if m['reasons'] else '') + '.'))
-    if a := card['audit']:
+    if (a := card['audit']) and 'error' in a: out.append(('Audit', a['error']))
+    elif a:
         found = ', '.join(f"{v['n']} {x} ({v['rate']:.1%})" for x, v in a['issues'].items() if v['n'])
         out.append(('Audit', f"{a['checked']} images checked; " + (found or 'nothing flagged') +
                     ('; quality warnings (kept): ' + join(a['quality'].items()) if a['quality'] else '') + '.'))
