@@ -345,6 +345,25 @@ def _rejected_section(rejected:dict, downloads=None, max_thumbs:int=12)->str:
         out += f'<h3>{_e(reason)} ({len(files)})</h3><div class="thumbs">{tiles}</div>{more}'
     return out or '<p class="sub">Nothing was rejected.</p>'
 
+def _card_section(card:dict, dataset)->str:
+    "The dataset card `card` (`fastpipes.audit.dataset_card`) as HTML, with the counts table `dataset` if given."
+    from fastpipes.audit import card_lines
+    (_, first), *rest = card_lines(card)
+    return (f'<p>{_e(first)}</p>' + (_df_table(dataset) if dataset is not None else '') +
+            ''.join(f'<p><b>{_e(k)}</b>: {_e(t)}</p>' for k, t in rest))
+
+def _audit_section(path:Path, max_thumbs:int=12)->str:
+    "What the audit of the dataset folder `path` found: its summary and the first `2*max_thumbs` flagged images."
+    from fastpipes.audit import audit_flagged, audit_summary, read_audit
+    df = read_audit(path); top = audit_flagged(df)
+    lines = ''.join(f'<p>{_e(l)}</p>' for l in audit_summary(df).splitlines())
+    cap = lambda r: f"{r.issue}" + (f" → {r.suggested}" if r.suggested else '') + f" ({r.score:.2f}) · {r.file}"
+    tiles = ''.join(f'<figure><img src="{thumb_uri(path/r.file, label=r.issue)}" alt="{_e(r.file)}">'
+                    f'<figcaption>{_e(cap(r))}</figcaption></figure>' for r in top.head(2*max_thumbs).itertuples())
+    more = (f'<p class="sub">and {len(top) - 2*max_thumbs} more flagged: {_e(path.name)}/audit.csv has them all</p>'
+            if len(top) > 2*max_thumbs else '')
+    return lines + (f'<h3>Flagged, most important first</h3><div class="thumbs">{tiles}</div>{more}' if tiles else '')
+
 def report_html(title:str='fastpipes run', # the page's heading
                 summary:str|None=None, # one paragraph at the top (plain text)
                 params:dict|None=None, # the run's parameters
@@ -357,14 +376,18 @@ def report_html(title:str='fastpipes run', # the page's heading
                 metrics:dict|None=None, # scalars, and dicts of scalars (per-class accuracy)
                 figures:dict|None=None, # `{title: Figure | PIL image | image file}`: confusion matrix, top losses, CAMs
                 max_thumbs:int=12, # thumbnails shown per rejection reason
+                card:dict|None=None, # the dataset card (`fastpipes.audit.dataset_card`): the dataset section states it
+                audit:Path|None=None, # a dataset folder with an `audit.csv`: the Audit section, what it flagged
                )->str:
     "A self-contained HTML page (images embedded, inline CSS, no scripts) from the given sections."
     parts = [f'<h1>{_e(title)}</h1><p class="sub">Written by fastpipes on {time.strftime("%Y-%m-%d %H:%M:%S %Z")}.</p>']
     if summary: parts.append(f'<p class="summary">{_e(summary)}</p>')
     if metrics: parts.append(_section('Results', _metrics_section(metrics)))
-    if dataset is not None: parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' + _df_table(dataset)))
+    if card is not None: parts.append(_section('Dataset', _card_section(card, dataset)))
+    elif dataset is not None: parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' + _df_table(dataset)))
     if rejected is not None or downloads is not None:
         parts.append(_section('What cleaning rejected', _rejected_section(rejected or {}, downloads, max_thumbs)))
+    if audit is not None: parts.append(_section('Audit', _audit_section(Path(audit), max_thumbs)))
     if curve is None and history is not None and len(history): curve = curve_figure(history)
     if curve is not None or history is not None:
         body = (_figure('training curve', curve) if curve is not None else '') + (_df_table(history) if history is not None else '')
