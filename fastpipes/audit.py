@@ -698,7 +698,7 @@ def audit_summary(df, # an audit table, or a dataset folder holding `audit.csv`
     share = c['flagged']/max(c['checked'], 1)
     lines = [f"Audited {c['checked']} of {c['images']} images: " +
              (f"{c['flagged']} flagged ({share:.1%}): {found}." if found else "nothing flagged.")]
-    if c['offtopic_groups']: lines.append(f"Off-topic images in {c['offtopic_groups']} look-alike groups.")
+    if g := c['offtopic_groups']: lines.append(f"Off-topic images in {g} look-alike group{'s' if g > 1 else ''}.")
     if c['quality']:
         lines.append('Quality warnings (never rejected): ' + ', '.join(f'{n} {f}' for f, n in c['quality'].items())
                      + '.')

@@ -211,6 +211,21 @@ def test_audit_clean_restore(capsys, tmp_path):
     assert rc == 0 and all((d/f).is_file() for f in back) and not any((d/f).exists() for f in moved)
     assert {r['status'] for r in read_manifest(d) if r['file'] in back} == {'ok'}
 
+@pytest.mark.parametrize('audit', [True, False])
+def test_prepare_run_audits_unless_told_not(tmp_path, monkeypatch, audit):
+    "`run` cleans then audits the crawled data (the fast twin of test_run_offline, the crawl replaced by a copy)."
+    import shutil, fastpipes.crawl
+    from fastpipes.pipeline import prepare_run
+    src = offtopic_data(tmp_path/'src')
+    monkeypatch.setattr(fastpipes.crawl, 'crawl_images', lambda classes, path, **kw: shutil.copytree(src, path))
+    path, _ = prepare_run(['red', 'blue'], tmp_path/'run', quiet=True, audit=audit)
+    assert (path/'audit.csv').is_file() == audit
+    if audit:
+        from fastpipes.audit import read_audit
+        from fastpipes.core import dataset_view
+        df = read_audit(path)   # what cleaning kept
+        assert set(df.issue[df.file.str.contains('text')]) == {'off-topic'} and len(df) == len(dataset_view(path).images)
+
 def test_run_audit_option():
     "`run` audits unless `--no-audit`; the option is `prepare_run`'s `audit`."
     from fastpipes.cli import parser, _args
