@@ -155,7 +155,7 @@ def _model_commands(sub):
     p = _sub(sub, 'predict', "print `file<TAB>label<TAB>probability` for each file (control characters escaped)")
     _run_arg(p); p.add_argument('files', nargs='+', metavar='FILES', help="image files, or one folder")
     p.add_argument('--json', action='store_true', help="one JSON object per line instead")
-    p = _sub(sub, 'run', "crawl, clean, train, draw CAMs and report, e.g. `fastpipes run tiger lion --out runs/tl`")
+    p = _sub(sub, 'run', "crawl, clean, audit, train, draw CAMs, report, e.g. `fastpipes run tiger lion --out runs/tl`")
     _crawl_opts(p); p.add_argument('--out', required=True, type=Path, help="the run folder: data, model and report")
     _opt(p, '--max-size', 'fastpipes.pipeline:prepare_run', "presize images to this longest side", type=_count)
     _opt(p, '--audit', 'fastpipes.pipeline:prepare_run', "audit the cleaned data (the report's Audit section)", **_BOOL)

@@ -310,7 +310,7 @@ def run(classes:list|dict|None=None, # labels (each its own query), or `{label: 
         out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
         **kwargs, # `prepare_run`'s (spec, n_train, n_test, max_size, crawl_kw, quiet, audit); the rest go to `train_run`
        ):
-    "Crawl, clean, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
+    "Crawl, clean, audit, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
     prep = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(prepare_run).parameters}
     path, title = prepare_run(classes, out, **prep)
     return train_run(path, out, title=title, quiet=prep.get('quiet', False), **kwargs)
