@@ -80,8 +80,8 @@ def review_ui(review:Review, # the review to show
         cls = gr.Dropdown([_ALL, *review.classes], value=_ALL, label='Class', elem_id='fp-rv-class')
         split = gr.Dropdown([_ALL, *review.splits], value=split0, label='Split', elem_id='fp-rv-split')
         num = gr.Number(value=1, precision=0, minimum=1, label='Page', elem_id='fp-rv-page')
-    first = ('Highest loss first' if review.order is None else 'Audit order: flagged first' if review.audit
-             else 'In the given order')
+    first = dict(loss='Highest loss first', audit='Audit order: flagged first').get(review.ranked_by,
+                                                                                   'In the given order')
     gal = gr.Gallery([], label=first, columns=6, allow_preview=False, object_fit='contain', elem_id='fp-rv-gallery')
     keys = gr.State([])   # the keys of the images shown, in the gallery's order
     with gr.Row():

@@ -290,7 +290,7 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
                 max_size:int=400, # presize images to this longest side when cleaning
                 crawl_kw:dict|None=None, # more arguments for `crawl` (pause, allow_private, proxy, ...)
                 quiet:bool=False, # no progress bars
-                audit:bool=True, # audit the cleaned data (`audit_images`): the report's Audit section, the review's order
+                audit:bool=True, # audit the cleaned data (`audit_images`): the report's Audit section, the review order
                )->tuple[Path, str]:
     "Crawl, clean and audit the data of a run into `out/data`; `(the dataset folder, the report's title)`."
     if isinstance(classes, dict): classes, counts = {check_label(k, 'a label'): v for k,v in classes.items()}, {}
@@ -308,7 +308,7 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
 @delegates(prepare_run, keep=True)
 def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
         out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
-        **kwargs, # `prepare_run`'s (spec, n_train, n_test, max_size, crawl_kw, quiet, audit); the rest go to `train_run`
+        **kwargs, # `prepare_run`'s (spec, n_train, n_test, max_size, crawl_kw, quiet, audit), the rest `train_run`'s
        ):
     "Crawl, clean, audit, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
     prep = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(prepare_run).parameters}

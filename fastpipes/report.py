@@ -384,7 +384,9 @@ def report_html(title:str='fastpipes run', # the page's heading
     if summary: parts.append(f'<p class="summary">{_e(summary)}</p>')
     if metrics: parts.append(_section('Results', _metrics_section(metrics)))
     if card is not None: parts.append(_section('Dataset', _card_section(card, dataset)))
-    elif dataset is not None: parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' + _df_table(dataset)))
+    elif dataset is not None:
+        parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' +
+                              _df_table(dataset)))
     if rejected is not None or downloads is not None:
         parts.append(_section('What cleaning rejected', _rejected_section(rejected or {}, downloads, max_thumbs)))
     if audit is not None: parts.append(_section('Audit', _audit_section(Path(audit), max_thumbs)))

@@ -91,7 +91,7 @@ class Review:
                  quiet:bool=True, # no progress bar
                  order=None, # None: highest loss first; or a score per image, highest first: `{key: score}` or `key -> score`
                  learn=None, # the run's model, if already loaded (`load_run(run)`)
-                 audit:bool=True, # use the dataset's `audit.csv` if it has one: its order (when `order` is None), issues
+                 audit:bool=True, # use the dataset's `audit.csv` if any: its order (when `order` is None), issues
                 ):
         self.run, self.learn = RunFolder(run), learn if learn is not None else load_run(run, bs=bs)
         self.spec, self.path, self.bs, self.quiet = self.learn.spec, _data_folder(run, path), bs, quiet
@@ -100,6 +100,7 @@ class Review:
         self.classes = sorted(set(self.vocab) | set(df.label.astype(str)))
         a = _audit(self.path) if audit else None
         self.audit = {} if a is None else {f: (i, g if i else '') for f, i, g in zip(a.file, a.issue, a.suggested)}
+        self.ranked_by = 'loss' if order is None and a is None else 'order' if order is not None else 'audit'
         if order is None and a is not None: order = audit_ranks(a)
         self.order, self._rank = order, _scorer(order)
         self.marks, self.history, self._skipped, self._items = {}, [], {}, {}
@@ -137,8 +138,9 @@ class Review:
     def _item(self, key, label, split, cams, p)->ReviewItem:
         k = int(p.argmax())
         loss = -float(np.log(max(float(p[self.vocab.index(label)]), 1e-12))) if label in self.vocab else float('inf')
-        return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, dict(zip(self.vocab, map(float, p))), cams,
-                          *self.audit.get(key, ('', '')))
+        probs = dict(zip(self.vocab, map(float, p)))
+        issue, suggested = self.audit.get(key, ('', ''))
+        return ReviewItem(key, label, split, self.vocab[k], float(p[k]), loss, probs, cams, issue, suggested)
 
     def __len__(self): self.score(); return len(self._items)
     def __repr__(self):
