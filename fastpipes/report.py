@@ -355,7 +355,9 @@ def _card_section(card:dict, dataset)->str:
 def _audit_section(path:Path, max_thumbs:int=12)->str:
     "What the audit of the dataset folder `path` found: its summary and the first `2*max_thumbs` flagged images."
     from fastpipes.audit import audit_flagged, audit_summary, read_audit
-    df = read_audit(path); top = audit_flagged(df)
+    try: df = read_audit(path)
+    except FastpipesError as e: return f'<p class="sub">{_e(e)}</p>'   # the report is written all the same
+    top = audit_flagged(df)
     lines = ''.join(f'<p>{_e(l)}</p>' for l in audit_summary(df).splitlines())
     cap = lambda r: f"{r.issue}" + (f" → {r.suggested}" if r.suggested else '') + f" ({r.score:.2f}) · {r.file}"
     tiles = ''.join(f'<figure><img src="{thumb_uri(path/r.file, label=r.issue)}" alt="{_e(r.file)}">'
