@@ -49,6 +49,7 @@ def efficientnet_lite0(pretrained:bool=True, # load the ImageNet weights shipped
     if pretrained: _load_in_order(m, _lite0_weights(), 'efficientnet_lite0')
     return m
 
+# %% ../nbs/02a_arch.ipynb #1ea19588
 # fastai's registry of architectures: where the body ends, how to split it for discriminative learning rates, and
 # the input statistics the weights expect (TensorFlow's EfficientNet-Lite scales pixels to [-1, 1]).
 model_meta[efficientnet_lite0] = dict(cut=-2, split=default_split, stats=([0.5]*3, [0.5]*3))
@@ -61,6 +62,7 @@ def arch_name(arch:str|Callable)->str:
     "The name of `arch`: itself when a string, else its `__name__`."
     return arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch))
 
+# %% ../nbs/02a_arch.ipynb #078bd92a
 def resolve_arch(arch:str|Callable, # 'resnet18' ... 'resnet152', 'efficientnet_lite0', a timm name, or a constructor
                 )->Callable|str:
     "The model constructor for `arch`, or the timm name itself (as fastai's `vision_learner` takes it)."
@@ -165,6 +167,7 @@ def pretrained_body(arch:str|Callable='efficientnet_lite0', # a name (see `resol
     fn = resolve_arch(arch)
     with offline_guard(fn, pretrained): return _body(fn, pretrained=pretrained).eval()
 
+# %% ../nbs/02a_arch.ipynb #27c9ef12
 def embedder(arch:str|Callable='efficientnet_lite0', # a name (see `resolve_arch`) or a model constructor
              pretrained:bool=True, # load the ImageNet weights
             )->nn.Sequential:

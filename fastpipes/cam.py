@@ -112,7 +112,8 @@ def _items_dl(learn, items, n):
     items = list(items)
     if len(items) == 1 and isinstance(items[0], (str, Path)):
         p = Path(items[0])
-        if not p.exists(): raise FastpipesError(f"{p} does not exist: give files, a folder, a DataLoader or PIL images.")
+        if not p.exists():
+            raise FastpipesError(f"{p} does not exist: give files, a folder, a DataLoader or PIL images.")
         if p.is_dir():
             items = image_files(p)   # the dataset view's rules: no links, no hidden or output folders
             if not items: raise FastpipesError(f"No images found in folder {p}: give a folder of .jpg/.png files.")
@@ -185,6 +186,7 @@ def cam_grid(learn:Learner, # a vision learner (CAM head: exact CAM; any other h
         fig.tight_layout()
     return fig
 
+# %% ../nbs/05_cam.ipynb #14b9c91e
 @patch
 @delegates(cam_grid, but=['learn'])
 def show_cam(self:Learner, items=None, **kwargs)->Figure:
@@ -251,11 +253,13 @@ def saliency_auc(learn:Learner, # the model that is explained
     auc = _auc(_curve(learn, xb, maps, target, steps, insert=insert)[0])
     return auc.mean().item() if reduce else auc
 
+# %% ../nbs/05_cam.ipynb #f841297c
 @delegates(saliency_auc, but=['insert'])
 def deletion_auc(learn:Learner, xb, maps, **kwargs):
     "`saliency_auc` by deletion: the most salient pixels are blacked out first (lower is better)."
     return saliency_auc(learn, xb, maps, insert=False, **kwargs)
 
+# %% ../nbs/05_cam.ipynb #1e2c7edf
 @delegates(saliency_auc, but=['insert'])
 def insertion_auc(learn:Learner, xb, maps, **kwargs):
     "`saliency_auc` by insertion: the most salient pixels are put back into a blurred image first (higher is better)."
@@ -279,6 +283,7 @@ def average_drop(learn:Learner, xb, maps, target=None, reduce:bool=True):
     d = 100*F.relu(y-o)/y.clamp_min(1e-12)
     return d.mean().item() if reduce else d
 
+# %% ../nbs/05_cam.ipynb #440c7413
 def increase_in_confidence(learn:Learner, xb, maps, target=None, reduce:bool=True):
     "Percentage of images whose class probability rises when only what their map highlights is kept."
     y, o = _explanation_probs(learn, xb, maps, target)

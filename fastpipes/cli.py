@@ -291,10 +291,11 @@ def _run(a)->int:
 def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
         )->int:
     "Run the `fastpipes` command line; return the exit status (0 ok, 1 unexpected failure, 2 user error, 130 Ctrl-C)."
-    try: a = parser().parse_args(argv)
-    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-    os.environ.setdefault('MPLBACKEND', 'Agg')
+    argv = sys.argv[1:] if argv is None else [str(o) for o in argv]
     with warnings.catch_warnings():
-        if not a.debug: _hide_foreign_warnings()
+        if '--debug' not in argv: _hide_foreign_warnings()   # `--help` imports modules to read the library's defaults
+        try: a = parser().parse_args(argv)
+        except SystemExit as e: return e.code if isinstance(e.code, int) else 2
+        os.environ.setdefault('MPLBACKEND', 'Agg')
         return _run(a)
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'fastpipes.cli': sys.exit(main())

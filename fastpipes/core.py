@@ -33,6 +33,7 @@ def range_text(whole:bool=False, lo=None, hi=None, open_lo:bool=False, open_hi:b
     if lo is not None: return f"{what} {'>' if open_lo else '>='} {lo:g}"
     return f"{what} {'<' if open_hi else '<='} {hi:g}" if hi is not None else what
 
+# %% ../nbs/00_core.ipynb #6cd1fd8c
 def check_number(v, # the value given
                  name:str, # the argument's name, for the message
                  lo:float|None=None, # the smallest value allowed
@@ -64,6 +65,7 @@ def short_hash(s:str, n:int=16)->str:
     "The first `n` hex digits of the SHA-1 of `s`: a stable id for a URL or a label."
     return hashlib.sha1(s.encode('utf-8', 'surrogatepass')).hexdigest()[:n]
 
+# %% ../nbs/00_core.ipynb #9cc5ce8d
 def safe_name(label:str, # any text: a class label or a query
               max_len:int=64, # longest name kept before hashing, in UTF-8 bytes (file systems count bytes, at most 255)
              )->str:
@@ -93,6 +95,7 @@ def no_space(e:BaseException, # what a write raised
     return FastpipesError(f"No space left on the device to write `{where}`; free some space and run again: "
                           "what was done so far is kept.")
 
+# %% ../nbs/00_core.ipynb #27480048
 @contextmanager
 def full_disk(path:Path, # the file being written, named in the message
              ):
@@ -116,6 +119,7 @@ def atomic_write(path:Path, data:bytes|str)->Path:
         if tmp.exists(): tmp.unlink()
     return path
 
+# %% ../nbs/00_core.ipynb #81691921
 def sha256_file(fn:Path, chunk:int=1<<20)->str:
     "Hex SHA-256 of the file `fn`."
     h = hashlib.sha256()
@@ -129,12 +133,14 @@ FIELDS = ('url', 'query', 'label', 'split', 'status', 'reason', 'file', 'sha256'
 
 def manifest_path(dest:Path)->Path: return Path(dest)/MANIFEST
 
+# %% ../nbs/00_core.ipynb #71ce2323
 def new_row(**kw)->dict:
     "A manifest row with every field of `FIELDS`, missing ones `None`."
     unknown = set(kw) - set(FIELDS)
     if unknown: raise TypeError(f"Unknown manifest fields: {sorted(unknown)}")
     return {k: kw.get(k) for k in FIELDS}
 
+# %% ../nbs/00_core.ipynb #69ad7d30
 def read_manifest(dest:Path)->list[dict]:
     "Rows of `dest/manifest.jsonl`, the last row per URL winning; `[]` when there is none."
     fn = manifest_path(dest)
@@ -150,10 +156,12 @@ def read_manifest(dest:Path)->list[dict]:
         rows[r.get('url') or r.get('file')] = r
     return list(rows.values())
 
+# %% ../nbs/00_core.ipynb #0c3c1e4e
 def write_manifest(dest:Path, rows:Iterable[dict])->Path:
     "Atomically replace `dest/manifest.jsonl` with `rows`."
     return atomic_write(manifest_path(dest), ''.join(json.dumps(r, ensure_ascii=False)+'\n' for r in rows))
 
+# %% ../nbs/00_core.ipynb #ebae2643
 def _drop_torn_line(fn:Path):
     "Cut a last line that a killed writer left without its newline (its URL is simply done again)."
     if not fn.exists(): return
@@ -238,6 +246,7 @@ def set_seed(seed:int|None, reproducible:bool=False):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if reproducible: torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
+# %% ../nbs/00_core.ipynb #97c5e5d9
 def pbar(it:Iterable, total:int|None=None, quiet:bool=False, comment:str='')->Iterator:
     "A fastprogress bar over `it`, or `it` itself when `quiet`."
     if quiet: return iter(it)
@@ -278,6 +287,7 @@ def text_kind(b:bytes, # the first bytes of a body or file (1 KB is enough)
     if t.startswith((b'{', b'[')): return 'json'
     return None
 
+# %% ../nbs/00_core.ipynb #9b8c8e9c
 def sniff(head:bytes, # the first bytes of a body or file (64 are enough)
          )->tuple[str|None, str|None]:
     "`(extension, None)` for an image format recognised from the first bytes `head`, else `(None, reason)`."
@@ -347,6 +357,7 @@ def entry_kind(p:Path, # any path
     if stat.S_ISDIR(st.st_mode): return 'dir'
     return 'file' if stat.S_ISREG(st.st_mode) else 'special'
 
+# %% ../nbs/00_core.ipynb #613eb1b5
 def read_limited(fn:Path, # the file to read
                  max_bytes:int=MAX_BYTES, # the most bytes read
                  prefix:bool=False, # return the first `max_bytes` of a larger file instead of refusing it
@@ -365,6 +376,7 @@ def read_limited(fn:Path, # the file to read
     finally: os.close(fd)
     return (None, 'too-large') if len(b) > max_bytes else (b, None)
 
+# %% ../nbs/00_core.ipynb #c15db56c
 def image_size(fn:Path, # an image file
                head:bytes=b'', # its first bytes, if already read
                ext:str='', # its format as `sniff` names it (the bytes decide; accepted so that callers may pass it)
@@ -451,8 +463,8 @@ def check_name(name:str, # a class label or a split name: it names one folder
     if not isinstance(name, str): raise FastpipesError(f"The {what} {name!r} must be text, not {type(name).__name__}.")
     if name.casefold() in OUTPUT_DIRS:
         own = ', '.join(sorted(OUTPUT_DIRS))
-        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({own}); choose another name, "
-                             f"e.g. {name + '_'!r}.")
+        raise FastpipesError(f"The {what} {name!r} is reserved for fastpipes' own folders ({own}); "
+                             f"choose another name, e.g. {name + '_'!r}.")
     if safe_name(name) != name:
         raise FastpipesError(f"The {what} {name[:70]!r} cannot name a folder on every OS ({_unportable(name)}); "
                              "choose another name.")
@@ -564,6 +576,7 @@ def dataset_view(path:Path, # dataset folder: `<split>/<label>/` (with `train/`)
         raise FastpipesError(f"The dataset folder `{path}` is a file, not a folder; pass the dataset folder.")
     return DatasetView(path)
 
+# %% ../nbs/00_core.ipynb #436eb309
 def image_files(d:Path, # a folder
                )->list[Path]:
     "The image files anywhere below the folder `d`, sorted, by the rules of `dataset_view` (no links, outputs, hidden)."

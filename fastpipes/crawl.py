@@ -19,8 +19,9 @@ from fastcore.basics import patch
 from fastcore.foundation import L
 from fastcore.meta import delegates
 from . import __version__
-from .core import FastpipesError, ManifestWriter, atomic_write, check_name, check_number, dataset_lock, image_size, inside
-from .core import new_row, no_space, pbar, printable, read_manifest, short_hash, sniff, write_manifest
+from .core import FastpipesError, ManifestWriter, atomic_write, check_name, check_number, dataset_lock
+from .core import image_size, inside, new_row, no_space, pbar, printable, read_manifest, short_hash
+from .core import sniff, write_manifest
 from .net import LOOPS, FetchError, Transport, check_proxy, proxy_for, run_loops, url_host
 
 # %% auto #0
@@ -241,6 +242,7 @@ async def fetch(self:_Fetcher, row:dict, lane=None)->dict:
             with contextlib.suppress(OSError): part.unlink(missing_ok=True)   # else the next run removes it
     return row
 
+# %% ../nbs/01_crawl.ipynb #4682413c
 @patch
 def why(self:_Fetcher, e:Exception, late:bool)->str:
     "The manifest's reason for the failure `e`."
@@ -250,6 +252,7 @@ def why(self:_Fetcher, e:Exception, late:bool)->str:
     if isinstance(e, OSError): return f'{type(e).__name__}: {e}'.rstrip(': ')
     return f'unexpected {type(e).__name__}: {e}'.rstrip(': ')
 
+# %% ../nbs/01_crawl.ipynb #2d38182e
 @patch
 async def get(self:_Fetcher, url:str, folder:Path, part:Path, lane=None)->dict:
     "Follow `url` to its image and save it; the row's fields."
@@ -278,6 +281,7 @@ async def follow(self:_Fetcher, url:str, lane=None, polite:bool=True, accept:byt
             url = urljoin(url, loc.strip())
     raise FetchError(f'more than {self.o.max_redirects} redirects')
 
+# %% ../nbs/01_crawl.ipynb #89577bf0
 @patch
 def opt_out(self:_Fetcher, resp):
     "Raise `_Skip` if `resp` says `X-Robots-Tag: noai` or `noimageai` to fastpipes (unless `ignore_opt_out`)."
@@ -298,6 +302,7 @@ async def allowed(self:_Fetcher, url:str):
     except FetchError as e: raise FetchError(str(e)) from None   # a fresh exception per URL: they share the answer
     if not rules.can_fetch(_AGENT, url): raise _Skip(_ROBOTS)
 
+# %% ../nbs/01_crawl.ipynb #c1fcd582
 @patch
 async def load_robots(self:_Fetcher, origin:str, fut:Future):
     "Fetch the robots.txt of `origin` and settle `fut` with its rules, or with why it cannot be reached."
@@ -308,6 +313,7 @@ async def load_robots(self:_Fetcher, origin:str, fut:Future):
     except BaseException: fut.set_exception(FetchError('robots.txt unreachable: the run stopped')); raise
     else: fut.set_result(rules)
 
+# %% ../nbs/01_crawl.ipynb #04923572
 @patch
 async def robots_txt(self:_Fetcher, url:str)->RobotFileParser:
     "The rules of the robots.txt at `url`: its own when found, none for a 4xx (all allowed), else a `FetchError`."
@@ -446,7 +452,7 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
                     wait:float=0, # seconds to wait for another run on `path` to finish, before saying it is in use
                     quiet:bool=False, # no progress bar
                    )->DownloadSummary:
-    "Download `urls` into `path` in parallel, safely and politely, one manifest row per URL; this run's rows, summed up."
+    "Download `urls` into `path` in parallel, safely and politely, a manifest row per URL; this run's rows, summed up."
     o, rows = _Options.of(locals()), _items(urls)
     check_number(wait, 'wait', lo=0)
     path = Path(path)
@@ -459,11 +465,13 @@ def download_images(urls:Iterable[str|dict]|str, # URLs, or dicts with url and o
         write_manifest(path, read_manifest(path))
     return DownloadSummary([out[r['url']] for r in rows], path=path)
 
+# %% ../nbs/01_crawl.ipynb #8177e246
 def _short(s:str, n:int=70)->str: return s if len(s) <= n else s[:n-1] + '…'
 
 class DownloadSummary(L):
     "What `download_images` (or `crawl_images`) did: its manifest rows, one per URL, and a one-line `str`."
-    def __init__(self, rows=None, *args, path:Path|None=None, **kwargs): super().__init__(rows, *args, **kwargs); self.path = path
+    def __init__(self, rows=None, *args, path:Path|None=None, **kwargs):
+        super().__init__(rows, *args, **kwargs); self.path = path
     @property
     def counts(self)->dict: "URLs per status." ; return dict(Counter(r['status'] for r in self))
     @property
@@ -557,11 +565,12 @@ def _check_crawl(n_train, n_test, pause, seed, search, kwargs:dict):
     sig = inspect.signature(download_images)
     bad = [k for k in kwargs if k in ('urls', 'path') or k not in sig.parameters]
     if bad:
-        raise FastpipesError(f"`crawl_images` got an unknown option {bad[0]!r}; `download_images` lists the ones it takes.")
+        raise FastpipesError(f"`crawl_images` got an unknown option {bad[0]!r}; "
+                             "`download_images` lists the ones it takes.")
     _Options.of(kwargs); check_number(kwargs.get('wait', 0), 'wait', lo=0)
 
 @delegates(download_images, but=['urls', 'path'])
-def crawl_images(classes:dict|list, # label → queries: a string, a list or {'train': [...], 'test': [...]}; or a list of labels
+def crawl_images(classes:dict|list, # label → queries: str, list or {'train': [...], 'test': [...]}; or a label list
           path:Path, # dataset folder: path/train/<label>/, path/test/<label>/ and the manifest
           n_train:int=200, # training URLs to try per class
           n_test:int=0, # test URLs to try per class (from its test queries, else a random part of its train results)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_distrib.ipynb #dcd834c6
 from __future__ import annotations
-import hashlib, io, json, os, pickle, random, shutil, sys, tempfile, threading, time, traceback
+import hashlib, io, json, os, pickle, random, shutil, signal, sys, tempfile, threading, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -30,21 +30,25 @@ def rank()->int:
     "This process's rank in a data-parallel run (0 when there is none)."
     return rank_distrib()
 
+# %% ../nbs/03a_distrib.ipynb #e9dd2273
 def world_size()->int:
     "How many processes train together (1 when not distributed)."
     return max(1, num_distrib())
 
+# %% ../nbs/03a_distrib.ipynb #f934bc94
 def rank0()->bool:
     "Whether this process is the one that writes files (rank 0, or the only process)."
     return rank() == 0
 
+# %% ../nbs/03a_distrib.ipynb #74eca125
 def barrier():
     "Wait for every process of the run (nothing to wait for on one process)."
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
+# %% ../nbs/03a_distrib.ipynb #ede31727
 @contextmanager
 def single_process():
-    "Inside, fastai works as on one process (no gathering across ranks): for rank 0's evaluation and report after data-parallel training."
+    "Inside, fastai works as on one process (no gathering across ranks): rank 0's evaluation and report after training."
     old = os.environ.get('WORLD_SIZE')
     os.environ['WORLD_SIZE'] = '1'
     try: yield
@@ -63,16 +67,21 @@ class CPUMixedPrecision(MixedPrecision):
     "fastai's `MixedPrecision` autocasting to bfloat16 on the CPU (no gradient scaler: bfloat16 has float32's range)."
     def __init__(self): super().__init__(amp_mode='bf16')
     def before_fit(self):
-        self.autocast,self.learn.scaler,self.scales = autocast('cpu', dtype=torch.bfloat16),GradScaler('cpu', enabled=False),[]
+        self.autocast = autocast('cpu', dtype=torch.bfloat16)
+        self.learn.scaler,self.scales = GradScaler('cpu', enabled=False),[]
 
+# %% ../nbs/03a_distrib.ipynb #b7e84d5e
 def _check_precision(precision, dev:torch.device):
-    if precision not in PRECISIONS: raise FastpipesError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision not in PRECISIONS:
+        raise FastpipesError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == 'fp16' and dev.type != 'cuda':
-        raise FastpipesError(f"fp16 mixed precision needs a CUDA GPU and this run trains on the {dev.type.upper()}; use precision 'bf16' or 'fp32'.")
+        raise FastpipesError(f"fp16 mixed precision needs a CUDA GPU and this run trains on the {dev.type.upper()}; "
+                             "use precision 'bf16' or 'fp32'.")
     if precision == 'bf16' and dev.type == 'cuda' and not torch.cuda.is_bf16_supported():
         raise FastpipesError("This GPU has no bfloat16 support; use precision 'fp16' or 'fp32'.")
     if precision == 'bf16' and dev.type not in ('cuda', 'cpu'):
-        raise FastpipesError(f"bf16 mixed precision runs on CUDA GPUs and CPUs, not on {dev.type}; use precision 'fp32'.")
+        raise FastpipesError(f"bf16 mixed precision runs on CUDA GPUs and CPUs, not on {dev.type}; "
+                             "use precision 'fp32'.")
 
 def set_precision(learn:Learner, # the Learner to train
                   precision:str='fp32', # 'fp32', 'fp16' (CUDA) or 'bf16' (CUDA with bfloat16, or the CPU)
@@ -82,9 +91,11 @@ def set_precision(learn:Learner, # the Learner to train
     _check_precision(precision, dev)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, MixedPrecision)])
     if precision == 'fp16': learn.to_fp16()
-    elif precision == 'bf16': learn.add_cb(CPUMixedPrecision() if dev.type == 'cpu' else MixedPrecision(amp_mode='bf16'))
+    elif precision == 'bf16':
+        learn.add_cb(CPUMixedPrecision() if dev.type == 'cpu' else MixedPrecision(amp_mode='bf16'))
     return learn
 
+# %% ../nbs/03a_distrib.ipynb #3f0de108
 def precision_of(learn:Learner)->str:
     "The precision `learn` trains in: 'fp32', 'fp16' or 'bf16'."
     cb = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)
@@ -98,6 +109,7 @@ def checkpoint_path(run:Path, # the run folder (`RUN/model`, `RUN/report.html`, 
     "Where a run folder keeps the checkpoint of its last finished epoch."
     return Path(run)/'checkpoints'/'last.pth'
 
+# %% ../nbs/03a_distrib.ipynb #796684e7
 def _sha(strs)->str:
     h = hashlib.sha1()
     for s in strs: h.update(s.encode('utf-8', 'surrogatepass')); h.update(b'\n')
@@ -113,14 +125,21 @@ def _item_strs(items, root:str)->list[str]:
 
 def _unwrap(model): return getattr(model, 'module', model)  # DistributedDataParallel holds the model in `.module`
 
+def _sizes(dls)->list[str]:
+    "What the training DataLoader's transforms resize to (`Resize`, `RandomResizedCrop`...): the model's input size."
+    dl = dls.loaders[0] if hasattr(dls, 'loaders') else dls
+    tfms = [*getattr(getattr(dl, 'after_item', None), 'fs', []), *getattr(getattr(dl, 'after_batch', None), 'fs', [])]
+    size = lambda s: tuple(int(v) for v in s) if isinstance(s, (tuple, list)) else s
+    return [f'{type(t).__name__}:{size(t.size)}' for t in tfms if getattr(t, 'size', None) is not None]
+
 def fingerprint(learn:Learner)->dict:
-    "What identifies `learn`'s training: hashes of its architecture (module types, tensor names and shapes) and of its data (training and validation items), and its classes."
+    "What identifies `learn`'s training: hashes of its architecture and data, its classes and its input size."
     m = _unwrap(learn.model)
     arch = _sha([type(o).__name__ for o in m.modules()] + [f'{k}:{tuple(v.shape)}' for k,v in m.state_dict().items()])
     root = str(getattr(learn.dls, 'path', None) or '.')
     data = [_item_strs(getattr(dl.dataset, 'items', None), root) for dl in learn.dls.loaders[:2]]
     vocab = [str(v) for v in getattr(learn.dls, 'vocab', None) or []]
-    return dict(arch=arch, data=_sha(['train', *data[0], 'valid', *data[1]]), vocab=vocab)
+    return dict(arch=arch, data=_sha(['train', *data[0], 'valid', *data[1]]), vocab=vocab, size=_sizes(learn.dls))
 
 # %% ../nbs/03a_distrib.ipynb #4df390de
 def _plain(o):
@@ -138,7 +157,7 @@ def _history(learn)->list:
     return rows if isinstance(rows, list) else []
 
 def _restore_history(learn, rows:list):
-    "Put `rows` into the history callback's own list (`learn.train_history` is the callback until its first fit, then its list)."
+    "Put `rows` in the history callback's list (`learn.train_history`: the callback until its first fit, then a list)."
     if not rows: return
     cur = getattr(learn, 'train_history', None)
     own = getattr(cur, 'rows', cur)
@@ -163,6 +182,7 @@ def save_checkpoint(learn:Learner, fn:Path, # the checkpoint file
     torch.save(_state(learn, done, params, fingerprint(learn)), buf)
     return atomic_write(fn, buf.getvalue())
 
+# %% ../nbs/03a_distrib.ipynb #d5e68862
 def read_checkpoint(fn:Path)->dict:
     "The checked content of the checkpoint `fn`; the weights-only unpickler runs no code from it."
     fn = Path(fn)
@@ -170,28 +190,65 @@ def read_checkpoint(fn:Path)->dict:
     # Whatever the bytes, the weights-only unpickler runs no code; a foreign or corrupt file raises one of many types.
     try: ck = torch.load(fn, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint that can be loaded safely ({type(e).__name__}); delete it and train afresh.") from None
+        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint that can be loaded safely ({type(e).__name__}); "
+                             "delete it and train afresh.") from None
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT or not isinstance(ck.get('model'), dict):
-        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint (format {CHECKPOINT_FORMAT!r}); delete it and train afresh.")
+        raise FastpipesError(f"`{fn}` is not a fastpipes checkpoint (format {CHECKPOINT_FORMAT!r}); "
+                             "delete it and train afresh.")
+    if (why := _malformed(ck)):
+        raise FastpipesError(f"The checkpoint `{fn}` is damaged ({why}); delete it and train afresh.")
     return ck
 
+def _rows(s)->list|None:
+    "The history rows in the JSON text `s`, or None when it is not a list of rows."
+    try: rows = json.loads(s) if isinstance(s, str) else None
+    except ValueError: return None
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else None
+
+def _malformed(ck:dict)->str|None:
+    "What is wrong with the parts of a checkpoint that a resume reads, or None."
+    done = ck.get('done')
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        return f"its count of finished epochs is {done!r}"
+    if not all(isinstance(ck.get(k), dict) for k in ('params', 'fingerprint')): return "its settings are missing"
+    if not all(isinstance(v, torch.Tensor) for v in ck['model'].values()): return "its weights are not all tensors"
+    if _rows(ck.get('history', '[]')) is None: return "its history is not a list of epochs"
+    return None
+
 # %% ../nbs/03a_distrib.ipynb #3312cdda
-_WHAT = dict(arch="another architecture", vocab="other classes", data="another dataset (other training or validation images)")
+_WHAT = dict(arch="another architecture", vocab="other classes",
+             data="another dataset (other training or validation images)", size="another input size")
+
+def _check_tensors(ck:dict, learn:Learner, fn):
+    "One sentence unless the checkpoint's weights have the names and shapes of `learn`'s model."
+    want = {k: tuple(v.shape) for k,v in _unwrap(learn.model).state_dict().items()}
+    got = {k: tuple(v.shape) for k,v in ck['model'].items()}
+    bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    if bad: raise FastpipesError(f"The weights in the checkpoint `{fn}` do not fit this model (`{bad[0]}` is missing, "
+                                 "extra or reshaped); train afresh without resuming.")
 
 def check_checkpoint(ck:dict, # from `read_checkpoint`
                      learn:Learner, # the Learner about to resume
                      params:dict, # this call's hyper-parameters
                      fn:Path='the checkpoint', # the file, for the message
                     ):
-    "Raise a one-sentence `FastpipesError` unless `ck` was written by the same model, classes, dataset and hyper-parameters."
+    "Raise a one-sentence `FastpipesError` unless `ck` came from the same model, classes, dataset and hyper-parameters."
     fp, old = fingerprint(learn), ck.get('fingerprint') or {}
     for k,what in _WHAT.items():
+        if k == 'size' and k not in old: continue   # written before checkpoints recorded the input size
         if old.get(k) != fp[k]:
-            raise FastpipesError(f"The checkpoint `{fn}` was written for {what}; resume with the same model and data, or train afresh without resuming.")
+            raise FastpipesError(f"The checkpoint `{fn}` was written for {what}; resume with the same model and data, "
+                                 "or train afresh without resuming.")
     oldp = ck.get('params') or {}
     for k,v in params.items():
         if k in oldp and oldp[k] != v:
-            raise FastpipesError(f"The checkpoint `{fn}` was written with {k}={oldp[k]!r}, not {v!r}; resume with the same settings, or train afresh without resuming.")
+            raise FastpipesError(f"The checkpoint `{fn}` was written with {k}={oldp[k]!r}, not {v!r}; "
+                                 "resume with the same settings, or train afresh without resuming.")
+    _check_tensors(ck, learn, fn)
+    total = (params.get('epochs') or 0) + (params.get('freeze_epochs') or 0)
+    if ck.get('done', 0) > total:
+        raise FastpipesError(f"The checkpoint `{fn}` says {ck['done']} epochs are done, more than this run's {total}; "
+                             "train afresh without resuming.")
 
 # %% ../nbs/03a_distrib.ipynb #43ab5ab7
 def _epoch_seed(seed:int, done:int, rank:int=0)->int:
@@ -204,12 +261,14 @@ class Checkpointer(Callback):
         self.fn,self.seed,self.params,self.done,self.scaler = fn,seed,params,done,scaler
     def before_fit(self):
         "On the first fit after a resume, mid-phase: the gradient scaler's state."
-        if self.scaler and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(self.scaler)
+        if self.scaler and getattr(self.learn, 'scaler', None) is not None:
+            self.learn.scaler.load_state_dict(self.scaler)
         self.scaler = None
     def before_epoch(self):
         self.trained = False
         set_seed(_epoch_seed(self.seed, self.done, rank()))
-        for dl in self.dls.loaders:  # fastai's DataLoader shuffles with its own `rng`; `DistributedDL` wraps the loader in `.dl`
+        # fastai's DataLoader shuffles with its own `rng`; `DistributedDL` wraps the loader in `.dl`
+        for dl in self.dls.loaders:
             for d in (dl, getattr(dl, 'dl', None)):
                 if d is not None and hasattr(d, 'rng'): d.rng = random.Random(_epoch_seed(self.seed, self.done))
     def before_train(self): self.trained = True
@@ -337,7 +396,9 @@ def distributed(learn:Learner, # the Learner to train on every process
 def _backend(n:int)->str:
     if not torch.cuda.is_available(): return 'gloo'
     k = torch.cuda.device_count()
-    if k < n: raise FastpipesError(f"Training on {n} processes needs {n} GPUs and this machine has {k}; use at most {k} processes.")
+    if k < n:
+        raise FastpipesError(f"Training on {n} processes needs {n} GPUs and this machine has {k}; "
+                             f"use at most {k} processes.")
     return 'nccl'
 
 def _orphan_watch(parent:int):
@@ -349,6 +410,7 @@ def _orphan_watch(parent:int):
 
 def _worker(r:int, n:int, backend:str, tmp:str, threads:int, parent:int, fn, args, kwargs):
     "One process of `launch`: join the group, run `fn`, leave rank 0's result (or the error) in `tmp`."
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the launcher's own handler (below) is not the worker's
     _orphan_watch(parent)
     os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n))
     if sys.platform.startswith('linux'): os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')  # one machine: loopback only
@@ -381,13 +443,15 @@ def _stop(procs, wait:float=10.):
 
 def _failure(tmp:Path, procs):
     "The exception for the first process that failed: its `FastpipesError` sentence, or its traceback's last line."
-    fns = sorted((f for f in tmp.glob('error*.txt')), key=lambda f: f.stat().st_mtime_ns)  # the first failure, then the lost connections
+    # the first failure, then the lost connections
+    fns = sorted((f for f in tmp.glob('error*.txt')), key=lambda f: f.stat().st_mtime_ns)
     errs = {int(f.stem[5:]): f.read_text() for f in fns}
     for r,p in enumerate(procs):  # a user error explains the others' lost connections
         if p.exitcode == 2 and r in errs: return FastpipesError(errs[r])
     if any(p.exitcode == 130 for p in procs): return KeyboardInterrupt()
     codes = ', '.join(str(p.exitcode) for p in procs)
-    for r,e in errs.items(): return RuntimeError(f"Process {r} of {len(procs)} failed: {e.strip().splitlines()[-1]} (exit codes {codes})")
+    for r,e in errs.items():
+        return RuntimeError(f"Process {r} of {len(procs)} failed: {e.strip().splitlines()[-1]} (exit codes {codes})")
     bad = next(r for r,p in enumerate(procs) if p.exitcode)
     return RuntimeError(f"Process {bad} of {len(procs)} died (exit codes {codes}).")
 
@@ -396,9 +460,11 @@ def _start_method(fn, args, kwargs)->str:
     if 'fork' in mp.get_all_start_methods() and not torch.cuda.is_initialized(): return 'fork'
     try: pickle.dumps((fn, args, kwargs))
     except (pickle.PicklingError, AttributeError, TypeError):
-        why = "CUDA is already in use in this process" if torch.cuda.is_initialized() else "this system cannot fork processes"
-        raise FastpipesError(f"{why}, so the training processes start afresh and need a function and arguments that can be pickled; "
-                             "define the function in a module (or launch before anything touches the GPU).") from None
+        why = ("CUDA is already in use in this process" if torch.cuda.is_initialized()
+               else "this system cannot fork processes")
+        raise FastpipesError(f"{why}, so the training processes start afresh and need a function and arguments "
+                             "that can be pickled; define the function in a module "
+                             "(or launch before anything touches the GPU).") from None
     return 'spawn'
 
 def launch(fn:Callable, # the training function; in a process, `rank()` and `world_size()` tell which
@@ -409,22 +475,37 @@ def launch(fn:Callable, # the training function; in a process, `rank()` and `wor
            **kwargs, # passed to `fn`
           ):
     "Run `fn(*args, **kwargs)` on `n` processes that form one process group; return rank 0's result."
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise FastpipesError(f"The number of processes must be a whole number >= 1, not {n!r}.")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FastpipesError(f"The number of processes must be a whole number >= 1, not {n!r}.")
     if n == 1 or world_size() > 1: return fn(*args, **kwargs)
     backend = _backend(n)
     threads = threads or max(1, torch.get_num_threads() // n)
     ctx = mp.get_context(start_method or _start_method(fn, args, kwargs))
-    for attempt in range(2):  # a process group that failed to form (a lost loopback connection, before `fn` ran) is formed again once
-        try: return _run(ctx, fn, args, kwargs, n, backend, threads)
-        except _NotFormed:
-            if attempt: raise RuntimeError(f"The {n} processes could not form a process group ({backend}); run again.") from None
+    with _term_as_interrupt():
+        # a group that failed to form (a lost loopback connection, before `fn` ran) is formed again once
+        for attempt in range(2):
+            try: return _run(ctx, fn, args, kwargs, n, backend, threads)
+            except _NotFormed:
+                if attempt:
+                    raise RuntimeError(f"The {n} processes could not form a process group ({backend}); "
+                                       "run again.") from None
+
+@contextmanager
+def _term_as_interrupt():
+    "SIGTERM raises `KeyboardInterrupt` here, as Ctrl-C does: the processes stop and the temporary folder goes."
+    if threading.current_thread() is not threading.main_thread(): yield; return   # only the main thread handles signals
+    def stop(*_): raise KeyboardInterrupt()
+    old = signal.signal(signal.SIGTERM, stop)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 class _NotFormed(Exception): "The processes of `launch` failed before every one of them joined the group."
 
 def _run(ctx, fn, args, kwargs, n, backend, threads):
     "Start the `n` processes of `launch` once and wait for them: rank 0's result, or the first failure."
     tmp = Path(tempfile.mkdtemp(prefix='fastpipes-launch-'))
-    procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, os.getpid(), fn, args, kwargs)) for r in range(n)]
+    procs = [ctx.Process(target=_worker, args=(r, n, backend, str(tmp), threads, os.getpid(), fn, args, kwargs))
+             for r in range(n)]
     try:
         for p in procs: p.start()
         while any(p.is_alive() for p in procs):
@@ -432,7 +513,8 @@ def _run(ctx, fn, args, kwargs, n, backend, threads):
             procs[0].join(0.05)
         if any(p.exitcode for p in procs):
             _stop(procs)
-            if not all((tmp/f'ready{r}').exists() for r in range(n)) and not any(p.exitcode in (2, 130) for p in procs): raise _NotFormed()
+            formed = all((tmp/f'ready{r}').exists() for r in range(n))
+            if not formed and not any(p.exitcode in (2, 130) for p in procs): raise _NotFormed()
             raise _failure(tmp, procs)
         return pickle.loads((tmp/'result.pkl').read_bytes()) if (tmp/'result.pkl').exists() else None
     except KeyboardInterrupt:
@@ -448,7 +530,8 @@ def _fit_worker(learn, fit):
     rec = learn.recorder
     return dict(model=_plain(_unwrap(learn.model).state_dict()),
                 history=json.dumps(_history(learn), default=float),
-                recorder=dict(losses=[float(o) for o in rec.losses], lrs=[float(o) for o in rec.lrs], iters=list(rec.iters),
+                recorder=dict(losses=[float(o) for o in rec.losses], lrs=[float(o) for o in rec.lrs],
+                              iters=list(rec.iters),
                               values=[[float(v) if v is not None else None for v in vs] for vs in rec.values]))
 
 @delegates(launch, but=['n'])
@@ -457,7 +540,7 @@ def fit_on(learn:Learner, # the Learner to train
            n:int=2, # number of processes
            **kwargs, # passed to `launch`
           )->Learner:
-    "Train `learn` with `fit(learn)` on `n` data-parallel processes; `learn` ends with rank 0's weights, history and recorder."
+    "Train `learn` with `fit(learn)` on `n` data-parallel processes; it ends with rank 0's weights, history, recorder."
     if n == 1 or world_size() > 1:
         with distributed(learn): fit(learn)
         return learn

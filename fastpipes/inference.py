@@ -79,11 +79,13 @@ def fit_image(img:Image.Image, # an RGB PIL image
     if mode == 'reflect' and not all(b < d for (p, q), d in zip(widths[:2], (H, W)) for b in (p, q)): mode = 'edge'
     return Image.fromarray(np.pad(np.asarray(img), widths, mode=mode)).resize((w, h), Image.BILINEAR)
 
+# %% ../nbs/03b_inference.ipynb #b7ba0291
 def to_input(img:Image.Image, # an RGB PIL image of the model's input size
             )->np.ndarray:
     "`img` as a float32 batch of one, `(1, 3, H, W)` in `[0, 1]`: what an exported model takes."
     return (np.asarray(img, dtype=np.float32)/255).transpose(2, 0, 1)[None].copy()
 
+# %% ../nbs/03b_inference.ipynb #682edaea
 _INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
 
 def cam_overlay(img:Image.Image, # a PIL image (what the model saw, or any size)
@@ -106,6 +108,7 @@ def default_title(vocab)->str:
     "The classes as a title: 'cat vs dog', at most four of them."
     return ' vs '.join(map(str, list(vocab)[:4])) + (' ...' if len(vocab) > 4 else '')
 
+# %% ../nbs/03b_inference.ipynb #f9a5f2ad
 def _meta_ok(m)->bool:
     size = m.get('size') if isinstance(m, dict) else None
     sides = [size] if isinstance(size, int) else size if isinstance(size, list) and len(size) == 2 else []
@@ -124,6 +127,7 @@ def read_meta(fn:Path, # a `model.json` or `classifier.json`
         raise FastpipesError(f"`{fn}` does not describe a classifier (vocab, size, resize_method); export it again.")
     return {**m, 'vocab': [str(v) for v in m['vocab']], 'title': str(m.get('title') or default_title(m['vocab']))}
 
+# %% ../nbs/03b_inference.ipynb #dfe9f520
 def classify(predict, # `[0, 1]` images `(n, 3, H, W)` float32 → `(probs, cams)` as NumPy arrays
              image, # a file path, a PIL image or an RGB array
              meta:dict, # the model's description: `vocab`, `size`, `resize_method` (and `pad_mode`)
@@ -148,10 +152,12 @@ def onnx_predictor(path:Path, # an `.onnx` file written by `fastpipes.export.exp
     sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'image': np.ascontiguousarray(x, dtype=np.float32)})
 
+# %% ../nbs/03b_inference.ipynb #f41d1914
 def title_html(title:str)->str:
     "The page's heading: `title` as text, escaped (class names are data, never markup)."
     return f"<h1>{html.escape(str(title))}</h1>"
 
+# %% ../nbs/03b_inference.ipynb #8d81416a
 def classify_ui(predict, # `[0, 1]` images → `(probs, cams)` (see `classify`)
                 meta:dict, # the model's description (see `read_meta`)
                 examples:list=(), # image files to pick from

@@ -40,6 +40,7 @@ def proxy_for(url:str, # the URL to fetch
     p = proxy or env.get(u.scheme) or env.get('all')
     return p if not p or '://' in p else f'http://{p}'
 
+# %% ../nbs/00b_net.ipynb #f40a946b
 def check_proxy(proxy:str|None, # a proxy URL, None or ''
                ):
     "Raise a `FastpipesError` unless `proxy` is an http(s) URL (or None, or '')."
@@ -366,6 +367,7 @@ async def get(self:Transport, url:str, # an http(s) URL the caller has checked
             yield resp
         finally: await resp.aclose()
 
+# %% ../nbs/00b_net.ipynb #e4998de4
 @patch
 def request(self:Transport, url:str, accept:bytes|None=None)->httpcore.Request:
     "A GET of `url` for httpcore; httpx's URL parser encodes the host (IDNA) and the path."
@@ -374,6 +376,7 @@ def request(self:Transport, url:str, accept:bytes|None=None)->httpcore.Request:
     return httpcore.Request('GET', httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
                             headers=headers, extensions=self.ext)
 
+# %% ../nbs/00b_net.ipynb #83eb28b2
 @patch
 async def send(self:Transport, url:str, pool=None, lane:_Lane|None=None, accept:bytes|None=None)->_Response:
     "GET `url` through `pool`, else on `lane`'s connection; again if a kept connection proves closed before any answer."
@@ -385,6 +388,7 @@ async def send(self:Transport, url:str, pool=None, lane:_Lane|None=None, accept:
         except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
             if attempt or (isinstance(e, httpcore.RemoteProtocolError) and 'without sending' not in str(e)): raise
 
+# %% ../nbs/00b_net.ipynb #0b32edb0
 @patch
 def why(self:Transport, e:Exception)->str|None:
     "The manifest's reason for `e` if it is one of the transport's failures, else `None`."
@@ -408,6 +412,7 @@ async def connection(self:Transport, lane:_Lane, origin:httpcore.Origin)->_Kept:
     self.n_lanes += 1
     return c
 
+# %% ../nbs/00b_net.ipynb #868295c2
 @patch
 @contextlib.asynccontextmanager
 async def pool(self:Transport, u, proxy:str|None):
@@ -423,6 +428,7 @@ async def pool(self:Transport, u, proxy:str|None):
         p[1] -= 1
         await self.trim()
 
+# %% ../nbs/00b_net.ipynb #8647e71c
 @patch
 async def drop(self:Transport, lane:_Lane):
     "Close the connection `lane` kept."
@@ -431,14 +437,17 @@ async def drop(self:Transport, lane:_Lane):
         c, lane.conn = lane.conn, None
         self.n_lanes -= 1; await c.aclose()
 
+# %% ../nbs/00b_net.ipynb #320add45
 @patch
 async def park(self:Transport, lane:_Lane):
     "`lane` waits for a download slot: its connection is among the first closed while there are more than `keep`."
     if lane.conn is not None: self.parked[lane] = None; await self.trim()
 
+# %% ../nbs/00b_net.ipynb #81003693
 @patch
 def unpark(self:Transport, lane:_Lane): self.parked.pop(lane, None)
 
+# %% ../nbs/00b_net.ipynb #3327a2e4
 @patch
 async def trim(self:Transport):
     "Close the connections used least recently (of parked lanes, then of idle pools) while there are more than `keep`."
@@ -450,6 +459,7 @@ async def trim(self:Transport):
         p, _ = self.pools.pop(key)
         n -= len(p.connections); await p.aclose()
 
+# %% ../nbs/00b_net.ipynb #ba760c9e
 @patch
 async def aclose(self:Transport):
     "Close every pool (each worker closes its own lane)."

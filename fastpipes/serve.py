@@ -29,8 +29,8 @@ class Route:
     headers:dict|None=None       # extra headers
     chunk:int=1<<16              # bytes written per chunk
     chunk_delay:float=0.0        # seconds between chunks: a trickling server
-    length:int|None=None         # Content-Length to claim instead of the real one (a short body then drops the connection)
-    drop:bool=False              # close the connection after answering without saying so (an idle keep-alive timing out)
+    length:int|None=None         # a Content-Length other than the real one (a short body then drops the connection)
+    drop:bool=False              # close the connection after answering without saying so (an idle keep-alive timeout)
     header_delay:float=0.0       # send 90 padding header lines this many seconds apart first: trickled headers
     reason:str|None=None         # the status line's text instead of the standard one (e.g. with escape sequences)
     raw:bytes|None=None          # send these bytes instead of an HTTP response, then close (a garbage status line)
@@ -44,7 +44,8 @@ def _as_route(r)->Route|None:
 # %% ../nbs/01a_serve.ipynb #8c0dadb6
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
-    disable_nagle_algorithm = True  # like real servers (nginx's tcp_nodelay): the body does not wait for the ACK of the headers
+    # like real servers (nginx's tcp_nodelay): the body does not wait for the ACK of the headers
+    disable_nagle_algorithm = True
     timeout = 30  # a socket timeout, so a client that stops reading cannot pin a thread for ever
     def log_message(self, *args): pass
 
@@ -210,7 +211,8 @@ class LoopbackServer:
         with self._lock: self.hits[path] += 1
     def _track(self, t):
         with self._lock:
-            self._threads = {o for o in self._threads if o.is_alive() or o.ident is None}   # not started yet: another host's thread may be tracking it
+            # `ident is None`: not started yet, another host's thread may be tracking it
+            self._threads = {o for o in self._threads if o.is_alive() or o.ident is None}
             self._threads.add(t)
     def _conn_open(self, h):
         ip = h.server.server_address[0]
@@ -261,7 +263,8 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
             k, _, v = h.decode('latin-1').partition(':')
             if k.strip().lower() == 'content-length': length = int(v)
         body = self.rfile.read(length) if length else b''
-        keep = [h for h in headers if h.split(b':')[0].strip().lower() not in (b'connection', b'proxy-connection', b'proxy-authorization')]
+        hop = (b'connection', b'proxy-connection', b'proxy-authorization')
+        keep = [h for h in headers if h.split(b':')[0].strip().lower() not in hop]
         path = (u.path or '/') + (f'?{u.query}' if u.query else '')
         try: up = self._upstream(u.hostname, u.port or 80)
         except OSError:
@@ -277,7 +280,7 @@ class _ProxyServer(socketserver.ThreadingTCPServer):
     def handle_error(self, request, client_address): pass
 
 class LoopbackProxy:
-    "An HTTP proxy on a loopback address (absolute-form requests and CONNECT tunnels) that records every request, as a context manager."
+    "A loopback HTTP proxy (absolute-form requests and CONNECT tunnels) that records every request; a context manager."
     def __init__(self,
                  host:str='127.0.0.1', # address to listen on
                  refuse:bool=False, # answer 502 to everything (a proxy that cannot reach the target)

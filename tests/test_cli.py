@@ -1,6 +1,6 @@
 """The `fastpipes` command: bad input ends with exit status 2 and ONE line on stderr (no traceback), Ctrl-C leaves a
 resumable state and exits 130, and the success paths (`train`, `predict`, `cam`, `demo`) write what they promise."""
-import json, os, pickle, signal, subprocess, sys, time
+import json, os, pickle, shutil, signal, subprocess, sys, time
 from pathlib import Path
 from urllib.parse import urlsplit
 import numpy as np
@@ -269,6 +269,11 @@ def test_help_is_fast_and_light():
                        capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert r.stdout.strip() == 'False', r.stderr
 
+def test_command_help_prints_no_foreign_warnings():
+    "A command's help reads the library's defaults (importing torch and fastai): their deprecation warnings stay off stderr."
+    rc, o, e = cli('train', '--help')
+    assert rc == 0 and '--epochs' in o and e == '', e
+
 # ---------------------------------------------------------------- Ctrl-C: exit 130 and resume
 
 def test_ctrl_c_during_download_resumes(tmp_path):
@@ -312,6 +317,14 @@ def test_train_writes_everything(trained):
     assert 0 <= m['accuracy'] <= 1
     page = (trained/'report.html').read_text()
     assert 'data:image/png;base64,' in page and 'Confusion matrix' in page
+
+def test_resume_with_another_size_is_one_sentence(trained, data, tmp_path):
+    "`--resume` with another `--size` than the checkpoint's: one sentence, and the run folder is left as it was."
+    run = tmp_path/'run'; shutil.copytree(trained, run)
+    before = {f: f.stat().st_mtime_ns for f in run.rglob('*') if f.is_file()}
+    rc, o, e = cli('train', data, '--out', run, *[('48' if a == '32' else a) for a in TINY], '--resume')
+    assert_user_error(rc, o, e, 'another input size')
+    assert {f: f.stat().st_mtime_ns for f in run.rglob('*') if f.is_file()} == before
 
 def test_predict(trained, data):
     files = sorted((data/'test'/'red').glob('*.jpg'))[:2] + sorted((data/'test'/'blue').glob('*.jpg'))[:2]

@@ -142,6 +142,37 @@ def test_other_vocab_is_one_sentence(ds, full, tmp_path):
     with pytest.raises(FastpipesError, match='other classes'):
         resumable_fine_tune(tiny(image_dls(other, size=32, bs=8, num_workers=0, seed=0)), checkpoint=full[0], resume=True, **FT)
 
+def test_other_input_size_is_one_sentence(ds, full):
+    "`--resume` with another `--size`: the input size is part of the fingerprint."
+    learn = tiny(image_dls(ds, size=48, bs=8, num_workers=0, seed=0))
+    with pytest.raises(FastpipesError, match='written for another input size'):
+        resumable_fine_tune(learn, checkpoint=full[0], resume=True, **FT)
+
+def _tamper(src, dst, **changes):
+    "A copy of the checkpoint `src` with its entries changed (a function of the old value, or the new value)."
+    ck = torch.load(src, weights_only=True)
+    for k,v in changes.items(): ck[k] = v(ck[k]) if callable(v) else v
+    torch.save(ck, dst); return dst
+
+def _drop_first(sd): return dict(list(sd.items())[1:])
+def _reshape_first(sd): k = next(iter(sd)); return {**sd, k: sd[k].flatten()}
+
+@pytest.mark.parametrize('change,msg', [
+    (dict(model=_drop_first), 'do not fit this model'),
+    (dict(model=_reshape_first), 'do not fit this model'),
+    (dict(history='{"epoch": 1}'), 'history is not a list'),
+    (dict(history=7), 'history is not a list'),
+    (dict(done=-3), 'count of finished epochs is -3'),
+    (dict(done='2'), "count of finished epochs is '2'"),
+    (dict(params=[1]), 'settings are missing'),
+    (dict(done=9), 'says 9 epochs are done, more than'),
+], ids=['missing-tensor', 'reshaped-tensor', 'history-dict', 'history-int', 'done-negative', 'done-str', 'params', 'done-too-many'])
+def test_malformed_checkpoint_is_one_sentence(ds, full, tmp_path, change, msg):
+    "A checkpoint whose structure was damaged (or crafted) is one sentence, never a RuntimeError or TypeError from inside."
+    fn = _tamper(full[0], tmp_path/'last.pth', **change)
+    with pytest.raises(FastpipesError, match=msg) as e: resumable_fine_tune(tiny(dls_of(ds)), checkpoint=fn, resume=True, **FT)
+    assert '\n' not in str(e.value) and str(e.value).endswith('.')
+
 def test_foreign_files_are_refused_without_running_them(ds, tmp_path):
     marker = tmp_path/'pwned'
     class Evil:
@@ -273,6 +304,27 @@ def test_ctrl_c_on_two_processes_then_resume(ds, tmp_path):
     launch(_rank_resumable, ds, run, 0, n=2)                             # --resume
     launch(_rank_resumable, ds, tmp_path/'full', 0, n=2)                 # an uninterrupted two-process run
     assert_close(torch.load(run/'model.pth', weights_only=True), torch.load(tmp_path/'full'/'model.pth', weights_only=True))
+
+def test_sigterm_to_the_launcher_exits_130_and_cleans_up(ds, tmp_path):
+    "SIGTERM to the parent of `launch` (as `kill` or a job scheduler sends it) stops both processes, removes the launch's temporary folder and exits 130."
+    run, fn, tmp = tmp_path/'run', checkpoint_path(tmp_path/'run'), tmp_path/'tmp'
+    tmp.mkdir()
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get('PYTHONPATH', '')]),
+           'OMP_NUM_THREADS': '1', 'TMPDIR': str(tmp)}
+    p = subprocess.Popen([sys.executable, '-c', f'import test_distrib as t; t._launch_main({str(ds)!r}, {str(run)!r}, 1)'],
+                         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline and not fn.exists(): time.sleep(0.2)
+        assert p.poll() is None and list(tmp.glob('fastpipes-launch-*')), p.stderr.read().decode()[-2000:]
+        p.send_signal(signal.SIGTERM)                                     # the parent alone, as `kill PID` does
+        p.wait(60)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.wait(30)
+        p.stderr.close()
+    assert p.returncode == 130
+    assert not list(tmp.glob('fastpipes-launch-*'))
+    assert read_checkpoint(fn)['done'] == 1                               # what was done is kept: `--resume` goes on from it
 
 @pytest.mark.gpu
 def test_ctrl_c_then_resume_on_cuda_fp16(ds, tmp_path):

@@ -46,11 +46,13 @@ class BCELogitsLoss(nn.Module):
     def activation(self, x): return torch.sigmoid(x)
     def decodes(self, x): return (x > 0.5).long().reshape(-1)
 
+# %% ../../nbs/23_cnn.ipynb #d2683dea
 class CELoss(nn.CrossEntropyLoss):
     "`CrossEntropyLoss` on logits, decoded by argmax."
     def activation(self, x): return F.softmax(x, dim=-1)
     def decodes(self, x): return x.argmax(dim=-1)
 
+# %% ../../nbs/23_cnn.ipynb #d0d0f556
 class NLLLoss(nn.NLLLoss):
     "`NLLLoss` on log-probabilities (a `LogSoftmax` output), decoded by argmax."
     def activation(self, x): return x.exp()
@@ -97,6 +99,7 @@ def mlp(sizes:tuple=(784, 64, 1), # layer widths, input first; the last is the n
         layers += [(f'fc{i+1}', nn.Linear(a, b))] + ([(f'relu{i+1}', nn.ReLU())] if i < len(sizes)-2 else [])
     return nn.Sequential(OrderedDict(layers))
 
+# %% ../../nbs/23_cnn.ipynb #b74f93fd
 def _input_shape(dls)->tuple:
     "The shape of one model input of `dls` (without the batch)."
     dl = dls.train
@@ -241,6 +244,7 @@ def shift_flip(x:torch.Tensor, # a batch of images (n, c, h, w)
     if flip: cols = torch.where(torch.rand(n, 1, device=x.device) < 0.5, cols.flip(1), cols)
     return xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols[:, None, :]].permute(0, 3, 1, 2)
 
+# %% ../../nbs/23_cnn.ipynb #7221dfbd
 class BatchAug(Callback):
     "Augment each training batch with `shift_flip`."
     order = 5
@@ -290,6 +294,7 @@ def pets_size(need:int=4<<30)->int:
         free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
     return 512 if free >= need else 256
 
+# %% ../../nbs/23_cnn.ipynb #57411473
 def pets_model(pretrained:bool=True, # start from torchvision's ImageNet weights (downloads them once)
               )->nn.Module:
     "torchvision's ResNet18 with its last layer replaced by `Linear(512, 1)`."
@@ -301,6 +306,7 @@ def pets_model(pretrained:bool=True, # start from torchvision's ImageNet weights
     m.fc = nn.Linear(512, 1)
     return m
 
+# %% ../../nbs/23_cnn.ipynb #b4d33c6f
 @delegates(Learner, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics', 'cbs'])
 def pets_learner(dls=None, # cat-vs-dog `DataLoaders` (default: `pets_dls(path, size, bs)`)
                  path=None, # the pets folder, when `dls` is not given

@@ -360,6 +360,7 @@ class TensorDLs(DataLoaders):
     def new_empty(self):
         return type(self)(*[dl.new(x=dl.x[:0], y=dl.y[:0]) for dl in self.loaders], path=self.path, device=self.device)
 
+# %% ../../nbs/21_datasets.ipynb #08184e86
 def _nchw(x:np.ndarray)->torch.Tensor:
     "uint8 images (n,h,w) or (n,c,h,w) as a (n,c,h,w) tensor."
     t = torch.from_numpy(np.ascontiguousarray(x))
@@ -430,6 +431,7 @@ def mnist_dls(path:Path|None=None, # folder with the files (see `mnist_arrays`)
     arrs, vocab = _relabel(mnist_arrays(path, fashion=fashion, digits=digits, download=download), digits, names)
     return tensor_dls(*arrs, vocab=vocab, **kwargs)
 
+# %% ../../nbs/21_datasets.ipynb #fe416b0b
 def cifar10_dls(path:Path|None=None, # folder holding `cifar-10-batches-py/`
                 classes:tuple|None=None, # keep only these classes: indices or names, e.g. `('cat', 'dog')`
                 download:bool=False, # download with torchvision when nothing is on disk
@@ -468,6 +470,7 @@ def pets_files(path:Path|None=None, # the pets folder (holding `images/`) or the
                              f"american_bulldog_10.jpg, ...) in {root/'images'}, or pass download=True when online.")
     return fs
 
+# %% ../../nbs/21_datasets.ipynb #dbb6ed8e
 def pets_dls(path:Path|None=None, # the pets folder (see `pets_files`)
              size:int=512, # images are resized to `size`×`size` (256 when memory is short)
              bs:int=16, # batch size

@@ -71,6 +71,7 @@ class DigitGenerator(nn.Sequential):
     @property
     def config(self)->dict: return dict(nz=self.nz, size=list(self.size), channels=self.channels, nf=self.nf)
 
+# %% ../../nbs/24_gan.ipynb #dcf016e4
 def digit_critic(size:tuple=(28, 28), # input height and width, each divisible by 4
                  channels:int=1, # input channels
                  nf:int=32, # features of the first convolution (the second has `2*nf`)
@@ -87,19 +88,23 @@ def bce_gen_loss(fake_pred, output, target):
     "Non-saturating generator loss: BCE of the critic's scores on fakes against 'real'."
     return F.binary_cross_entropy_with_logits(fake_pred, torch.ones_like(fake_pred))
 
+# %% ../../nbs/24_gan.ipynb #fbd67718
 def bce_crit_loss(real_pred, fake_pred):
     "Critic BCE: real images are 1, fakes are 0."
     return (F.binary_cross_entropy_with_logits(real_pred, torch.ones_like(real_pred)) +
             F.binary_cross_entropy_with_logits(fake_pred, torch.zeros_like(fake_pred)))/2
 
+# %% ../../nbs/24_gan.ipynb #0f6273bf
 def wgan_gen_loss(fake_pred, output, target):
     "Wasserstein generator loss: minus the critic's mean score on fakes."
     return -fake_pred.mean()
 
+# %% ../../nbs/24_gan.ipynb #c8d4dea7
 def wgan_crit_loss(real_pred, fake_pred):
     "Wasserstein critic loss: fake mean score minus real mean score (minus the distance estimate)."
     return fake_pred.mean() - real_pred.mean()
 
+# %% ../../nbs/24_gan.ipynb #98a2380c
 class GradientPenalty(Callback):
     "Add `lam * (|grad critic(x)| - 1)**2` at points between real and fake images to the critic's loss."
     run_after = GANTrainer
@@ -186,6 +191,7 @@ class NoiseDL(TensorDL):
         for xb, _ in super().create_batches(samps): yield torch.randn(len(xb), self.nz, device=xb.device), xb
     def new(self, dataset=None, cls=None, **kwargs): return super().new(dataset, cls, **{'nz': self.nz, **kwargs})
 
+# %% ../../nbs/24_gan.ipynb #3ba76ca3
 @delegates(TensorDL, but=['x', 'y', 'bs', 'shuffle', 'drop_last', 'flat', 'scale', 'stats', 'vocab'])
 def gan_dls(images, # uint8 or float images `(n, h, w)` or `(n, c, h, w)`
             nz:int=6, # size of the noise vector
@@ -297,6 +303,7 @@ def save_generator(learn, # a `GANLearner` from `gan_learner`, or a generator
     atomic_write(path.with_suffix('.json'), json.dumps(g.config))
     return path
 
+# %% ../../nbs/24_gan.ipynb #517f85be
 def load_generator(path:Path, # the `.pth` file written by `save_generator`
                   )->DigitGenerator:
     "The generator saved at `path`, in eval mode."
@@ -319,6 +326,7 @@ class DigitClassifier(nn.Module):
     def features(self, x): return self.body(x)
     def forward(self, x): return self.head(self.body(x))
 
+# %% ../../nbs/24_gan.ipynb #a65ad6ed
 def digit_classifier(images, # uint8 or float images, `(n, h, w)` or `(n, c, h, w)`
                      labels, # int labels
                      epochs:int=15, # passes over the data
@@ -349,11 +357,13 @@ def frechet_distance(a:torch.Tensor, b:torch.Tensor)->float:
     tr = np.sqrt(np.linalg.eigvalsh(r @ s2 @ r).clip(0)).sum()
     return float(((a.mean(0) - b.mean(0))**2).sum() + np.trace(s1) + np.trace(s2) - 2*tr)
 
+# %% ../../nbs/24_gan.ipynb #1b7ace2b
 def diversity(x)->float:
     "Mean pairwise Euclidean distance between images `x` (their pixels in [0, 1])."
     x = _as_images(x).flatten(1)
     return torch.pdist(x).mean().item()
 
+# %% ../../nbs/24_gan.ipynb #87d8a671
 def sample_scores(samples, # generated images `(n, c, h, w)` in [0, 1]
                   real, # real images of the target digit, not used to train `clf`
                   clf:DigitClassifier, # reference classifier

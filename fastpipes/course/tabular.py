@@ -170,6 +170,7 @@ class FiniteLoss(Callback):
             self.diverged = (self.epoch, float(self.learn.loss_grad.detach().float().mean()), self.opt.hypers[-1]['lr'])
             raise CancelFitException()
 
+# %% ../../nbs/22_tabular.ipynb #c2b74410
 class TableLearner(LeanLearner):
     "A `LeanLearner` whose `fit` stops with a `FastpipesError` when the loss turns NaN or inf."
     @delegates(Learner.fit)
@@ -247,6 +248,7 @@ def regression_learner(df:pd.DataFrame, # the table
         return LinearModel(X.shape[1], transform, bias, *(_whitener(F, bias, listify(x)) if norm else ()))
     return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)
 
+# %% ../../nbs/22_tabular.ipynb #0ec277cd
 def _reg_model(learn:Learner)->nn.Module:
     m = getattr(learn, 'model', None)
     if not hasattr(m, 'coefs'):
@@ -258,6 +260,7 @@ def coefs(learn:Learner)->dict:
     "The named coefficients of a regression `learn`: `{'b0': intercept, 'b1': ..., ...}`."
     return _reg_model(learn).coefs()
 
+# %% ../../nbs/22_tabular.ipynb #fbd39ecc
 def set_coefs(learn:Learner, **kw)->Learner:
     "Set coefficients of a regression `learn` by name (`b0=3, b1=3`)."
     _reg_model(learn).set_coefs(**kw)
@@ -273,6 +276,7 @@ def free_fall(n:int=100, # number of drops
     h = rng.uniform(0, 100, n)
     return pd.DataFrame(dict(h=h, t=np.sqrt(2*h/9.8) + rng.normal(0, noise, n)))
 
+# %% ../../nbs/22_tabular.ipynb #a3710f68
 def exp_decay(n:int=100, # number of points
               b0:float=1., b1:float=2., # true coefficients of `y = b0 + b1·exp(-x)`
               noise:float=0.1, # standard deviation of the noise
@@ -283,6 +287,7 @@ def exp_decay(n:int=100, # number of points
     x = rng.uniform(0, 5, n)
     return pd.DataFrame(dict(x=x, y=b0 + b1*np.exp(-x) + rng.normal(0, noise, n)))
 
+# %% ../../nbs/22_tabular.ipynb #b0b0af8d
 def lstsq_coefs(df:pd.DataFrame, x:str|list, y:str, transform=None, bias:bool=True)->dict:
     "The closed-form least-squares coefficients (numpy `lstsq`) on the same features, named like `coefs`."
     xs = listify(x)
@@ -351,13 +356,14 @@ def overparam_learner(df:pd.DataFrame, # the table
                       seed:int|None=42, # seed of the initial values (they set how equal terms share their sum)
                       **kwargs, # passed to `Learner`
                      )->RegressionLearner:
-    "An untrained `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x` (the course's `α0 + β0 + (α1 + β1)x`): `fit(60)`."
+    "A fresh `Learner` for `y ≈ Σ intercepts + (Σ slopes)·x` (the course's `α0 + β0 + (α1 + β1)x`): `fit(60)`."
     if len(listify(x)) != 1: raise FastpipesError(f"`overparam_learner` takes one input column `x`, got {listify(x)}.")
     def model_fn(X):
         apply_transform(transform, X, [x])
         return SumLinear(intercepts, slopes, transform)
     return _reg_learner(df, x, y, model_fn, opt, lr, mom, bs, seed, **kwargs)
 
+# %% ../../nbs/22_tabular.ipynb #32570ff6
 def line_data(n:int=100, # number of points
               b0:float=3.14, b1:float=6.28, # true intercept and slope
               noise:float=1., # standard deviation of the noise
@@ -491,6 +497,7 @@ class TrainAccuracy(Metric):
         return self._b
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_ds', '_b')}
 
+# %% ../../nbs/22_tabular.ipynb #227f235f
 class NamedAccuracy(AvgMetric):
     "fastai's `accuracy` under another name in the per-epoch table."
     def __init__(self, name:str='test_accuracy'): super().__init__(accuracy); self._name = name
@@ -507,10 +514,12 @@ def _accuracy_on(learn:Learner, b:tuple)->float:
 class TabularClassifier(TableLearner, TabularLearner):
     "fastai's `TabularLearner` with `LeanLearner`'s event dispatch and `TableLearner`'s check of the loss."
 
+# %% ../../nbs/22_tabular.ipynb #2ab14d67
 class ReadTensors(ReadTabBatch):
     "`ReadTabBatch` that passes through batches already read as tensors (decoding unchanged)."
     def encodes(self, to): return tuple(to) if isinstance(to, (tuple, list)) else super().encodes(to)
 
+# %% ../../nbs/22_tabular.ipynb #07b977b3
 class SliceTabDL(TabDataLoader):
     "fastai's `TabDataLoader` that reads its table into tensors once and slices each batch out of them."
     def __init__(self, dataset, bs=16, shuffle=False, after_batch=None, num_workers=0, **kwargs):
@@ -606,6 +615,7 @@ class Standardize(nn.Module):
     def forward(self, x): return (x - self.mean)/self.std
     def decode(self, x): return x*self.std + self.mean
 
+# %% ../../nbs/22_tabular.ipynb #76267aa3
 class AutoEncoder(nn.Module):
     "`n_in → latent → n_in`, linear or with one hidden ReLU layer each side, on standardised inputs."
     def __init__(self, n_in:int, latent:int=2, linear:bool=True, hidden:int=16, mean=0., std=1.):
@@ -684,6 +694,7 @@ def encode(learn:Learner, X)->np.ndarray:
     a = _rows_for(learn, X)
     return learn.model.eval().encode(_on(learn.model, a)).cpu().numpy()
 
+# %% ../../nbs/22_tabular.ipynb #84d3854a
 @torch.no_grad()
 def reconstruct(learn:Learner, X, raw:bool=True)->np.ndarray:
     "The reconstructions of the rows `X`, in raw units (or standardised with `raw=False`)."
