@@ -284,9 +284,8 @@ def _run(a)->int:
         return 130
     except Exception as e:   # a user error is one line, status 2; anything else says it is unexpected, status 1
         if a.debug: traceback.print_exc()
-        user = isinstance(e, FastpipesError)
-        _err(str(e) if user else f"unexpected {type(e).__name__}: {e} (--debug shows the traceback; please report it)")
-        return 2 if user else 1
+        if isinstance(e, FastpipesError): _err(str(e)); return 2
+        _err(f"unexpected {type(e).__name__}: {e} (--debug shows the traceback; please report it)"); return 1
 
 def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
         )->int:
