@@ -88,6 +88,7 @@ def onnx_session(path:Path, # an `.onnx` file
     opts = ort.SessionOptions(); opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
 
+# %% ../nbs/08_export.ipynb #2ec6e371
 def check_onnx(learn, # the learner that was exported
                path:Path, # its `.onnx` file
                x=None, # `[0, 1]` images `(n, 3, H, W)` (default: 3 random ones)
