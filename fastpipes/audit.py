@@ -239,6 +239,7 @@ def out_of_sample_probs(X:np.ndarray, # embeddings (n, features)
         P[np.ix_(te, m.classes_)] = m.predict_proba(X[te])
     return P
 
+# %% ../nbs/02b_audit.ipynb #53715397
 def confident_learning(P:np.ndarray, # out-of-sample probabilities (n, classes)
                        y:np.ndarray, # the given class of each row
                       )->tuple[np.ndarray, np.ndarray]:
@@ -308,6 +309,7 @@ def copy_candidates(X:np.ndarray, # embeddings (n, features)
     p = np.unique(np.stack([i, j], 1), axis=0).reshape(-1, 2)
     return p[:, 0], p[:, 1]
 
+# %% ../nbs/02b_audit.ipynb #fafe0262
 def _thumb_corr(thumbs:np.ndarray)->np.ndarray:
     "The thumbnails as zero-mean unit vectors: their dot product is their correlation as they are (no crop)."
     T = np.asarray(thumbs, np.float32).reshape(len(thumbs), -1)
@@ -357,6 +359,7 @@ def copy_scores(thumbs:np.ndarray, # grey thumbnails (n, THUMB, THUMB)
         if key: cache[key] = float(out[n])
     return out
 
+# %% ../nbs/02b_audit.ipynb #564c3ce1
 def copy_pairs(X:np.ndarray, # embeddings (n, features)
                thumbs:np.ndarray, # grey thumbnails (n, THUMB, THUMB)
                flat, # which images hold little information (flat graphics, text): their pairs need more
@@ -419,6 +422,7 @@ def transformed_copy(im:Image.Image, # the original (RGB)
         else: q = int(rng.integers(20, 45))
     return im, q, '+'.join(kinds)
 
+# %% ../nbs/02b_audit.ipynb #7f96c6ce
 def _rgb(rng, lo=0, hi=256)->tuple: return tuple(int(v) for v in rng.integers(lo, hi, 3))
 
 def _cartoon(rng, size:int)->Image.Image:
@@ -588,6 +592,7 @@ def _offtopic(X, y, cgroup:dict, offtopic:float)->tuple:
     off = np.array([r >= offtopic and low.get(cgroup.get(k), np.inf) >= offtopic for k, r in enumerate(ratio)])
     return ratio, off, _offtopic_groups(X, off, ref), ''
 
+# %% ../nbs/02b_audit.ipynb #0e034c58
 def _row(k, files, labels, splits, hashes, classes, d, q, ratio, off, og, ls, lf, sug, cs, ci, cof, cg, notes)->dict:
     "The audit row of image `k`."
     found = {'off-topic': ratio[k]} if off[k] else {}
@@ -619,6 +624,7 @@ def _findings(files, labels, splits, hashes, d:dict, pairs:dict, folds, offtopic
                  notes(k)) for k in range(n)]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
+# %% ../nbs/02b_audit.ipynb #efbbd3a1
 _NUMERIC = ('score', 'label_score', 'offtopic_score', 'copy_score', 'width', 'height')
 
 def _tidy(df:pd.DataFrame)->pd.DataFrame:
@@ -690,6 +696,7 @@ def audit_counts(df, # an audit table, or a dataset folder holding `audit.csv`
                 skipped=dict(Counter(df.note[skipped].str[len('skipped: '):])),
                 rejected=int((df.status == 'rejected').sum()))
 
+# %% ../nbs/02b_audit.ipynb #f3b4f861
 def audit_summary(df, # an audit table, or a dataset folder holding `audit.csv`
                  )->str:
     "A few lines on what the audit found, with rates: for the command line and the report."
@@ -730,6 +737,7 @@ def read_audit(path:Path, # dataset folder holding `audit.csv`
                       f"(first: {df.file[gone].iloc[0]}); they are left out: audit again to refresh it.")
     return df[~gone].reset_index(drop=True)
 
+# %% ../nbs/02b_audit.ipynb #c71bd108
 def audit_order(df:pd.DataFrame, # an audit table (`audit_images` or `read_audit`)
                )->pd.DataFrame:
     "The rows of `df` still in place in the order to look at them: flagged by issue and score, the rest by label score."
@@ -737,12 +745,14 @@ def audit_order(df:pd.DataFrame, # an audit table (`audit_images` or `read_audit
     pri = df.issue.map({x: k for k, x in enumerate(ISSUES)}).fillna(len(ISSUES))
     return df.assign(_p=pri, _s=-df.score.fillna(0)).sort_values(['_p', '_s', 'file']).drop(columns=['_p', '_s'])
 
+# %% ../nbs/02b_audit.ipynb #511accef
 def audit_ranks(df, # an audit table, or a dataset folder holding `audit.csv`
                )->dict:
     "`{file: score}`, highest first in `audit_order`'s order: the `order` a `Review` takes."
     o = audit_order(df if isinstance(df, pd.DataFrame) else read_audit(df))
     return {f: float(len(o) - k) for k, f in enumerate(o.file)}
 
+# %% ../nbs/02b_audit.ipynb #ca16f2e9
 FLAGGED = ('file', 'label', 'split', 'issue', 'score', 'suggested', 'copy_of')   # what a table of flagged images shows
 
 def audit_flagged(df, # an audit table, or a dataset folder holding `audit.csv`
@@ -799,6 +809,7 @@ def reject_flagged(path:Path, # dataset folder with an `audit.csv`
         finally: res = _write(path, rows, df, out)
     return res
 
+# %% ../nbs/02b_audit.ipynb #f169571f
 def restore_flagged(path:Path, # dataset folder
                     issues=None, # the issues whose rejected images come back (default: all of `ISSUES`)
                    )->pd.DataFrame:
@@ -854,6 +865,7 @@ def dataset_card(path:Path, # a dataset folder made by fastpipes (or any folder 
                          if rows else None,
                 audit=_card_audit(path))
 
+# %% ../nbs/02b_audit.ipynb #8e4b682b
 CARD_ROWS = 30   # the most classes a card lists by name and counts
 
 _MD = str.maketrans({c: '\\' + c for c in '\\`*_[]|~#'})
@@ -889,6 +901,7 @@ def card_lines(card:dict, # `dataset_card`'s answer
                     ('; quality warnings (kept): ' + join(a['quality'].items()) if a['quality'] else '') + '.'))
     return out
 
+# %% ../nbs/02b_audit.ipynb #c3860230
 def card_markdown(card:dict, # `dataset_card`'s answer
                  )->str:
     "The dataset card `card` as Markdown (every name and query literal text), for an exported Space's README."
