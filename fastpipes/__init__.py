@@ -19,7 +19,8 @@ def _public_names()->dict:
     "Map each public name of the package (every module's `__all__`, read as text) to the module that defines it."
     names, root = {}, _Path(globals().get('__file__') or _importlib.import_module('fastpipes').__file__).parent
     for fn in sorted(root.rglob('*.py')):
-        if fn.name.startswith('_') or fn.name == 'all.py' or not (m := _ALL.search(fn.read_text(encoding='utf-8'))): continue
+        if fn.name.startswith('_') or fn.name == 'all.py': continue
+        if not (m := _ALL.search(fn.read_text(encoding='utf-8'))): continue
         mod = '.'.join(('fastpipes', *fn.relative_to(root).with_suffix('').parts))
         for name in _ast.literal_eval(m.group(1)): names.setdefault(name, mod)
     return names

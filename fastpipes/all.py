@@ -13,6 +13,7 @@ from .crawl import *
 from .serve import *
 from .clean import *
 from .arch import *
+from .audit import *
 from .data import *
 from .inference import *
 from .distrib import *
@@ -30,4 +31,5 @@ from .course.tabular import *
 from .course.cnn import *
 from .course.gan import *
 
-__all__ = [n for n in dir() if not n.startswith('_')]   # what the star imports brought (nbdev's own list would be empty)
+# what the star imports brought (nbdev's own list would be empty)
+__all__ = [n for n in dir() if not n.startswith('_')]

@@ -26,9 +26,7 @@ def _number(whole:bool=False, lo=None, hi=None, open_lo:bool=False, open_hi:bool
         except FastpipesError:
             raise argparse.ArgumentTypeError(f"{s!r} is not {range_text(whole, lo, hi, open_lo, open_hi)}") from None
     return number
-
 _count, _positive = _number(whole=True, lo=1), _number(lo=0, open_lo=True)
-
 def _size(s:str)->int|tuple:
     "An argparse type: an image size, `224` or `224x160` (height x width), each side 32 to 4096 pixels."
     side, parts = _number(whole=True, lo=32, hi=4096), s.lower().split('x')
@@ -36,7 +34,6 @@ def _size(s:str)->int|tuple:
     except argparse.ArgumentTypeError: v = ()
     if not v: raise argparse.ArgumentTypeError(f"{s!r} is not a size like 224 or 224x160, sides from 32 to 4096")
     return v[0] if len(v) == 1 else v
-
 def _valid(s:str)->str|float:
     "An argparse type: the validation folder's name, or a fraction in (0, 1) for a random split."
     try: float(s)
@@ -44,7 +41,6 @@ def _valid(s:str)->str|float:
         if s and '/' not in s and '\\' not in s and s not in ('.', '..'): return s
         raise argparse.ArgumentTypeError(f"{s!r} is not a folder name") from None
     return _number(lo=0, hi=1, open_lo=True, open_hi=True)(s)
-
 def _lr(s:str)->float|str:
     "An argparse type: a positive learning rate, or 'find' (fastai's `lr_find`)."
     return s if s == 'find' else _positive(s)
@@ -72,7 +68,6 @@ def _opt(g, flags, target:str, help:str, **kwargs):
     flags = [flags] if isinstance(flags, str) else flags
     a = g.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kwargs)
     a.library = (target, a.dest)
-
 def _args(a, *names)->dict:
     "The options of `a` among `names` that the user gave (the others keep the library's defaults)."
     return {k: getattr(a, k) for k in names if hasattr(a, k)}
@@ -80,10 +75,11 @@ def _args(a, *names)->dict:
 # %% ../nbs/10_cli.ipynb #66acfd8f
 _TRAIN_RUN, _CLASSIFIER = 'fastpipes.pipeline:train_run', 'fastpipes.train:train_classifier'
 _DOWNLOAD, _CRAWL, _DEMO = 'fastpipes.crawl:download_images', 'fastpipes.crawl:crawl_images', 'fastpipes.pipeline:demo'
-_EXPORT = 'fastpipes.export:export_run'
+_EXPORT, _AUDIT = 'fastpipes.export:export_run', 'fastpipes.audit:audit_images'
 _TRAIN = ('arch', 'size', 'bs', 'epochs', 'freeze_epochs', 'valid', 'pretrained', 'aug', 'mixup', 'lr', 'seed',
           'channels_last', 'precision', 'resume', 'quiet')
-_NET = ('allow_private', 'proxy', 'wait', 'num_workers', 'per_host', 'deadline', 'robots', 'ignore_opt_out', 'user_agent')
+_NET = ('allow_private', 'proxy', 'wait', 'num_workers', 'per_host', 'deadline', 'robots', 'ignore_opt_out',
+        'user_agent')
 _BOOL, _WHOLE0 = dict(action=argparse.BooleanOptionalAction), _number(whole=True, lo=0)
 
 def _train_opts(p):
@@ -125,13 +121,12 @@ def _crawl_opts(p):
     _opt(g, '--pause', _CRAWL, "seconds between search queries", type=_number(lo=0))
     _net_opts(g)
 
-# %% ../nbs/10_cli.ipynb #d9e9d231
-def _sub(sub, name:str, help:str):
+def _sub(sub, name:str, help:str, path:bool=False):
     p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + '.', formatter_class=_Help)
+    if path: p.add_argument('path', type=Path, metavar='PATH')
     p.add_argument('--quiet', '-q', action='store_true', help="no progress bars or chatter, only results and errors")
     p.add_argument('--debug', action='store_true', help="print the traceback of an unexpected error")
     return p
-
 def _run_arg(p): p.add_argument('run', type=Path, metavar='RUN', help="the run folder (`fastpipes train` or `run`)")
 
 def _data_commands(sub):
@@ -142,14 +137,16 @@ def _data_commands(sub):
     p.add_argument('--label', type=_label, default='images', help="class label of these URLs (default: %(default)s)")
     p.add_argument('--split', type=_label, default='train', help="split folder (default: %(default)s)")
     _net_opts(p)
-    p = _sub(sub, 'clean', "make every kept file a decodable RGB image; move the rest to PATH/rejected/<reason>/")
-    p.add_argument('path', type=Path, metavar='PATH')
+    p = _sub(sub, 'clean', "make every kept file a decodable RGB image, move the rest to PATH/rejected/<reason>/", 1)
     _opt(p, '--max-size', 'fastpipes.clean:clean_images', "shrink images to this longest side", type=_count)
     _opt(p, '--delete', 'fastpipes.clean:clean_images', "delete rejected files instead of moving them", **_BOOL)
+    p.add_argument('--audit', action='store_true', help="then audit; move what it flags to PATH/rejected/<issue>/")
+    p = _sub(sub, 'audit', "find wrong labels, off-topic images and copies in PATH; list them in PATH/audit.csv", 1)
+    _opt(p, '--offtopic', _AUDIT, "flag images this far from the classes, in multiples of their spread", type=_positive)
+    p.add_argument('--restore', action='store_true', help="move back what `clean --audit` moved (no audit)")
 
 def _model_commands(sub):
-    p = _sub(sub, 'train', "train a CAM-ready classifier on PATH; write the model, figures and report into OUT")
-    p.add_argument('path', type=Path, metavar='PATH')
+    p = _sub(sub, 'train', "train a CAM-ready classifier on PATH; write the model, figures and report into OUT", 1)
     p.add_argument('--out', required=True, type=Path, help="the run folder")
     _train_opts(p)
     p = _sub(sub, 'cam', "draw a grid of class activation maps of the model in RUN for a folder or image files")
@@ -159,9 +156,10 @@ def _model_commands(sub):
     p = _sub(sub, 'predict', "print `file<TAB>label<TAB>probability` for each file (control characters escaped)")
     _run_arg(p); p.add_argument('files', nargs='+', metavar='FILES', help="image files, or one folder")
     p.add_argument('--json', action='store_true', help="one JSON object per line instead")
-    p = _sub(sub, 'run', "crawl, clean, train, draw CAMs and report, e.g. `fastpipes run tiger lion --out runs/tl`")
+    p = _sub(sub, 'run', "crawl, clean, audit, train, draw CAMs, report, e.g. `fastpipes run tiger lion --out runs/tl`")
     _crawl_opts(p); p.add_argument('--out', required=True, type=Path, help="the run folder: data, model and report")
     _opt(p, '--max-size', 'fastpipes.pipeline:prepare_run', "presize images to this longest side", type=_count)
+    _opt(p, '--audit', 'fastpipes.pipeline:prepare_run', "audit the cleaned data (the report's Audit section)", **_BOOL)
     _train_opts(p)
 
 def _app_commands(sub):
@@ -198,80 +196,72 @@ def parser()->argparse.ArgumentParser:
 def _report_line(out:Path, metrics:dict)->str:
     acc, page = metrics.get('accuracy'), RunFolder(out).report.resolve()
     return f"Accuracy {acc:.3f}. Report: {page}" if acc is not None else f"Report: {page}"
-
 def _read_urls(fn:Path)->list[str]:
     if not Path(fn).is_file(): raise FastpipesError(f"URL file {fn} does not exist.")
     lines = Path(fn).read_text(encoding='utf-8', errors='replace').splitlines()
     urls = [u for l in lines if (u := l.strip()) and u[0] != '#']
     if not urls: raise FastpipesError(f"URL file {fn} has no URLs (one a line).")
     return urls
-
 def _cmd_crawl(a):
     from fastpipes.crawl import crawl_images
-    classes, counts = classes_from(a.classes, a.spec)
-    path = out_dir(a.out)
-    print(crawl_images(classes, path, quiet=a.quiet, **{**_args(a, 'n_train', 'n_test', 'pause', *_NET), **counts}))
-
+    classes, counts, kw = *classes_from(a.classes, a.spec), _args(a, 'n_train', 'n_test', 'pause', *_NET)
+    print(crawl_images(classes, out_dir(a.out), quiet=a.quiet, **{**kw, **counts}))
 def _cmd_download(a):
     from fastpipes.crawl import download_images
     path, urls = out_dir(a.path), [dict(url=u, label=a.label, split=a.split) for u in _read_urls(a.url_file)]
     print(download_images(urls, path, quiet=a.quiet, **_args(a, *_NET)))
-
 def _cmd_clean(a):
     from fastpipes.clean import clean_images
     summary = clean_images(in_dir(a.path), quiet=a.quiet, **_args(a, 'max_size', 'delete'))
     if not a.quiet: print(summary)
-
+    if a.audit: _cmd_audit(a)
+def _tsv(df)->str:   # the table `df` as tab-separated lines under a header; names escaped, so each is one field
+    return '\n'.join('\t'.join(printable(str(v)) for v in r) for r in [df.columns, *df.itertuples(index=False)])
+def _cmd_audit(a):
+    from fastpipes.audit import audit_images, audit_flagged, audit_summary, reject_flagged, restore_flagged
+    path = in_dir(a.path)
+    if getattr(a, 'restore', False): return print(_tsv(t) if len(t := restore_flagged(path)) else "Nothing to restore.")
+    df = audit_images(path, quiet=a.quiet, **_args(a, 'offtopic'))
+    if len(t := reject_flagged(path) if a.command == 'clean' else audit_flagged(df)): print(_tsv(t))
+    print(audit_summary(path))
 def _train_metrics(path, out, kw:dict)->dict:
     "One process of `fastpipes train --processes N`: `train_run`; rank 0's metrics."
     from fastpipes.pipeline import train_run
     return train_run(path, out, **kw)[1]
-
 def _train(a, path, out, title:str)->dict:
     "Train on `path` into `out` in `--processes` processes (`fastpipes.distrib.launch`); the metrics."
     from fastpipes.distrib import launch
     kw = dict(title=title, **_args(a, *_TRAIN))
     return launch(_train_metrics, path, out, kw, n=a.processes) if a.processes > 1 else _train_metrics(path, out, kw)
-
-def _print_report(out:Path, metrics:dict|None):
-    "The run's one line, where there are metrics: rank 0 (or the only process) of a run that `torchrun` launched."
+def _print_report(out:Path, metrics:dict|None):   # under torchrun, rank 0 alone has the metrics and prints
     if metrics is not None: print(_report_line(out, metrics))
-
 def _cmd_train(a):
     _print_report(a.out, _train(a, in_dir(a.path), out_dir(a.out), f"fastpipes train {Path(a.path).name}"))
-
 def _items(items:list[str]): return Path(items[0]) if len(items) == 1 else list(map(Path, items))   # a folder or files
-
 def _cmd_cam(a):
     from fastpipes.train import load_classifier
     from fastpipes.cam import cam_grid
-    learn, items = load_classifier(a.run), _items(a.items)
-    png = Path(a.png) if a.png else RunFolder(a.run).figure('cam')
+    learn, png = load_classifier(a.run), Path(a.png) if a.png else RunFolder(a.run).figure('cam')
     out_dir(png.parent)
-    cam_grid(learn, items, **_args(a, 'nrows', 'ncols')).savefig(png, dpi=100, bbox_inches='tight')
+    cam_grid(learn, _items(a.items), **_args(a, 'nrows', 'ncols')).savefig(png, dpi=100, bbox_inches='tight')
     print(f"CAM grid: {png.resolve()}")
-
 def _cmd_predict(a):
     from fastpipes.train import load_classifier, predict
     for r in predict(load_classifier(a.run), _items(a.files)).itertuples():   # a tab or newline cannot forge a line
         if a.json: print(json.dumps(dict(file=r.file, label=r.label, prob=round(float(r.prob), 4)), ensure_ascii=False))
         else: print(f"{printable(r.file)}\t{printable(r.label)}\t{r.prob:.4f}")
-
 def _cmd_run(a):
     from fastpipes.pipeline import prepare_run
     path, title = prepare_run(a.classes or None, a.out, spec=a.spec, crawl_kw=_args(a, 'pause', *_NET), quiet=a.quiet,
-                              **_args(a, 'n_train', 'n_test', 'max_size'))
+                              **_args(a, 'n_train', 'n_test', 'max_size', 'audit'))
     _print_report(a.out, _train(a, path, a.out, title))
-
 def _cmd_export(a):
     from fastpipes.export import export_run
     res = export_run(in_dir(a.run, 'Run folder'), **_args(a, 'out', 'onnx', 'safetensors', 'space', 'path', 'force'))
     for what,fn in res.items(): print(f"{what}: {Path(fn).resolve()}")
-
 def _cmd_app(a):
     from fastpipes.app import launch_app
     launch_app(in_dir(a.run, 'Run folder'), quiet=a.quiet, **_args(a, 'path', 'port', 'review'))
-
 def _cmd_demo(a):
     from fastpipes.pipeline import demo
     kw = _args(a, 'out', 'n_train', 'n_test', 'size', 'epochs', 'freeze_epochs', 'bs', 'lr', 'seed')
@@ -279,12 +269,10 @@ def _cmd_demo(a):
     print(f"Demo accuracy {metrics['accuracy']:.3f}, pointing game {metrics['pointing game']:.3f}.")
     print(_report_line(kw.get('out') or _library_default('fastpipes.pipeline:demo', 'out'), metrics))
 
-_COMMANDS = dict(crawl=_cmd_crawl, download=_cmd_download, clean=_cmd_clean, train=_cmd_train, cam=_cmd_cam,
-                 predict=_cmd_predict, run=_cmd_run, export=_cmd_export, app=_cmd_app, demo=_cmd_demo)
+_COMMANDS = {k[len('_cmd_'):]: f for k, f in dict(globals()).items() if k.startswith('_cmd_')}   # `_cmd_clean`: clean
 
 # %% ../nbs/10_cli.ipynb #80b19e98
 def _err(msg:str): print(f"fastpipes: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)   # one line
-
 def _hide_foreign_warnings():
     "Keep other packages' warnings (torch's deprecations, ...) off stderr, so an error stays one line; ours still show."
     warnings.filterwarnings('ignore')
@@ -292,20 +280,15 @@ def _hide_foreign_warnings():
 
 def _run(a)->int:
     "Run the parsed command `a`; its exit status."
-    try:
-        _COMMANDS[a.command](a)
-        return 0
-    except FastpipesError as e:
-        if a.debug: traceback.print_exc()
-        _err(str(e)); return 2
+    try: _COMMANDS[a.command](a); return 0
     except KeyboardInterrupt:
         print("fastpipes: " + ("stopped." if a.command == 'app' else
               "interrupted; what is done is kept: run the same command again to resume."), file=sys.stderr)
         return 130
-    except Exception as e:
+    except Exception as e:   # a user error is one line, status 2; anything else says it is unexpected, status 1
         if a.debug: traceback.print_exc()
-        _err(f"unexpected {type(e).__name__}: {e} (run again with --debug for the traceback, and please report it)")
-        return 1
+        if isinstance(e, FastpipesError): _err(str(e)); return 2
+        _err(f"unexpected {type(e).__name__}: {e} (--debug shows the traceback; please report it)"); return 1
 
 def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
         )->int:
@@ -317,5 +300,4 @@ def main(argv:list[str]|None=None, # the arguments (default: `sys.argv[1:]`)
         except SystemExit as e: return e.code if isinstance(e.code, int) else 2
         os.environ.setdefault('MPLBACKEND', 'Agg')
         return _run(a)
-
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'fastpipes.cli': sys.exit(main())

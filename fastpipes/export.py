@@ -12,6 +12,7 @@ from .core import FastpipesError, RunFolder, atomic_write, dataset_view, entry_k
 from .inference import default_title
 from .train import ClassifierSpec
 from .review import load_run
+from .audit import card_markdown, dataset_card
 
 # %% auto #0
 __all__ = ['EXTRA', 'SPACE_APP', 'MARK', 'need_extra', 'CamNet', 'export_onnx', 'onnx_session', 'check_onnx',
@@ -87,6 +88,7 @@ def onnx_session(path:Path, # an `.onnx` file
     opts = ort.SessionOptions(); opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
 
+# %% ../nbs/08_export.ipynb #2ec6e371
 def check_onnx(learn, # the learner that was exported
                path:Path, # its `.onnx` file
                x=None, # `[0, 1]` images `(n, 3, H, W)` (default: 3 random ones)
@@ -162,17 +164,19 @@ def _minor(mod)->str: return mod.__version__.rsplit('.', 1)[0]
 
 def space_files(spec:ClassifierSpec, # the model's spec
                 title:str, # the Space's title
+                card:dict|None=None, # the dataset card (`fastpipes.audit.dataset_card`), added to the README
                )->dict:
     "`{name: text}` of a Space's small files: `app.py`, `inference.py`, `model.json`, `requirements.txt`, `README.md`."
     gradio, ort, yaml = need_extra('gradio'), need_extra('onnxruntime'), need_extra('yaml')
     front = dict(title=title[:60], emoji='🔍', colorFrom='indigo', colorTo='gray', sdk='gradio',
                  sdk_version=gradio.__version__, app_file='app.py', pinned=False, license='apache-2.0')
-    g, o = _major(gradio), _major(ort)
+    g, o, classes = _major(gradio), _major(ort), html.escape(', '.join(map(str, spec.vocab)))
     return {'app.py': SPACE_APP, 'inference.py': Path(fastpipes.inference.__file__).read_text(encoding='utf-8'),
             'model.json': json.dumps({**spec.to_dict(), 'title': title}, indent=2),
             'requirements.txt': f"gradio>={g},<{g+1}\nonnxruntime>={_minor(ort)},<{o+1}\nnumpy\npillow\n",
             'README.md': '---\n' + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + '---\n' +
-                         _README.format(title=html.escape(title), classes=html.escape(', '.join(map(str, spec.vocab))))}
+                         _README.format(title=html.escape(title), classes=classes) +
+                         ('\n' + card_markdown(card) if card else '')}
 
 # %% ../nbs/08_export.ipynb #b8395d91
 def example_images(path:Path|None, # a dataset folder (None: no examples)
@@ -227,7 +231,9 @@ def write_space(run:Path, # a run folder (its `model/`) or a classifier folder
     ours = _check_dest(dest, force)
     learn = load_run(run)
     spec = learn.spec
-    files = space_files(spec, str(title) if title else spec.title)
+    data = RunFolder(run).dataset(path)
+    card = dataset_card(data) if data is not None and data.is_dir() and dataset_view(data).images else None
+    files = space_files(spec, str(title) if title else spec.title, card)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix='.fastpipes-space-', dir=dest.parent))
     try:
@@ -235,7 +241,7 @@ def write_space(run:Path, # a run folder (its `model/`) or a classifier folder
         for name,text in files.items(): (new/name).write_text(text, encoding='utf-8')
         if onnx is not None: shutil.copyfile(onnx, new/'model.onnx')
         else: export_onnx(learn, new/'model.onnx')
-        for i,f in enumerate(example_images(RunFolder(run).dataset(path), spec.vocab, examples)):
+        for i,f in enumerate(example_images(data, spec.vocab, examples)):
             (new/'examples').mkdir(exist_ok=True); shutil.copyfile(f, new/'examples'/f"{i:02d}_{Path(f).name}")
         names = sorted(p.name for p in new.iterdir())
         (new/MARK).write_text(json.dumps(dict(fastpipes_version=fastpipes.__version__, files=names)), encoding='utf-8')

@@ -142,6 +142,12 @@ def _cam_items(learn):
     ok = len(files) and all(isinstance(f, (str, Path)) and Path(f).is_file() for f in files)
     return _mixed([Path(f) for f in files], labels) if ok else learn.dls.valid
 
+def _audit_kw(path:Path|None)->dict:
+    "The report's dataset card of `path`, and its Audit section when `path` holds an audit."
+    from fastpipes.audit import AUDIT, dataset_card
+    if path is None: return {}
+    return dict(card=dataset_card(path), audit=path if (path/AUDIT).is_file() else None)
+
 def write_run_report(learn, # a trained `Learner`
                      out:Path, # the run folder (`RunFolder`): the report, metrics JSON and figures go here
                      path:Path|None=None, # the dataset folder (for counts, rejects and the manifest)
@@ -171,7 +177,7 @@ def write_run_report(learn, # a trained `Learner`
     write_report(run.report, title=title, summary=summary, params=params, versions=versions(), dataset=counts,
                  downloads=manifest_summary(path) if path and (path/MANIFEST).exists() else None,
                  rejected=rejected_files(path) if path else None, history=hist, curve=fns.pop('Training curve'),
-                 metrics=metrics, figures=fns)
+                 metrics=metrics, figures=fns, **_audit_kw(path))
     return metrics
 
 # %% ../nbs/09_pipeline.ipynb #07040c5c
@@ -284,8 +290,9 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
                 max_size:int=400, # presize images to this longest side when cleaning
                 crawl_kw:dict|None=None, # more arguments for `crawl` (pause, allow_private, proxy, ...)
                 quiet:bool=False, # no progress bars
+                audit:bool=True, # audit the cleaned data (`audit_images`): the report's Audit section, the review order
                )->tuple[Path, str]:
-    "Crawl and clean the data of a run into `out/data`; `(the dataset folder, the report's title)`."
+    "Crawl, clean and audit the data of a run into `out/data`; `(the dataset folder, the report's title)`."
     if isinstance(classes, dict): classes, counts = {check_label(k, 'a label'): v for k,v in classes.items()}, {}
     else: classes, counts = classes_from(classes, spec)
     path = RunFolder(out_dir(out)).data
@@ -293,14 +300,17 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
     from fastpipes.clean import clean_images
     crawl_images(classes, path, n_train=counts.get('n_train', n_train), n_test=counts.get('n_test', n_test), quiet=quiet, **(crawl_kw or {}))
     clean_images(path, max_size=max_size, quiet=quiet)
+    if audit:
+        from fastpipes.audit import audit_images
+        audit_images(path, quiet=quiet)
     return path, f"fastpipes run: {' vs '.join(map(str, classes))}"
 
 @delegates(prepare_run, keep=True)
 def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
         out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
-        **kwargs, # `prepare_run`'s arguments (spec, n_train, n_test, max_size, crawl_kw, quiet); the rest go to `train_run`
+        **kwargs, # `prepare_run`'s (spec, n_train, n_test, max_size, crawl_kw, quiet, audit), the rest `train_run`'s
        ):
-    "Crawl, clean, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
+    "Crawl, clean, audit, train, draw CAMs and write the report into `out`; return `(learn, metrics)`."
     prep = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(prepare_run).parameters}
     path, title = prepare_run(classes, out, **prep)
     return train_run(path, out, title=title, quiet=prep.get('quiet', False), **kwargs)

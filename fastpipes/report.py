@@ -9,8 +9,8 @@ import base64, html, io, os, platform, sys, time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
-from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_kind, header_size, literal_text,
-                            read_limited, read_manifest)
+from .core import (FastpipesError, MAX_BYTES, atomic_write, dataset_view, entry_kind, header_size,
+                            literal_text, read_limited, read_manifest)
 
 # %% auto #0
 __all__ = ['MAX_FIG_INCHES', 'MAX_TEXT_CHARS', 'THUMB_PIXELS', 'PACKAGES', 'MAX_CURVES', 'MAX_POINTS', 'MAX_GRID_CLASSES',
@@ -30,7 +30,7 @@ def cap_figure(fig, # a matplotlib `Figure`
                max_chars:int=MAX_TEXT_CHARS, # longest line of any text in it
                max_lines:int=4, # most lines of any text in it
               ):
-    "`fig` with every text cut to `max_lines` lines of `max_chars` and its size within `max_inches`: a figure stays bounded."
+    "`fig`, each text cut to `max_lines` lines of `max_chars`, its size within `max_inches`: a figure stays bounded."
     from matplotlib.text import Text
     for t in fig.findobj(Text):
         lines = t.get_text().split('\n')
@@ -41,6 +41,7 @@ def cap_figure(fig, # a matplotlib `Figure`
     if k < 1: fig.set_size_inches(w*k, h*k)
     return fig
 
+# %% ../nbs/06_report.ipynb #6cf2d840
 def figure_png(fig, # a matplotlib `Figure`
                dpi:int=100, # resolution
                max_inches:tuple=MAX_FIG_INCHES, # the largest picture, in inches
@@ -53,12 +54,14 @@ def figure_png(fig, # a matplotlib `Figure`
     fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight' if tight else None)
     return buf.getvalue()
 
+# %% ../nbs/06_report.ipynb #6f515513
 def data_uri(data:bytes, # the file's bytes
              mime:str='image/png', # its media type
             )->str:
     "A `data:` URI holding `data`."
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
+# %% ../nbs/06_report.ipynb #b576b9a1
 def fig_uri(fig, # a matplotlib `Figure`
             dpi:int=100, # resolution of the PNG
             close:bool=True, # close `fig` afterwards (frees its memory)
@@ -89,7 +92,7 @@ THUMB_PIXELS = 4096*4096   # the most pixels a thumbnail decodes (JPEGs count af
 _NOT_DRAWN = {'too-large': 'too many pixels to draw', 'too-many-scans': 'too many JPEG scans to draw'}
 
 def _reduction(wh:tuple[int,int], size:int)->int:
-    "How many times `decode_image` shrinks the sides of a JPEG of size `wh` for a thumbnail of `size` (`Image.draft`: 1, 2, 4 or 8)."
+    "How often `decode_image` shrinks the sides of a `wh` JPEG for a thumbnail of `size` (`Image.draft`: 1, 2, 4 or 8)."
     k = max(wh)//size if max(wh) >= 2*size else 1
     return next(r for r in (8, 4, 2, 1) if r <= k)
 
@@ -110,8 +113,10 @@ def thumb_uri(src, # an image file or a PIL image
     else:
         b, why = read_limited(src, MAX_BYTES)
         if b is not None:
-            wh = header_size(b) if b.startswith(b'\xff\xd8') else None   # a JPEG is decoded reduced: its cap counts after that
-            im, reason = decode_image(b, min_size=1, max_pixels=max_pixels*_reduction(wh, size)**2 if wh else max_pixels, max_size=size)
+            # a JPEG is decoded reduced: its cap counts after that
+            wh = header_size(b) if b.startswith(b'\xff\xd8') else None
+            im, reason = decode_image(b, min_size=1, max_size=size,
+                                      max_pixels=max_pixels*_reduction(wh, size)**2 if wh else max_pixels)
             why = _NOT_DRAWN.get(reason) or _printable(b[:24])   # this file's own first bytes
     if im is not None:
         try: im = ImageOps.exif_transpose(im).convert('RGB'); im.thumbnail((size, size))
@@ -155,9 +160,10 @@ def versions(pkgs:tuple=PACKAGES)->dict:
 # %% ../nbs/06_report.ipynb #fd32097e
 def dataset_counts(path:Path, # a dataset folder: `<split>/<label>/` image files, or `<label>/` image files
                   ):
-    "A DataFrame of image counts, one row per class and one column per split, with totals: `fastpipes.core.dataset_view`'s."
+    "A DataFrame of image counts, a row per class and a column per split, with totals: `fastpipes.core.dataset_view`'s."
     return dataset_view(path).counts()
 
+# %% ../nbs/06_report.ipynb #67f614e6
 def _below(d:Path)->list[Path]:
     "Every file, link and special file below the folder `d`, sorted; links are listed, never followed."
     out = []
@@ -171,11 +177,13 @@ def rejected_files(path:Path)->dict:
     if entry_kind(rej) != 'dir': return {}
     return {d.name: _below(d) for d in sorted(rej.iterdir()) if entry_kind(d) == 'dir'}
 
+# %% ../nbs/06_report.ipynb #315184a5
 def manifest_summary(path:Path):
     "Manifest rows of `path` counted per status and reason, as a DataFrame."
     import pandas as pd
     c = Counter((r.get('status') or '', r.get('reason') or '') for r in read_manifest(path))
-    return pd.DataFrame([dict(status=s, reason=r, count=n) for (s,r),n in sorted(c.items())], columns=['status','reason','count'])
+    return pd.DataFrame([dict(status=s, reason=r, count=n) for (s,r),n in sorted(c.items())],
+                        columns=['status','reason','count'])
 
 # %% ../nbs/06_report.ipynb #9610c228
 _NOT_METRICS = ('epoch', 'train_loss', 'valid_loss', 'seconds', 'time')
@@ -198,7 +206,8 @@ def curve_figure(history, # one row per epoch, as `fastpipes.train.history` retu
         if batch_losses is not None and len(batch_losses):
             bl = [float(x) for x in batch_losses]
             step = max(1, len(bl)//MAX_POINTS)   # a long training: every `step`-th batch
-            ax1.plot([(i+1)*n/len(bl) - 0.5 for i in range(0, len(bl), step)], bl[::step], color='#bbb', lw=0.8, label='train (batch)')
+            ax1.plot([(i+1)*n/len(bl) - 0.5 for i in range(0, len(bl), step)], bl[::step], color='#bbb', lw=0.8,
+                     label='train (batch)')
         for col,c in [('train_loss', '#1f77b4'), ('valid_loss', '#d62728')]:
             if col in history: ax1.plot(history['epoch'], history[col], 'o-', color=c, label=col.replace('_', ' '))
         ax1.set_xlabel('epoch'); ax1.set_title('loss'); ax1.legend(fontsize=8)
@@ -220,6 +229,7 @@ def confusion_counts(preds, # predicted class indices (n,)
     p, t = np.asarray(preds, dtype=np.int64).ravel(), np.asarray(targs, dtype=np.int64).ravel()
     return np.bincount(t*n_classes + p, minlength=n_classes*n_classes).reshape(n_classes, n_classes)
 
+# %% ../nbs/06_report.ipynb #3432a196
 def most_confused(cm, # a confusion matrix, as `confusion_counts` returns
                   vocab, # the classes, in the matrix's order
                   k:int=20, # the most pairs listed
@@ -234,6 +244,7 @@ def most_confused(cm, # a confusion matrix, as `confusion_counts` returns
     return pd.DataFrame([(str(vocab[i//n]), str(vocab[i % n]), int(flat[i])) for i in top if flat[i] >= min_val],
                         columns=['actual', 'predicted', 'count'])
 
+# %% ../nbs/06_report.ipynb #efc34839
 def confused_figure(table, # as `most_confused` returns
                     n_classes:int|None=None, # how many classes the model has (for the title)
                    ):
@@ -244,10 +255,13 @@ def confused_figure(table, # as `most_confused` returns
     with literal_text():
         fig, ax = plt.subplots(figsize=(7, 1 + 0.28*max(len(rows), 2)))
         ax.barh(range(len(rows)), rows['count'], color='#d62728')
-        ax.set_yticks(range(len(rows)), [f"{_short(a, 30)} → {_short(p, 30)}" for a,p in zip(rows.actual, rows.predicted)], fontsize=8)
+        labels = [f"{_short(a, 30)} → {_short(p, 30)}" for a,p in zip(rows.actual, rows.predicted)]
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis(); ax.xaxis.set_major_locator(MaxNLocator(integer=True)); ax.set_xlabel('validation images')
-        ax.set_title('most confused classes, actual → predicted' + (f' ({n_classes} classes)' if n_classes else ''), fontsize=10)
-        if not len(rows): ax.text(0.5, 0.5, 'no validation image is confused', ha='center', va='center', transform=ax.transAxes)
+        ax.set_title('most confused classes, actual → predicted' + (f' ({n_classes} classes)' if n_classes else ''),
+                     fontsize=10)
+        if not len(rows):
+            ax.text(0.5, 0.5, 'no validation image is confused', ha='center', va='center', transform=ax.transAxes)
         fig.tight_layout()
     return fig
 
@@ -304,7 +318,8 @@ def _kv_table(d:dict, max_rows:int|None=None)->str:
     items = list(d.items())
     if max_rows and len(items) > max_rows: items = sorted(items, key=lambda kv: _low(kv[1]))[:max_rows]
     rows = ''.join(f'<tr><th>{_e(k)}</th><td>{_fmt(v)}</td></tr>' for k,v in items)
-    more = f'<tr><td colspan="2">the {len(items)} lowest of {len(d)}; metrics.json has all</td></tr>' if len(items) < len(d) else ''
+    more = (f'<tr><td colspan="2">the {len(items)} lowest of {len(d)}; metrics.json has all</td></tr>'
+            if len(items) < len(d) else '')
     return f'<table>{rows}{more}</table>'
 
 def _df_table(df)->str:
@@ -324,26 +339,51 @@ def _figure(title:str, x)->str:
 def _section(title:str, body:str)->str: return f'<section><h2>{_e(title)}</h2>{body}</section>'
 
 # %% ../nbs/06_report.ipynb #0e2f8c77
-_METRIC_NAMES = {'n': 'validation images', 'loss': 'validation loss', 'error_rate': 'error rate', 'per_class': 'per-class accuracy'}
+_METRIC_NAMES = {'n': 'validation images', 'loss': 'validation loss', 'error_rate': 'error rate',
+                 'per_class': 'per-class accuracy'}
 
 def _metrics_section(metrics:dict)->str:
     name = lambda k: _e(_METRIC_NAMES.get(k, k))
     flat = {k:v for k,v in metrics.items() if not isinstance(v, dict)}
     cards = ''.join(f'<div class="card"><b>{_fmt(v)}</b><span>{name(k)}</span></div>' for k,v in flat.items())
-    subs = ''.join(f'<div><h3>{name(k)}</h3>{_kv_table(v, MAX_ROWS)}</div>' for k,v in metrics.items() if isinstance(v, dict))
+    subs = ''.join(f'<div><h3>{name(k)}</h3>{_kv_table(v, MAX_ROWS)}</div>'
+                   for k,v in metrics.items() if isinstance(v, dict))
     return f'<div class="cards">{cards}</div><div class="cols">{subs}</div>'
 
 def _rejected_section(rejected:dict, downloads=None, max_thumbs:int=12)->str:
     out = ''
-    if downloads is not None and len(downloads): out += '<h3>Every URL, per status and reason</h3>' + _df_table(downloads)
+    if downloads is not None and len(downloads):
+        out += '<h3>Every URL, per status and reason</h3>' + _df_table(downloads)
     if rejected:
-        out += _kv_table({k: len(v) for k,v in rejected.items()}).replace('<table>', '<table><tr><th>reason</th><th>files</th></tr>', 1)
+        head = '<table><tr><th>reason</th><th>files</th></tr>'
+        out += _kv_table({k: len(v) for k,v in rejected.items()}).replace('<table>', head, 1)
     for reason,files in rejected.items():
-        tiles = ''.join(f'<figure><img src="{thumb_uri(f, label=reason)}" alt="{_e(f.name)}"><figcaption>{_e(f.name)}</figcaption></figure>'
-                        for f in list(files)[:max_thumbs])
+        tiles = ''.join(f'<figure><img src="{thumb_uri(f, label=reason)}" alt="{_e(f.name)}">'
+                        f'<figcaption>{_e(f.name)}</figcaption></figure>' for f in list(files)[:max_thumbs])
         more = f'<p class="sub">and {len(files)-max_thumbs} more</p>' if len(files) > max_thumbs else ''
         out += f'<h3>{_e(reason)} ({len(files)})</h3><div class="thumbs">{tiles}</div>{more}'
     return out or '<p class="sub">Nothing was rejected.</p>'
+
+def _card_section(card:dict, dataset)->str:
+    "The dataset card `card` (`fastpipes.audit.dataset_card`) as HTML, with the counts table `dataset` if given."
+    from fastpipes.audit import card_lines
+    (_, first), *rest = card_lines(card)
+    return (f'<p>{_e(first)}</p>' + (_df_table(dataset) if dataset is not None else '') +
+            ''.join(f'<p><b>{_e(k)}</b>: {_e(t)}</p>' for k, t in rest))
+
+def _audit_section(path:Path, max_thumbs:int=12)->str:
+    "What the audit of the dataset folder `path` found: its summary and the first `2*max_thumbs` flagged images."
+    from fastpipes.audit import audit_flagged, audit_summary, read_audit
+    try: df = read_audit(path)
+    except FastpipesError as e: return f'<p class="sub">{_e(e)}</p>'   # the report is written all the same
+    top = audit_flagged(df)
+    lines = ''.join(f'<p>{_e(l)}</p>' for l in audit_summary(df).splitlines())
+    cap = lambda r: f"{r.issue}" + (f" → {r.suggested}" if r.suggested else '') + f" ({r.score:.2f}) · {r.file}"
+    tiles = ''.join(f'<figure><img src="{thumb_uri(path/r.file, label=r.issue)}" alt="{_e(r.file)}">'
+                    f'<figcaption>{_e(cap(r))}</figcaption></figure>' for r in top.head(2*max_thumbs).itertuples())
+    more = (f'<p class="sub">and {len(top) - 2*max_thumbs} more flagged: {_e(path.name)}/audit.csv has them all</p>'
+            if len(top) > 2*max_thumbs else '')
+    return lines + (f'<h3>Flagged, most important first</h3><div class="thumbs">{tiles}</div>{more}' if tiles else '')
 
 def report_html(title:str='fastpipes run', # the page's heading
                 summary:str|None=None, # one paragraph at the top (plain text)
@@ -357,17 +397,24 @@ def report_html(title:str='fastpipes run', # the page's heading
                 metrics:dict|None=None, # scalars, and dicts of scalars (per-class accuracy)
                 figures:dict|None=None, # `{title: Figure | PIL image | image file}`: confusion matrix, top losses, CAMs
                 max_thumbs:int=12, # thumbnails shown per rejection reason
+                card:dict|None=None, # the dataset card (`fastpipes.audit.dataset_card`): the dataset section states it
+                audit:Path|None=None, # a dataset folder with an `audit.csv`: the Audit section, what it flagged
                )->str:
     "A self-contained HTML page (images embedded, inline CSS, no scripts) from the given sections."
     parts = [f'<h1>{_e(title)}</h1><p class="sub">Written by fastpipes on {time.strftime("%Y-%m-%d %H:%M:%S %Z")}.</p>']
     if summary: parts.append(f'<p class="summary">{_e(summary)}</p>')
     if metrics: parts.append(_section('Results', _metrics_section(metrics)))
-    if dataset is not None: parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' + _df_table(dataset)))
+    if card is not None: parts.append(_section('Dataset', _card_section(card, dataset)))
+    elif dataset is not None:
+        parts.append(_section('Dataset', '<p class="sub">Images per class and split, after cleaning.</p>' +
+                              _df_table(dataset)))
     if rejected is not None or downloads is not None:
         parts.append(_section('What cleaning rejected', _rejected_section(rejected or {}, downloads, max_thumbs)))
+    if audit is not None: parts.append(_section('Audit', _audit_section(Path(audit), max_thumbs)))
     if curve is None and history is not None and len(history): curve = curve_figure(history)
     if curve is not None or history is not None:
-        body = (_figure('training curve', curve) if curve is not None else '') + (_df_table(history) if history is not None else '')
+        body = ((_figure('training curve', curve) if curve is not None else '') +
+                (_df_table(history) if history is not None else ''))
         parts.append(_section('Training', body))
     for t,x in (figures or {}).items(): parts.append(_section(t, _figure(t, x)))
     if params: parts.append(_section('Parameters', _kv_table(params)))
@@ -377,6 +424,7 @@ def report_html(title:str='fastpipes run', # the page's heading
             f'<link rel="icon" href="data:,"><title>{_e(title)}</title><style>{_CSS}</style></head>'
             f'<body><main>{"".join(parts)}</main></body></html>')
 
+# %% ../nbs/06_report.ipynb #e310d87b
 def write_report(path:Path, # where `report.html` goes (a folder or a file name)
                  **kwargs):
     "Write `report_html(**kwargs)` to `path` atomically; return the file's path."

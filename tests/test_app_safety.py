@@ -184,7 +184,7 @@ def test_ctrl_c_and_sigterm_exit_130(run, capsys, sig, monkeypatch, tmp_path):
     t = _interrupt_when_up(port, sig, ready=lambda: signal.getsignal(signal.SIGTERM) is not before)   # the app's own handler is in
     assert main(['app', str(run/'run'), '--port', str(port), '--quiet']) == 130
     t.join(TIMEOUT)
-    assert 'interrupted' in capsys.readouterr().err
+    assert 'fastpipes: stopped.' in capsys.readouterr().err   # the app has nothing to resume
     assert signal.getsignal(signal.SIGTERM) is before          # the handler is put back
     assert list(shared.iterdir()) == []                        # the app's files are gone
     with pytest.raises(httpx.HTTPError): httpx.get(f'http://127.0.0.1:{port}/', timeout=5)   # and it serves no more
@@ -206,7 +206,7 @@ def test_app_process_exit_130(run, tmp_path, sig):
     finally:
         if p.poll() is None: p.kill(); p.communicate()
     assert p.returncode == 130, out
-    assert f'http://127.0.0.1:{port}/' in out and 'interrupted' in out
+    assert f'http://127.0.0.1:{port}/' in out and 'fastpipes: stopped.' in out
     assert list(shared.iterdir()) == [], list(shared.rglob('*'))
 
 def test_app_reads_no_image_before_it_serves(run, monkeypatch):

@@ -165,6 +165,74 @@ def test_download_limits(capsys, tmp_path):
 def test_clean_missing(capsys, tmp_path):
     assert_user_error(*run_main(capsys, 'clean', tmp_path/'nope'), 'does not exist')
 
+def test_audit_bad_input(capsys, tmp_path):
+    "A missing, empty or file path, a bad threshold, nothing to restore: one line each."
+    assert_user_error(*run_main(capsys, 'audit', tmp_path/'nope'), 'does not exist')
+    (tmp_path/'e').mkdir(); (tmp_path/'f.jpg').write_bytes(b'x')
+    assert_user_error(*run_main(capsys, 'audit', tmp_path/'e'), 'holds no images to audit')
+    assert_user_error(*run_main(capsys, 'audit', tmp_path/'f.jpg'), 'is a file')
+    assert_user_error(*run_main(capsys, 'audit', tmp_path/'e', '--offtopic', '-1'), 'not a positive number')
+    assert_user_error(*run_main(capsys, 'clean', tmp_path/'nope', '--audit'), 'does not exist')
+    assert run_main(capsys, 'audit', tmp_path/'e', '--restore')[:2] == (0, 'Nothing to restore.\n')
+
+def offtopic_data(d:Path)->Path:
+    "The tiny dataset with three generated text images among the red ones (a look-alike off-topic group)."
+    from fastpipes.audit import offtopic_image
+    make_data(d)
+    for k in range(3): offtopic_image('text', k).save(d/'train'/'red'/f'text{k}.jpg')
+    return d
+
+def test_audit_clean_restore(capsys, tmp_path):
+    "`audit` lists what it flags; `clean --audit` moves it to rejected/<issue>/ with the manifest's reason; `--restore`."
+    from fastpipes.core import read_manifest
+    d = offtopic_data(tmp_path/'d')
+    (d/'train'/'red'/'new\nline.jpg').write_bytes((d/'train'/'red'/'red0.jpg').read_bytes())   # a name with a newline
+    rc, out, err = run_main(capsys, 'audit', d, '-q')
+    assert rc == 0, err
+    rows = [l.split('\t') for l in out.splitlines()]
+    assert rows[0] == ['file', 'label', 'split', 'issue', 'score', 'suggested', 'copy_of']
+    flagged = {r[0]: r[3] for r in rows[1:] if len(r) == 7}
+    assert {f'train/red/text{k}.jpg' for k in range(3)} <= set(flagged) and flagged['train/red/text0.jpg'] == 'off-topic'
+    assert all(len(r) == 7 for r in rows[1:len(flagged) + 1]) and out.count('\n') == len(flagged) + 1 + 3
+    assert 'Audited 36 of 36 images' in out and (d/'audit.csv').is_file()
+    rc, out, err = run_main(capsys, 'clean', d, '--audit')
+    assert rc == 0, err
+    import pandas as pd   # cleaning changed the folder (the copy with a newline is gone): clean --audit audited anew
+    t = pd.read_csv(d/'audit.csv', dtype=str, keep_default_na=False)
+    moved = dict(zip(t.file[t.status == 'rejected'], t.issue[t.status == 'rejected']))
+    gone = {f.split('/', 2)[2] for f in moved if f.startswith('rejected/off-topic/')}
+    assert moved and all(f == f'rejected/{i}/' + f.split('/', 2)[2] and (d/f).is_file() for f, i in moved.items())
+    assert {f'train/red/text{k}.jpg' for k in range(3)} <= gone and not any((d/f).exists() for f in gone)
+    assert 'moved to rejected/' in out
+    rows = {r['file']: r for r in read_manifest(d)}
+    assert all(rows[f'rejected/off-topic/{f}']['reason'] == 'off-topic' for f in gone)
+    rc, out, err = run_main(capsys, 'audit', d, '--restore')
+    back = {f.split('/', 2)[2] for f in moved}
+    assert rc == 0 and all((d/f).is_file() for f in back) and not any((d/f).exists() for f in moved)
+    assert {r['status'] for r in read_manifest(d) if r['file'] in back} == {'ok'}
+
+@pytest.mark.parametrize('audit', [True, False])
+def test_prepare_run_audits_unless_told_not(tmp_path, monkeypatch, audit):
+    "`run` cleans then audits the crawled data (the fast twin of test_run_offline, the crawl replaced by a copy)."
+    import shutil, fastpipes.crawl
+    from fastpipes.pipeline import prepare_run
+    src = offtopic_data(tmp_path/'src')
+    monkeypatch.setattr(fastpipes.crawl, 'crawl_images', lambda classes, path, **kw: shutil.copytree(src, path))
+    path, _ = prepare_run(['red', 'blue'], tmp_path/'run', quiet=True, audit=audit)
+    assert (path/'audit.csv').is_file() == audit
+    if audit:
+        from fastpipes.audit import read_audit
+        from fastpipes.core import dataset_view
+        df = read_audit(path)   # what cleaning kept
+        assert set(df.issue[df.file.str.contains('text')]) == {'off-topic'} and len(df) == len(dataset_view(path).images)
+
+def test_run_audit_option():
+    "`run` audits unless `--no-audit`; the option is `prepare_run`'s `audit`."
+    from fastpipes.cli import parser, _args
+    a = parser().parse_args(['run', 'a', 'b', '--out', 'o'])
+    assert _args(a, 'audit') == {}
+    assert _args(parser().parse_args(['run', 'a', 'b', '--out', 'o', '--no-audit']), 'audit') == {'audit': False}
+
 def test_unwritable_output(capsys, tmp_path, data):
     if os.geteuid() == 0: out = Path('/proc/fastpipes-out')  # root writes anywhere else
     else:
@@ -310,6 +378,8 @@ def test_run_offline(tmp_path, monkeypatch, capsys):
     assert [p.parent.name for p in (out/'data'/'rejected').rglob('*.jpg')] == ['truncated']
     page = (out/'report.html').read_text()
     assert 'not an image: HTML' in page and 'truncated' in page, "the report does not say what was refused and why"
+    assert (out/'data'/'audit.csv').is_file() and '<h2>Audit</h2>' in page, "run audits by default"
+    assert '<b>Queries</b>: blue: &quot;blue&quot;; red: &quot;red&quot;.' in page and '<b>Sources</b>: 1 hosts' in page
     assert str((out/'report.html').resolve()) in o
 
 # ---------------------------------------------------------------- predict output, export and app

@@ -90,6 +90,7 @@ def test_space_folder(exported, tmp_path, monkeypatch):
     assert exported['safetensors'].is_file()
     readme = (space/'README.md').read_text()
     assert readme.startswith('---\n') and 'sdk: gradio' in readme and 'app_file: app.py' in readme
+    assert '## Dataset: data' in readme and '24 images in 2 classes (circle, cross)' in readme   # the dataset card
     reqs = (space/'requirements.txt').read_text().split()
     assert {'gradio', 'onnxruntime'} <= {l.split('>')[0] for l in reqs}
     import gradio

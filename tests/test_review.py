@@ -168,3 +168,24 @@ def test_review_image_gone_or_broken_after_reading(run, data):
     (data/c).unlink()
     assert rv2.items('circle', 'train') and c in rv2.skipped and 'cannot be read' in rv2.skipped[c]
     with pytest.raises(FastpipesError, match=f"`{c}` cannot be reviewed"): rv2.item(c)
+
+def test_review_in_audit_order(run, data):
+    "With an `audit.csv`, the review shows the audit's order, issues and suggested labels (widget and app captions)."
+    import os, warnings
+    from fastpipes.review import Review, _caption
+    from fastpipes.audit import audit_images, audit_order
+    from PIL import Image
+    src = sorted((data/'train'/'circle').glob('*.jpg'))
+    os.rename(src[0], data/'train'/'cross'/'moved.jpg')
+    Image.open(src[1]).resize((96, 96)).save(data/'train'/'cross'/'copy.jpg', quality=80)   # the same image, two labels
+    df = audit_images(data, size=64, quiet=True)   # small: the order, not the findings, is tested here
+    rv = Review(run/'run', data)
+    assert [i.key for i in rv.page(n=0, per_page=5)] == audit_order(df).file.tolist()[:5]
+    assert rv.progress()[0] == 5   # only that page was read
+    flagged = [i for i in rv.items() if i.issue]
+    assert [i.key for i in flagged] == df.file[df.issue != ''].pipe(lambda f: [k for k in audit_order(df).file if k in set(f)])
+    assert flagged and all(i.issue in _caption(rv, i) and i.suggested in _caption(rv, i) for i in flagged)
+    assert all(i.suggested == '' for i in rv.items() if not i.issue)
+    assert Review(run/'run', data, audit=False).order is None
+    (data/'audit.csv').write_text('not,an\naudit,table\n')
+    with pytest.warns(UserWarning, match='orders by loss'): assert Review(run/'run', data).order is None
