@@ -147,8 +147,7 @@ def _data_commands(sub):
 
 def _model_commands(sub):
     p = _sub(sub, 'train', "train a CAM-ready classifier on PATH; write the model, figures and report into OUT", 1)
-    p.add_argument('--out', required=True, type=Path, help="the run folder")
-    _train_opts(p)
+    p.add_argument('--out', required=True, type=Path, help="the run folder"); _train_opts(p)
     p = _sub(sub, 'cam', "draw a grid of class activation maps of the model in RUN for a folder or image files")
     _run_arg(p); p.add_argument('items', nargs='+', metavar='PATH_OR_FILES', help="a folder or image files")
     p.add_argument('--png', type=Path, default=None, help="where the grid goes (default: RUN/cam.png)")
@@ -164,16 +163,14 @@ def _model_commands(sub):
 
 def _app_commands(sub):
     p, ex = _sub(sub, 'export', "write RUN's ONNX graph (probabilities, CAMs), weights and a Space"), _EXPORT
-    _run_arg(p)
-    _opt(p, '--out', ex, "where the files go (none: RUN/export)", type=Path)
+    _run_arg(p); _opt(p, '--out', ex, "where the files go (none: RUN/export)", type=Path)
     _opt(p, '--onnx', ex, "write the ONNX graph", **_BOOL); _opt(p, '--safetensors', ex, "write the weights", **_BOOL)
     _opt(p, '--space', ex, "also write a Space folder here (`python app.py` runs it offline)", type=Path)
     _opt(p, ['--path', '--data'], ex, "dataset folder for the Space's examples (none: RUN/data)", type=Path)
     _opt(p, '--force', ex, "write the Space into a folder that is not empty (replaced files are kept)", **_BOOL)
     p = _sub(sub, 'app', "serve a local Gradio app for RUN: classify with CAM, review the data (needs fastpipes[app])")
-    _run_arg(p)
     _opt(p, ['--path', '--data'], 'fastpipes.app:launch_app', "dataset folder to review (none: RUN/data)", type=Path)
-    _opt(p, '--port', 'fastpipes.app:launch_app', "port on 127.0.0.1", type=_count)
+    _run_arg(p); _opt(p, '--port', 'fastpipes.app:launch_app', "port on 127.0.0.1", type=_count)
     _opt(p, '--review', 'fastpipes.app:launch_app', "add the Review tab", **_BOOL)
     p = _sub(sub, 'demo', "generate, serve, download, clean, fine-tune, explain and report, offline")
     _opt(p, '--out', _DEMO, "folder for everything", type=Path)
@@ -193,9 +190,6 @@ def parser()->argparse.ArgumentParser:
     return p
 
 # %% ../nbs/10_cli.ipynb #91f08189
-def _report_line(out:Path, metrics:dict)->str:
-    acc, page = metrics.get('accuracy'), RunFolder(out).report.resolve()
-    return f"Accuracy {acc:.3f}. Report: {page}" if acc is not None else f"Report: {page}"
 def _read_urls(fn:Path)->list[str]:
     if not Path(fn).is_file(): raise FastpipesError(f"URL file {fn} does not exist.")
     lines = Path(fn).read_text(encoding='utf-8', errors='replace').splitlines()
@@ -234,7 +228,9 @@ def _train(a, path, out, title:str)->dict:
     kw = dict(title=title, **_args(a, *_TRAIN))
     return launch(_train_metrics, path, out, kw, n=a.processes) if a.processes > 1 else _train_metrics(path, out, kw)
 def _print_report(out:Path, metrics:dict|None):   # under torchrun, rank 0 alone has the metrics and prints
-    if metrics is not None: print(_report_line(out, metrics))
+    if metrics is None: return
+    acc, page = metrics.get('accuracy'), RunFolder(out).report.resolve()
+    print(f"Accuracy {acc:.3f}. Report: {page}" if acc is not None else f"Report: {page}")
 def _cmd_train(a):
     _print_report(a.out, _train(a, in_dir(a.path), out_dir(a.out), f"fastpipes train {Path(a.path).name}"))
 def _items(items:list[str]): return Path(items[0]) if len(items) == 1 else list(map(Path, items))   # a folder or files
@@ -267,7 +263,7 @@ def _cmd_demo(a):
     kw = _args(a, 'out', 'n_train', 'n_test', 'size', 'epochs', 'freeze_epochs', 'bs', 'lr', 'seed')
     metrics = demo(quiet=a.quiet, **kw)
     print(f"Demo accuracy {metrics['accuracy']:.3f}, pointing game {metrics['pointing game']:.3f}.")
-    print(_report_line(kw.get('out') or _library_default('fastpipes.pipeline:demo', 'out'), metrics))
+    _print_report(kw.get('out') or _library_default('fastpipes.pipeline:demo', 'out'), metrics)
 
 _COMMANDS = {k[len('_cmd_'):]: f for k, f in dict(globals()).items() if k.startswith('_cmd_')}   # `_cmd_clean`: clean
 

@@ -51,6 +51,7 @@ def cam_head(nf:int, # channels out of the body (512 for resnet18/34, 2048 for r
     "`AdaptiveAvgPool2d(1) → Flatten → Linear(nf, n_out, bias=False)`: a head whose scores are mean CAMs."
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(nf, n_out, bias=False))
 
+# %% ../nbs/04_train.ipynb #24631ecb
 def _is_cam_head(head)->bool:
     return (isinstance(head, nn.Sequential) and len(head) == 3 and isinstance(head[0], nn.AdaptiveAvgPool2d)
             and head[0].output_size in (1, (1, 1)) and isinstance(head[1], (Flatten, nn.Flatten))
@@ -85,6 +86,7 @@ def build_learner(dls, # fastai `DataLoaders` with a `c` (number of classes)
         _set_norm(dls, stats)
     with offline_guard(fn, pretrained): return vision_learner(dls, fn, pretrained=pretrained, **kwargs)
 
+# %% ../nbs/04_train.ipynb #ce96b44c
 @delegates(build_learner, but=['cam'])
 def cam_learner(dls, # fastai `DataLoaders`
                 arch:str|Callable='resnet34', # architecture: see `resolve_arch`
@@ -102,7 +104,8 @@ def to_cam_learner(learn:Learner, # a trained vision learner (any head)
     "A new `Learner` with `learn`'s body and a fresh `cam_head`, fine-tuned for `epochs`."
     if epochs < 0: raise FastpipesError(f"epochs={epochs} must be 0 or more.")
     body = learn.model[0] if isinstance(learn.model, nn.Sequential) and len(learn.model) == 2 else None
-    if body is None: raise FastpipesError("to_cam_learner needs a vision learner whose model is Sequential(body, head).")
+    if body is None:
+        raise FastpipesError("to_cam_learner needs a vision learner whose model is Sequential(body, head).")
     dev = next(body.parameters()).device
     model = nn.Sequential(body, cam_head(num_features_model(body), learn.dls.c)).to(dev)
     splitter = learn.splitter
@@ -118,7 +121,7 @@ from .distrib import on_rank0, single_process, world_size
 def _plain_t(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
 
 def _pooled(learn:Learner)->tuple:
-    "The training images' pooled body features `(n, nf)` and targets, through the validation transforms (no augmentation)."
+    "The training images' pooled body features `(n, nf)` and targets, via the validation transforms (no augmentation)."
     dl = learn.dls.train.new(shuffle=False, drop_last=False)
     no_aug = getattr(dl.dataset, 'set_split_idx', None)
     fs, ys = [], []
@@ -132,7 +135,8 @@ def probe_head(learn:Learner, # a learner with the CAM head (`is_cam_model`) on 
                max_iter:int=100, # L-BFGS iterations
               )->torch.Tensor:
     "Fit the CAM layer alone on the frozen body (a linear probe: L-BFGS on pooled features); return its weight."
-    if not is_cam_model(learn.model): raise FastpipesError("probe_head fits the CAM layer; build the learner with cam=True.")
+    if not is_cam_model(learn.model):
+        raise FastpipesError("probe_head fits the CAM layer; build the learner with cam=True.")
     feats, ys = _pooled(learn)
     lin = learn.model[1][2]
     w = torch.zeros_like(lin.weight, dtype=torch.float32, requires_grad=True)
@@ -145,6 +149,37 @@ def probe_head(learn:Learner, # a learner with the CAM head (`is_cam_model`) on 
     with torch.no_grad(): lin.weight.copy_(w.detach().to(lin.weight.dtype))
     return lin.weight.detach().cpu()
 
+# %% ../nbs/04_train.ipynb #ed0c54f2
+class TrainHistory(Callback):
+    "Keep the `Recorder`'s row of every trained epoch of every `fit`, tagged with its phase (`fine_tune` fits twice)."
+    order = Recorder.order + 1
+    def __init__(self): self.rows, self.trained = [], False
+    def before_fit(self):
+        self.learn.train_history = self.rows
+        frozen = bool(getattr(self.opt, 'frozen_idx', 0))
+        self.phase = 'frozen' if frozen else 'unfrozen' if any(r['phase'] == 'frozen' for r in self.rows) else 'train'
+    # `get_preds` and `validate` fire `after_epoch` too (the Learner is their context manager), with no training:
+    # only an epoch that trained is a row
+    def before_epoch(self): self.trained = False
+    def before_train(self): self.trained = True
+    def after_epoch(self):
+        v = self.recorder.values[-1] if self.recorder.values else []
+        if not self.trained or getattr(self.learn, 'lr_finder', None) or not len(v): return
+        names = [n for n in self.recorder.metric_names[1:] if n != 'time']
+        vals = {n: np.nan if x is None else float(x) for n,x in zip(names, v)}
+        self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **vals))
+
+# %% ../nbs/04_train.ipynb #3ddd2bed
+def history(learn:Learner)->pd.DataFrame:
+    "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics (any fastai Learner)."
+    rows = getattr(learn, 'train_history', None)
+    if rows is None:
+        names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
+        rows = [dict(epoch=i, phase='train', **{n: np.nan if x is None else float(x) for n,x in zip(names, v)})
+                for i,v in enumerate(learn.recorder.values)]
+    return pd.DataFrame(rows)
+
+# %% ../nbs/04_train.ipynb #4a465f2d
 def _probe_everywhere(learn:Learner):
     "`probe_head` once (rank 0, when several processes train) and the same CAM layer on every process."
     w = on_rank0(probe_head, learn)
@@ -165,35 +200,6 @@ def _check_recipe(cam, pretrained, probe, kwargs)->bool:
                                                "instead: pass cam=True, or leave probe out.")
     return bool(cam and pretrained) if probe is None else bool(probe)
 
-# %% ../nbs/04_train.ipynb #ed0c54f2
-class TrainHistory(Callback):
-    "Keep the `Recorder`'s row of every trained epoch of every `fit`, tagged with its phase (`fine_tune` fits twice)."
-    order = Recorder.order + 1
-    def __init__(self): self.rows, self.trained = [], False
-    def before_fit(self):
-        self.learn.train_history = self.rows
-        frozen = bool(getattr(self.opt, 'frozen_idx', 0))
-        self.phase = 'frozen' if frozen else 'unfrozen' if any(r['phase'] == 'frozen' for r in self.rows) else 'train'
-    # `get_preds` and `validate` fire `after_epoch` too (the Learner is their context manager), with no training:
-    # only an epoch that trained is a row
-    def before_epoch(self): self.trained = False
-    def before_train(self): self.trained = True
-    def after_epoch(self):
-        v = self.recorder.values[-1] if self.recorder.values else []
-        if not self.trained or getattr(self.learn, 'lr_finder', None) or not len(v): return
-        names = [n for n in self.recorder.metric_names[1:] if n != 'time']
-        self.rows.append(dict(epoch=len(self.rows), phase=self.phase, **{n: np.nan if x is None else float(x) for n,x in zip(names, v)}))
-
-def history(learn:Learner)->pd.DataFrame:
-    "One row per training epoch: epoch, phase, train_loss, valid_loss and the metrics (any fastai Learner)."
-    rows = getattr(learn, 'train_history', None)
-    if rows is None:
-        names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
-        rows = [dict(epoch=i, phase='train', **{n: np.nan if x is None else float(x) for n,x in zip(names, v)})
-                for i,v in enumerate(learn.recorder.values)]
-    return pd.DataFrame(rows)
-
-# %% ../nbs/04_train.ipynb #4a465f2d
 def _check_int(v, name, lo):
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
         raise FastpipesError(f"`{name}` must be a whole number >= {lo}, not {v!r}.")
@@ -210,22 +216,22 @@ def _check_train_args(dls, epochs, freeze_epochs, lr):
         raise FastpipesError(f"`lr` must be a positive number, 'find' or None, not {lr!r}.")
 
 def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
-                     arch:str|Callable='resnet34', # architecture: see `resolve_arch` ('efficientnet_lite0' is pretrained offline)
+                     arch:str|Callable='resnet34', # see `resolve_arch` ('efficientnet_lite0' is pretrained offline)
                      epochs:int=5, # epochs with every layer training (after the frozen ones)
-                     pretrained:bool=True, # start from ImageNet weights (downloaded once, except `efficientnet_lite0`'s)
+                     pretrained:bool=True, # start from ImageNet weights (downloaded once; not `efficientnet_lite0`'s)
                      cam:bool=True, # build the CAM head (pool, flatten, linear without bias) from the start
                      metrics=(accuracy, error_rate), # fastai metrics shown and kept per epoch
-                     lr:float|str|None=None, # peak learning rate; None is 2e-3 (fastai's `fine_tune`), 'find' runs `lr_find`
-                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 when probed or untrained, else 1
+                     lr:float|str|None=None, # peak learning rate; None: 2e-3 (`fine_tune`'s), 'find' runs `lr_find`
+                     freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 if probed or untrained, else 1
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
                      seed:int|None=None, # seed the weights' initialisation and the training
-                     channels_last:bool=False, # train in channels-last memory format (faster on some CPUs, slower on others)
+                     channels_last:bool=False, # channels-last memory format (faster on some CPUs, slower on others)
                      precision:str='fp32', # 'fp32', 'fp16' (CUDA, fastai's `MixedPrecision`) or 'bf16'
-                     checkpoints:Path|None=None, # run folder: a checkpoint after every epoch in `checkpoints/checkpoints/last.pth`
-                     resume:bool=False, # continue from that checkpoint when there is one (reaching the same final weights)
-                     distributed:bool|int|None=None, # None: the current launch's processes, else this one; N > 1: fork N
-                     probe:bool|None=None, # fit the CAM layer on the frozen body first (`probe_head`); None: cam and pretrained
+                     checkpoints:Path|None=None, # run folder: a checkpoint per epoch in its `checkpoints/last.pth`
+                     resume:bool=False, # continue from that checkpoint if there is one (same final weights)
+                     distributed:bool|int|None=None, # None: the current launch's processes, else this one; N>1: fork N
+                     probe:bool|None=None, # `probe_head` first (CAM layer on the frozen body); None: cam and pretrained
                      **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
@@ -237,10 +243,12 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
     learn.fastpipes = dict(arch=arch_name(arch), cam=bool(cam), pretrained=bool(pretrained),
                            model_kwargs={k:v for k,v in kwargs.items() if k in _MODEL_KWARGS and _jsonable(v)})
     set_precision(learn, precision)
-    if freeze_epochs is None: freeze_epochs = 1 if pretrained and not probe else 0   # a probed head needs no frozen epoch
+    # a probed head needs no frozen epoch
+    if freeze_epochs is None: freeze_epochs = 1 if pretrained and not probe else 0
     ck = dict(checkpoint=checkpoint_path(checkpoints) if checkpoints is not None else None, resume=resume, seed=seed)
     with _quiet(learn, quiet):
-        if probe and not (resume and ck['checkpoint'] is not None and ck['checkpoint'].exists()): _probe_everywhere(learn)
+        resuming = resume and ck['checkpoint'] is not None and ck['checkpoint'].exists()
+        if probe and not resuming: _probe_everywhere(learn)
         if lr == 'find': lr = on_rank0(_find_lr, learn)   # with several processes: found once, on rank 0, and shared
         # fastai's `fine_tune` (or one cycle from scratch); with checkpoints, the same with a checkpoint per epoch
         fit = (partial(resumable_fine_tune, epochs=epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, **ck)
@@ -302,7 +310,9 @@ def _scores(probs, targs, vocab)->dict:
 def _valid(learn):
     "The validation `DataLoader`; a loaded classifier has none."
     src = getattr(learn, 'loaded_from', None)
-    if src: raise FastpipesError(f"The classifier loaded from `{src}` has no validation set; pass a folder of class folders.")
+    if src:
+        raise FastpipesError(f"The classifier loaded from `{src}` has no validation set; "
+                             "pass a folder of class folders.")
     return learn.dls.valid
 
 def _preds_targs(learn, dl_or_folder=None, bs=None):
@@ -312,7 +322,8 @@ def _preds_targs(learn, dl_or_folder=None, bs=None):
     else: dl, targs = dl_or_folder, None
     probs, t = _get_preds(learn, dl)
     if targs is None:
-        if t is None: raise FastpipesError("The DataLoader has no labels; pass a labelled one or a folder of class folders.")
+        if t is None:
+            raise FastpipesError("The DataLoader has no labels; pass a labelled one or a folder of class folders.")
         targs = t
     if not len(targs): raise FastpipesError("Nothing to evaluate: the validation set is empty.")
     return dl, probs, targs.long()
@@ -325,27 +336,31 @@ def evaluate(learn:Learner, # a trained classifier
     _, probs, targs = _preds_targs(learn, dl_or_folder, bs)
     return _scores(probs, targs, learn.dls.vocab)
 
+# %% ../nbs/04_train.ipynb #f840e81c
 def class_accuracy(learn:Learner, dl_or_folder=None, bs:int|None=None)->pd.DataFrame:
     "Per-class table: label, n, correct, accuracy."
     _, probs, targs = _preds_targs(learn, dl_or_folder, bs)
     ok = probs.argmax(1) == targs
-    rows = [dict(label=v, n=int((targs == i).sum()), correct=int(ok[targs == i].sum())) for i,v in enumerate(learn.dls.vocab)]
+    rows = [dict(label=v, n=int((targs == i).sum()), correct=int(ok[targs == i].sum()))
+            for i,v in enumerate(learn.dls.vocab)]
     df = pd.DataFrame(rows)
     df['accuracy'] = df.correct / df.n.where(df.n > 0)
     return df
 
 # %% ../nbs/04_train.ipynb #ae1d0063
 def _interp(learn, dl=None):
-    "fastai's `ClassificationInterpretation` on `dl`, without `from_learner`'s pass for the losses (the confusion matrix makes its own)."
+    "`ClassificationInterpretation` on `dl` without `from_learner`'s loss pass (the confusion matrix makes its own)."
     if isinstance(dl, (str, Path)): dl = _labelled_dl(learn, Path(dl))  # fastai's Interpretation needs labels in the dl
     return ClassificationInterpretation(learn, dl if dl is not None else _valid(learn), losses=None)
 
-def confusion_figure(learn:Learner, dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
+def confusion_figure(learn:Learner, dl=None, # None: the validation set; or a labelled `DataLoader` or class folders
                      normalize:bool=False, figsize=(4,4), **kwargs)->plt.Figure:
     "The confusion matrix of `learn` on `dl` as a matplotlib `Figure`."
-    with _quiet(learn, True), literal_text(): _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
+    with _quiet(learn, True), literal_text():
+        _interp(learn, dl).plot_confusion_matrix(normalize=normalize, figsize=figsize, **kwargs)
     return plt.gcf()
 
+# %% ../nbs/04_train.ipynb #4eebfb1a
 def top_losses_figure(learn:Learner, k:int=9, # number of images shown
                       dl=None, # None: the validation set; or a labelled `DataLoader` or a folder of class folders
                       figsize=None)->plt.Figure:
@@ -360,7 +375,8 @@ def top_losses_figure(learn:Learner, k:int=9, # number of images shown
         for ax in axs.flat: ax.axis('off')
         for ax,i in zip(axs.flat, top):
             ax.imshow(dl.dataset[i][0])
-            ax.set_title(f"{vocab[int(probs[i].argmax())]}/{vocab[int(targs[i])]}\n{-float(np.log(max(float(p[i]), 1e-12))):.2f} / {float(p[i]):.2f}", fontsize=9)
+            ax.set_title(f"{vocab[int(probs[i].argmax())]}/{vocab[int(targs[i])]}\n"
+                         f"{-float(np.log(max(float(p[i]), 1e-12))):.2f} / {float(p[i]):.2f}", fontsize=9)
         fig.suptitle('prediction/actual, loss / probability of actual', fontsize=10)
         fig.tight_layout()
     return fig
@@ -423,6 +439,7 @@ def from_learner(cls:ClassifierSpec, learn:Learner)->ClassifierSpec:
     return cls(arch, tuple(map(_label, getattr(learn.dls, 'vocab', None) or [])), size, method, pad_mode,
                _norm(learn.dls), cam, '1.2' if cam else None, act, fp.get('pretrained'), fp.get('model_kwargs', {}))
 
+# %% ../nbs/04_train.ipynb #45fe9751
 @patch(as_prop=True)
 def spec(self:Learner)->ClassifierSpec:
     "This classifier's `ClassifierSpec`: the one it was loaded with, else read from its DataLoaders and model."
@@ -485,25 +502,29 @@ def _check_meta(meta:dict, fn):
     if missing: raise FastpipesError(f"`{fn}` lacks the keys {missing}; save the classifier again.")
     for k,ok in _SCHEMA.items():
         if k in meta and not ok(meta[k]):
-            raise FastpipesError(f"`{fn}` describes the data or the model wrongly: `{k}` {_WHAT.get(k, 'has an invalid value')}"
-                                 f" ({json.dumps(meta[k])[:60]}); save the classifier again.")
+            raise FastpipesError(f"`{fn}` describes the data or the model wrongly: "
+                                 f"`{k}` {_WHAT.get(k, 'has an invalid value')} ({json.dumps(meta[k])[:60]}); "
+                                 "save the classifier again.")
     n_in = meta.get('model_kwargs', {}).get('n_in', 3)
     if meta['normalize'] is not None and len(meta['normalize']['mean']) != n_in:
-        raise FastpipesError(f"`{fn}`: `normalize` has {len(meta['normalize']['mean'])} channels for a model of {n_in}; "
-                             "save the classifier again.")
+        raise FastpipesError(f"`{fn}`: `normalize` has {len(meta['normalize']['mean'])} channels "
+                             f"for a model of {n_in}; save the classifier again.")
 
 # %% ../nbs/04_train.ipynb #50356f9b
 def model_dir(path:Path, # a classifier folder, its `classifier.json`, or a run folder (`RUN/model/`)
              )->Path:
     "The folder holding the classifier at `path`: a classifier folder itself, or the `model/` of a run folder."
     path = Path(path)
-    if not path.exists(): raise FastpipesError(f"The classifier `{path}` does not exist; save one with `save_classifier`.")
+    if not path.exists():
+        raise FastpipesError(f"The classifier `{path}` does not exist; save one with `save_classifier`.")
     if path.is_file(): path = path.parent
     for d in (path, RunFolder(path).model):
         if (d/META).is_file(): return d
-    raise FastpipesError(f"`{path}` holds no model (`{META}` or `model/{META}`): it is not a classifier or a run folder; "
+    raise FastpipesError(f"`{path}` holds no model (`{META}` or `model/{META}`): "
+                         "it is not a classifier or a run folder; "
                          f"train one with `fastpipes train DATA --out {path}`.")
 
+# %% ../nbs/04_train.ipynb #3bd1ca5b
 @patch(cls_method=True)
 def from_dict(cls:ClassifierSpec, d:dict, # a `classifier.json`'s content
               where='the classifier description', # where `d` comes from, for the message
@@ -514,8 +535,10 @@ def from_dict(cls:ClassifierSpec, d:dict, # a `classifier.json`'s content
     _check_meta(d, where)
     kw = {k: v for k,v in d.items() if k != 'format'}
     if d['format'] != CLASSIFIER_FORMAT: kw['cam_layer'] = '1.2' if d['cam'] else None   # /1: before the key existed
-    return cls(**{**kw, 'vocab': tuple(d['vocab']), 'size': tuple(d['size']) if isinstance(d['size'], list) else (d['size'],)*2})
+    size = tuple(d['size']) if isinstance(d['size'], list) else (d['size'],)*2
+    return cls(**{**kw, 'vocab': tuple(d['vocab']), 'size': size})
 
+# %% ../nbs/04_train.ipynb #7e4573e4
 @patch(cls_method=True)
 def read(cls:ClassifierSpec, path:Path, # a classifier folder, its `classifier.json`, or a run folder
         )->ClassifierSpec:
@@ -527,12 +550,14 @@ def read(cls:ClassifierSpec, path:Path, # a classifier folder, its `classifier.j
         raise FastpipesError(f"`{fn}` is not valid JSON; save the classifier again.") from None
     return cls.from_dict(d, fn)
 
+# %% ../nbs/04_train.ipynb #166274a0
 @patch
 def check(self:ClassifierSpec, where='the classifier description', # the file it goes to, for the message
          )->ClassifierSpec:
     "Raise one sentence unless the spec can be saved and read back: an architecture, a size, simple labels, valid keys."
     if self.arch is None:
-        raise FastpipesError("Cannot tell the Learner's architecture; train it with `train_classifier` or `build_learner`.")
+        raise FastpipesError("Cannot tell the Learner's architecture; "
+                             "train it with `train_classifier` or `build_learner`.")
     if self.size is None:
         raise FastpipesError("The Learner's DataLoaders have no `Resize` item transform, so the image size is unknown; "
                              "build them with `image_dls`.")
@@ -541,6 +566,7 @@ def check(self:ClassifierSpec, where='the classifier description', # the file it
     _check_meta(self.to_dict(), where)
     return self
 
+# %% ../nbs/04_train.ipynb #27a6e3f0
 @patch
 def save(self:ClassifierSpec, path:Path, # the classifier folder (created)
         )->Path:
@@ -557,7 +583,8 @@ def _read_weights(folder:Path, spec:ClassifierSpec)->dict:
     # many types (UnpicklingError, IndexError, KeyError, UnicodeDecodeError, ... on random bytes), so all are caught.
     try: sd = torch.load(fn, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise FastpipesError(f"`{fn}` is not a file of weights that can be loaded safely ({type(e).__name__}).") from None
+        raise FastpipesError(f"`{fn}` is not a file of weights that can be loaded safely "
+                             f"({type(e).__name__}).") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FastpipesError(f"`{fn}` does not hold a state dict of tensors.")
     return sd
@@ -585,7 +612,8 @@ def save_classifier(learn:Learner, # a trained classifier
                    )->Path:
     "Save `learn`'s weights and its `ClassifierSpec` to the folder `path`, without pickling code."
     path = Path(path)
-    if path.exists() and not path.is_dir(): raise FastpipesError(f"`{path}` is a file; `save_classifier` writes a folder.")
+    if path.exists() and not path.is_dir():
+        raise FastpipesError(f"`{path}` is a file; `save_classifier` writes a folder.")
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k,v in learn.model.state_dict().items()}, buf)
     spec = replace(learn.spec, sha256=hashlib.sha256(buf.getvalue()).hexdigest()).check(path/META)
@@ -593,6 +621,7 @@ def save_classifier(learn:Learner, # a trained classifier
     spec.save(path)
     return path
 
+# %% ../nbs/04_train.ipynb #6f20185b
 def load_classifier(path:Path, # folder written by `save_classifier`, its `classifier.json`, or a run folder
                     bs:int=64, # batch size for `test_dl` and `predict`
                    )->Learner:
@@ -620,7 +649,8 @@ def _files(files)->list[Path]:
         files = [p]
     fns = [Path(f) for f in files]
     missing = [str(f) for f in fns if not f.is_file()]
-    if missing: raise FastpipesError(f"`{missing[0]}` is not a file{f' (and {len(missing)-1} more)' if len(missing) > 1 else ''}; check the paths.")
+    more = f' (and {len(missing)-1} more)' if len(missing) > 1 else ''
+    if missing: raise FastpipesError(f"`{missing[0]}` is not a file{more}; check the paths.")
     return fns
 
 def _unreadable(fns)->Path|None:
