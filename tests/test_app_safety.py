@@ -6,19 +6,12 @@ import json, os, signal, socket, stat, struct, subprocess, sys, tempfile, thread
 from pathlib import Path
 import httpx, pytest
 from fastpipes.core import FastpipesError
-from fastpipes.synth import make_marks
-from fastpipes.data import image_dls
-from fastpipes.train import train_classifier, save_classifier
+from test_review import tiny_run
 
 TIMEOUT = 120   # seconds any one wait of these tests may take
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp('app')
-    make_marks(d/'data', n_train=8, n_test=4, size=48, seed=7)
-    dls = image_dls(d/'data', size=32, bs=8, aug=False, num_workers=0)
-    save_classifier(train_classifier(dls, 'resnet18', epochs=1, pretrained=False, quiet=True, seed=0), d/'run'/'model')
-    return d
+def trained(tmp_path_factory): return tiny_run(tmp_path_factory.mktemp('app'), n_train=8, n_test=4, seed=7)
 
 @pytest.fixture
 def run(trained, tmp_path):

@@ -9,14 +9,17 @@ from fastpipes.synth import make_marks
 from fastpipes.data import image_dls
 from fastpipes.train import train_classifier, save_classifier
 
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    "A trained run (tiny images, no pretrained weights) and its pristine dataset."
-    d = tmp_path_factory.mktemp('review')
-    make_marks(d/'data', n_train=12, n_test=6, size=48, seed=3)
+def tiny_run(d:Path, n_train:int, n_test:int, seed:int)->Path:
+    "In `d`: a dataset of generated marks (`d/data`) and a model trained on it for one epoch (`d/run`), tiny and offline."
+    make_marks(d/'data', n_train=n_train, n_test=n_test, size=48, seed=seed)
     dls = image_dls(d/'data', size=32, bs=8, aug=False, num_workers=0)
     save_classifier(train_classifier(dls, 'resnet18', epochs=1, pretrained=False, quiet=True, seed=0), d/'run'/'model')
     return d
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A trained run (tiny images, no pretrained weights) and its pristine dataset."
+    return tiny_run(tmp_path_factory.mktemp('review'), n_train=12, n_test=6, seed=3)
 
 @pytest.fixture
 def data(run, tmp_path):
