@@ -33,7 +33,8 @@ from fastai.vision.learner import vision_learner
 import fastpipes
 from functools import partial
 from .arch import arch_name, arch_stats, body_features, offline_guard, resolve_arch
-from .core import FastpipesError, RunFolder, atomic_write, image_files, literal_text, set_seed, sha256_file
+from .core import (FastpipesError, RunFolder, atomic_write, check_number, image_files, literal_text, set_seed,
+                            sha256_file)
 from .data import scan_images
 from .inference import default_title
 from .distrib import checkpoint_path, fit_on, resumable_fine_tune, resumable_one_cycle, set_precision
@@ -200,18 +201,13 @@ def _check_recipe(cam, pretrained, probe, kwargs)->bool:
                                                "instead: pass cam=True, or leave probe out.")
     return bool(cam and pretrained) if probe is None else bool(probe)
 
-def _check_int(v, name, lo):
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-        raise FastpipesError(f"`{name}` must be a whole number >= {lo}, not {v!r}.")
-    return int(v)
-
 def _check_train_args(dls, epochs, freeze_epochs, lr):
     if not isinstance(dls, DataLoaders):
         raise FastpipesError(f"`dls` must be fastai DataLoaders (from `image_dls`), not {type(dls).__name__}.")
     if not getattr(dls, 'vocab', None) or len(dls.vocab) < 2:
         raise FastpipesError("`dls` must be labelled with at least two classes (use `image_dls`).")
-    _check_int(epochs, 'epochs', 1)
-    if freeze_epochs is not None: _check_int(freeze_epochs, 'freeze_epochs', 0)
+    check_number(epochs, 'epochs', 1, whole=True)
+    if freeze_epochs is not None: check_number(freeze_epochs, 'freeze_epochs', 0, whole=True)
     if not (lr is None or lr == 'find' or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
         raise FastpipesError(f"`lr` must be a positive number, 'find' or None, not {lr!r}.")
 
@@ -366,7 +362,7 @@ def top_losses_figure(learn:Learner, k:int=9, # number of images shown
                       figsize=None)->plt.Figure:
     "The `k` images with the highest loss, titled prediction/actual, loss/probability of the actual class."
     dl, probs, targs = _preds_targs(learn, dl)
-    k = min(_check_int(k, 'k', 1), len(targs))
+    k = min(check_number(k, 'k', 1, whole=True), len(targs))
     p = probs[torch.arange(len(targs)), targs]
     top = (-torch.log(p.clamp_min(1e-12))).argsort(descending=True)[:k].tolist()
     n, vocab = int(np.ceil(np.sqrt(k))), learn.dls.vocab
