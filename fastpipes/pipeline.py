@@ -307,13 +307,13 @@ def train_run(path:Path, # dataset folder: `<split>/<label>/` or `<label>/` imag
         return _train_run(path, run, size, bs, valid, seed, aug, mixup, quiet, title, summary, params, extra_fn, kwargs)
 
 # %% ../nbs/09_pipeline.ipynb #7e6cc345
-def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
+def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` (`crawl_images`)
                 out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
                 spec:Path|None=None, # or a spec file with the classes (and `n_train`, `n_test`)
                 n_train:int=200, # training images per class
                 n_test:int=0, # test images per class, from the test queries
                 max_size:int=400, # presize images to this longest side when cleaning
-                crawl_kw:dict|None=None, # more arguments for `crawl` (pause, allow_private, proxy, ...)
+                crawl_kw:dict|None=None, # more arguments for `crawl_images` (pause, allow_private, proxy, ...)
                 quiet:bool=False, # no progress bars
                 audit:bool=True, # audit the cleaned data (`audit_images`): the report's Audit section, the review order
                )->tuple[Path, str]:
@@ -333,7 +333,7 @@ def prepare_run(classes:list|dict|None=None, # labels (each its own query), or `
 
 # %% ../nbs/09_pipeline.ipynb #5c841d37
 @delegates(prepare_run, keep=True)
-def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl` takes them
+def run(classes:list|dict|None=None, # labels (each its own query), or `{label: queries}` as `crawl_images` takes them
         out:Path='runs/run', # folder for the data (`out/data`), the model, the figures and the report
         **kwargs, # `prepare_run`'s (spec, n_train, n_test, max_size, crawl_kw, quiet, audit), the rest `train_run`'s
        ):
