@@ -130,6 +130,7 @@ def _unwrap(model): return getattr(model, 'module', model)  # DistributedDataPar
 def _sizes(dls)->list[str]:
     "What the training DataLoader's transforms resize to (`Resize`, `RandomResizedCrop`...): the model's input size."
     dl = dls.loaders[0] if hasattr(dls, 'loaders') else dls
+    dl = getattr(dl, 'dl', dl)   # a `DistributedDL` (data-parallel training) wraps the loader, transforms and all
     tfms = [*getattr(getattr(dl, 'after_item', None), 'fs', []), *getattr(getattr(dl, 'after_batch', None), 'fs', [])]
     size = lambda s: tuple(int(v) for v in s) if isinstance(s, (tuple, list)) else s
     return [f'{type(t).__name__}:{size(t.size)}' for t in tfms if getattr(t, 'size', None) is not None]
