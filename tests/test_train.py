@@ -251,6 +251,29 @@ def test_pretrained_without_frozen_epoch_keeps_discriminative_rates(ds):
     lrs = [h['lr'] for h in l.opt.hypers]
     assert len(lrs) == 2 and lrs[1] == pytest.approx(100*lrs[0])
 
+from fastai.callback.core import Callback
+
+class _Lrs(Callback):
+    "The learning rates of the parameter groups (body, head) at every training step."
+    def before_fit(self): self.seen = getattr(self, 'seen', [])
+    def after_batch(self): self.seen.append([h['lr'] for h in self.opt.hypers])
+
+def _rates(cb):
+    "The ratio head/body at every step, and the head's highest rate (the one-cycle's peak falls between a few steps)."
+    return {round(head/body, 6) for body, head in cb.seen}, max(head for _, head in cb.seen)
+
+def test_probed_default_rates(ds):
+    "After the probe: the head peaks at 2e-3 and the body learns 10 times slower (measured on real photos); both can be set."
+    cb = _Lrs()
+    train_classifier(tiny(ds), 'efficientnet_lite0', epochs=2, quiet=True, seed=0, cbs=[cb])
+    ratios, peak = _rates(cb)
+    assert ratios == {10.0} and 1.2e-3 < peak <= 2e-3 * (1 + 1e-6)
+    cb = _Lrs()
+    train_classifier(tiny(ds), 'efficientnet_lite0', epochs=2, quiet=True, seed=0, cbs=[cb], lr=1e-3, lr_mult=100)
+    ratios, peak = _rates(cb)
+    assert ratios == {100.0} and 3e-4 < peak <= 5e-4 * (1 + 1e-6)   # fine_tune's unfrozen phase peaks at half the base rate
+    with pytest.raises(FastpipesError, match='lr_mult'): train_classifier(tiny(ds), pretrained=False, lr_mult=0)
+
 @pytest.mark.parametrize('kw,msg', [
     (dict(lin_ftrs=[16]), 'lin_ftrs'), (dict(concat_pool=True), 'concat_pool'), (dict(ps=0.2), 'ps'),
     (dict(custom_head=torch.nn.Identity()), 'custom_head'), (dict(y_range=(0, 1)), 'y_range'),
