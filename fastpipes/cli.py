@@ -76,8 +76,8 @@ def _args(a, *names)->dict:
 _TRAIN_RUN, _CLASSIFIER = 'fastpipes.pipeline:train_run', 'fastpipes.train:train_classifier'
 _DOWNLOAD, _CRAWL, _DEMO = 'fastpipes.crawl:download_images', 'fastpipes.crawl:crawl_images', 'fastpipes.pipeline:demo'
 _EXPORT, _AUDIT = 'fastpipes.export:export_run', 'fastpipes.audit:audit_images'
-_TRAIN = ('arch', 'size', 'bs', 'epochs', 'freeze_epochs', 'valid', 'pretrained', 'aug', 'mixup', 'lr', 'seed',
-          'channels_last', 'precision', 'resume', 'quiet')
+_TRAIN = ('arch', 'size', 'bs', 'epochs', 'freeze_epochs', 'valid', 'pretrained', 'aug', 'mixup', 'lr', 'lr_mult',
+          'seed', 'channels_last', 'precision', 'resume', 'quiet')
 _NET = ('allow_private', 'proxy', 'wait', 'num_workers', 'per_host', 'deadline', 'robots', 'ignore_opt_out',
         'user_agent')
 _BOOL, _WHOLE0 = dict(action=argparse.BooleanOptionalAction), _number(whole=True, lo=0)
@@ -94,7 +94,8 @@ def _train_opts(p):
     _opt(g, '--pretrained', _CLASSIFIER, "start from ImageNet weights", **_BOOL)
     _opt(g, '--aug', _TRAIN_RUN, "fastai's data augmentation", **_BOOL)
     _opt(g, '--mixup', _TRAIN_RUN, "fastai's MixUp", **_BOOL)
-    _opt(g, '--lr', _CLASSIFIER, "peak learning rate, or 'find' (fastai's lr_find)", type=_lr)
+    _opt(g, '--lr', _CLASSIFIER, "fine_tune's base rate, or 'find' (none: 4e-3 after the probe, else 2e-3)", type=_lr)
+    _opt(g, '--lr-mult', _CLASSIFIER, "head/body rate ratio (none: 10 after the probe, else 100)", type=_positive)
     _opt(g, '--seed', _TRAIN_RUN, "seed of the split and the training", type=int)
     _opt(g, '--channels-last', _CLASSIFIER, "channels-last memory format", **_BOOL)
     _opt(g, '--precision', _CLASSIFIER, "fp16 on CUDA, bf16 on recent GPUs and CPUs", choices=('fp32', 'fp16', 'bf16'))

@@ -88,7 +88,8 @@ def test_unknown_arch(capsys, tmp_path, data):
     assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY, '--arch', 'resnet999'), 'resnet999')
 
 @pytest.mark.parametrize('opt,val', [('--epochs', '0'), ('--epochs', '-2'), ('--bs', '0'), ('--bs', 'many'),
-                                     ('--size', 'big'), ('--size', '0'), ('--size', '8'), ('--valid', '1.5')])
+                                     ('--size', 'big'), ('--size', '0'), ('--size', '8'), ('--valid', '1.5'),
+                                     ('--lr-mult', '0'), ('--lr', '-1')])
 def test_bad_numbers(capsys, tmp_path, data, opt, val):
     assert_user_error(*run_main(capsys, 'train', data, '--out', tmp_path/'o', *TINY, opt, val), opt)
 
@@ -232,6 +233,13 @@ def test_run_audit_option():
     a = parser().parse_args(['run', 'a', 'b', '--out', 'o'])
     assert _args(a, 'audit') == {}
     assert _args(parser().parse_args(['run', 'a', 'b', '--out', 'o', '--no-audit']), 'audit') == {'audit': False}
+
+def test_train_rates_reach_the_library():
+    "`--lr` and `--lr-mult` are `train_classifier`'s; left out, the library's defaults apply (none is sent)."
+    from fastpipes.cli import parser, _args, _TRAIN
+    assert {'lr', 'lr_mult'}.isdisjoint(_args(parser().parse_args(['train', 'd', '--out', 'o']), *_TRAIN))
+    a = parser().parse_args(['train', 'd', '--out', 'o', '--lr', '1e-3', '--lr-mult', '100'])
+    assert _args(a, 'lr', 'lr_mult') == {'lr': 1e-3, 'lr_mult': 100.0}
 
 def test_unwritable_output(capsys, tmp_path, data):
     if os.geteuid() == 0: out = Path('/proc/fastpipes-out')  # root writes anywhere else
