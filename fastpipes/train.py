@@ -201,7 +201,7 @@ def _check_recipe(cam, pretrained, probe, kwargs)->bool:
                                                "instead: pass cam=True, or leave probe out.")
     return bool(cam and pretrained) if probe is None else bool(probe)
 
-def _check_train_args(dls, epochs, freeze_epochs, lr):
+def _check_train_args(dls, epochs, freeze_epochs, lr, lr_mult):
     if not isinstance(dls, DataLoaders):
         raise FastpipesError(f"`dls` must be fastai DataLoaders (from `image_dls`), not {type(dls).__name__}.")
     if not getattr(dls, 'vocab', None) or len(dls.vocab) < 2:
@@ -210,9 +210,10 @@ def _check_train_args(dls, epochs, freeze_epochs, lr):
     if freeze_epochs is not None: check_number(freeze_epochs, 'freeze_epochs', 0, whole=True)
     if not (lr is None or lr == 'find' or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0)):
         raise FastpipesError(f"`lr` must be a positive number, 'find' or None, not {lr!r}.")
+    if lr_mult is not None: check_number(lr_mult, 'lr_mult', 0, open_lo=True)
 
-# after a probe the head needs no protecting, so the body learns 10 times slower than it (fastai's `fine_tune`: 100) and
-# the head peaks at 2e-3 (`fine_tune`'s unfrozen phase peaks at half its base rate): measured in "Measured on real photos"
+# after a probe the head needs no protecting: the body learns 10 times slower than it (fastai's `fine_tune`: 100), and
+# the head peaks at 2e-3 (`fine_tune`'s unfrozen phase peaks at half its base rate); see "Measured on real photos"
 _PROBED, _FINE_TUNE = dict(lr=4e-3, lr_mult=10), dict(lr=2e-3, lr_mult=100)
 
 def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
@@ -221,8 +222,8 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      pretrained:bool=True, # start from ImageNet weights (downloaded once; not `efficientnet_lite0`'s)
                      cam:bool=True, # build the CAM head (pool, flatten, linear without bias) from the start
                      metrics=(accuracy, error_rate), # fastai metrics shown and kept per epoch
-                     lr:float|str|None=None, # `fine_tune`'s base rate; None: 4e-3 if probed else 2e-3; 'find': `lr_find`
-                     lr_mult:float|None=None, # the body learns `lr_mult` times slower; None: 10 if probed, else 100
+                     lr:float|str|None=None, # `fine_tune`'s base rate; None: 4e-3 if probed, else 2e-3; 'find': lr_find
+                     lr_mult:float|None=None, # the body learns lr_mult times slower; None: 10 if probed, else 100
                      freeze_epochs:int|None=None, # epochs with the body frozen; None: 0 if probed or untrained, else 1
                      quiet:bool=False, # no progress bars and no per-epoch table
                      cbs=None, # more callbacks for the Learner
@@ -236,8 +237,7 @@ def train_classifier(dls:DataLoaders, # labelled images, e.g. from `image_dls`
                      **kwargs, # passed to `build_learner` (and on to `vision_learner`)
                     )->Learner:
     "Build a (CAM-ready) `vision_learner` on `dls` and train it with fastai's `fine_tune`; return the `Learner`."
-    _check_train_args(dls, epochs, freeze_epochs, lr)
-    if lr_mult is not None: check_number(lr_mult, 'lr_mult', 0, open_lo=True)
+    _check_train_args(dls, epochs, freeze_epochs, lr, lr_mult)
     probe = _check_recipe(cam, pretrained, probe, kwargs)
     recipe = _PROBED if probe else _FINE_TUNE
     set_seed(seed)

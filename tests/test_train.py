@@ -255,7 +255,7 @@ from fastai.callback.core import Callback
 
 class _Lrs(Callback):
     "The learning rates of the parameter groups (body, head) at every training step."
-    def before_fit(self): self.seen = getattr(self, 'seen', [])
+    def __init__(self): self.seen = []
     def after_batch(self): self.seen.append([h['lr'] for h in self.opt.hypers])
 
 def _rates(cb):
