@@ -406,7 +406,7 @@ def demo(out:Path='fastpipes-demo', # folder for the dataset, model, figures and
          epochs:int=DEMO['epochs'], # epochs with every layer training
          freeze_epochs:int|None=DEMO['freeze_epochs'], # frozen epochs first; None: the library's (0, CAM layer probed)
          bs:int=DEMO['bs'], # batch size
-         lr:float=DEMO['lr'], # peak learning rate of fastai's `fine_tune`
+         lr:float=DEMO['lr'], # `fine_tune`'s base learning rate
          seed:int=42, # seed of the images, the split and the training
          quiet:bool=False, # no progress bars
         )->dict:
