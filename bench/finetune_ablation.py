@@ -126,19 +126,6 @@ def _course_probe(dls, seed, epochs, fe, wd=1e-3, **kw):
     _probe(new, wd)
     return new
 
-def _fp_lrmult(dls, seed, epochs, fe, lr_mult=10, lr=2e-3, **kw):
-    "The library's default with the body's learning rate `1/lr_mult` of the head's (fastai's `fine_tune`: 1/100)."
-    from fastai.metrics import accuracy
-    from fastpipes.core import set_seed
-    from fastpipes.train import build_learner, _probe_everywhere
-    from fastpipes.distrib import resumable_fine_tune
-    set_seed(seed)
-    learn = build_learner(dls, ARCH, metrics=[accuracy], **kw)
-    _probe_everywhere(learn)
-    with learn.no_bar(), learn.no_logging():
-        resumable_fine_tune(learn, epochs, base_lr=lr, freeze_epochs=0, lr_mult=lr_mult, seed=seed)
-    return learn
-
 VARIANTS = {
     'plain':        (_plain, {}, {}),
     'plain_l0stats':(_plain_l0, {}, {}),
@@ -176,16 +163,16 @@ VARIANTS = {
     'default_lr1e-2': (_fp, dict(_fe=None, lr=1e-2), {}),
     'default_lr5e-3': (_fp, dict(_fe=None, lr=5e-3), {}),
     'default_lrfind': (_fp, dict(_fe=None, lr='find'), {}),
-    'default_lrmult10': (_fp_lrmult, dict(lr_mult=10), {}),
-    'default_lrmult3': (_fp_lrmult, dict(lr_mult=3), {}),
-    'default_lrmult1': (_fp_lrmult, dict(lr_mult=1), {}),
-    'lrmult10_bs16': (_fp_lrmult, dict(lr_mult=10), dict(bs=16)),
-    'lrmult10_ls': (_fp_lrmult, dict(lr_mult=10, loss_func=_ls()), {}),
-    'lrmult10_lr4e-3': (_fp_lrmult, dict(lr_mult=10, lr=4e-3), {}),
-    'lrmult10_lr1e-3': (_fp_lrmult, dict(lr_mult=10, lr=1e-3), {}),
-    'lrmult10_lr8e-3': (_fp_lrmult, dict(lr_mult=10, lr=8e-3), {}),
-    'lrmult30': (_fp_lrmult, dict(lr_mult=30), {}),
-    'lrmult100': (_fp_lrmult, dict(lr_mult=100), {}),  # = the default before (probe, then fine_tune's rates)
+    'default_lrmult10': (_fp, dict(_fe=None, lr_mult=10, lr=2e-3), {}),
+    'default_lrmult3': (_fp, dict(_fe=None, lr_mult=3, lr=2e-3), {}),
+    'default_lrmult1': (_fp, dict(_fe=None, lr_mult=1, lr=2e-3), {}),
+    'lrmult10_bs16': (_fp, dict(_fe=None, lr_mult=10, lr=2e-3), dict(bs=16)),
+    'lrmult10_ls': (_fp, dict(_fe=None, lr_mult=10, loss_func=_ls(), lr=2e-3), {}),
+    'lrmult10_lr4e-3': (_fp, dict(_fe=None, lr_mult=10, lr=4e-3), {}),
+    'lrmult10_lr1e-3': (_fp, dict(_fe=None, lr_mult=10, lr=1e-3), {}),
+    'lrmult10_lr8e-3': (_fp, dict(_fe=None, lr_mult=10, lr=8e-3), {}),
+    'lrmult30': (_fp, dict(_fe=None, lr_mult=30, lr=2e-3), {}),
+    'lrmult100': (_fp, dict(_fe=None, lr_mult=100, lr=2e-3), {}),  # = the default before (probe, then fine_tune's rates)
     'default_bs16': (_fp, dict(_fe=None), dict(bs=16)),
     'default_squish': (_fp, dict(_fe=None), dict(resize_method='squish')),
     'default_noaug': (_fp, dict(_fe=None), dict(aug=False)),
